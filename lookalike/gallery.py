@@ -1,0 +1,123 @@
+"""Contact sheets: each query beside its top-k, with ids, scores and metadata (PNG or HTML)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from PIL import Image, ImageDraw, ImageFont
+
+from .api import Hit, Index
+from .errors import ImageError, LookalikeError
+from .images import load_image
+
+THUMB = 160
+TEXT_LINES = 4
+LINE_H = 14
+
+
+@dataclass
+class GalleryRow:
+    title: str
+    image: Path
+    metadata: dict[str, Any]
+    hits: list[Hit]
+
+
+def gallery_rows(index: Index, item_ids: Sequence[object] = (), images: Sequence[str] = (),
+                 k: int = 8, **query: Any) -> list[GalleryRow]:
+    """Run the queries: catalogue items by id, and/or photos by path."""
+    rows = [GalleryRow(f"query {i}", index.image_path(i), index.metadata(i),
+                       index.similar(i, k, **query)) for i in item_ids]
+    rows += [GalleryRow(f"photo {Path(p).name}", Path(p), {}, index.search(p, k, **query))
+             for p in images]
+    if not rows:
+        raise LookalikeError("give at least one item id or photo for the gallery")
+    return rows
+
+
+def _thumb(path: Path) -> Image.Image:
+    try:
+        img = load_image(path, draft_size=THUMB)
+    except ImageError as e:
+        img = Image.new("RGB", (THUMB, THUMB), (235, 235, 235))
+        ImageDraw.Draw(img).text((6, THUMB // 2), f"unreadable:\n{e}"[:60], fill=(150, 0, 0))
+    img.thumbnail((THUMB, THUMB))
+    cell = Image.new("RGB", (THUMB, THUMB), "white")
+    cell.paste(img, ((THUMB - img.width) // 2, (THUMB - img.height) // 2))
+    return cell
+
+
+def _describe(meta: dict[str, Any], limit: int) -> list[str]:
+    return [f"{v}" for v in meta.values() if v not in (None, "")][:limit]
+
+
+def render_png(index: Index, rows: list[GalleryRow], out: Path) -> None:
+    k = max((len(r.hits) for r in rows), default=0)
+    pad, text_h = 8, TEXT_LINES * LINE_H + 4
+    cell_w, cell_h = THUMB + pad, THUMB + text_h + pad
+    sheet = Image.new("RGB", (pad + cell_w * (k + 1) + pad, pad + cell_h * len(rows)), "white")
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default(size=11)
+
+    def cell(col: int, r: int, path: Path, lines: list[str], frame: str) -> None:
+        x, y = pad + col * cell_w + (pad if col else 0), pad + r * cell_h
+        sheet.paste(_thumb(path), (x, y))
+        draw.rectangle([x - 1, y - 1, x + THUMB, y + THUMB], outline=frame, width=2)
+        for j, line in enumerate(lines[:TEXT_LINES]):
+            draw.text((x, y + THUMB + 3 + j * LINE_H), line[:26], fill="black", font=font)
+
+    for r, row in enumerate(rows):
+        cell(0, r, row.image, [row.title] + _describe(row.metadata, TEXT_LINES - 1), "#d22")
+        for c, hit in enumerate(row.hits, start=1):
+            cell(c, r, index.image_path(hit.item_id),
+                 [f"#{c} {hit.item_id}  {hit.score:.3f}"] + _describe(hit.metadata, TEXT_LINES - 1),
+                 "#999")
+    sheet.save(out)
+
+
+def _data_uri(path: Path) -> str:
+    buf = io.BytesIO()
+    _thumb(path).save(buf, "JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def render_html(index: Index, rows: list[GalleryRow], out: Path) -> None:
+    def figure(path: Path, caption: str, meta: dict[str, Any], cls: str) -> str:
+        details = "<br>".join(html.escape(f"{k}: {v}") for k, v in meta.items()
+                              if v not in (None, ""))
+        return (f'<figure class="{cls}"><img src="{_data_uri(path)}" alt="{html.escape(caption)}">'
+                f"<figcaption><b>{html.escape(caption)}</b><br>{details}</figcaption></figure>")
+
+    parts = []
+    for row in rows:
+        cells = [figure(row.image, row.title, row.metadata, "query")]
+        cells += [figure(index.image_path(h.item_id), f"#{i} {h.item_id} · {h.score:.3f}",
+                         h.metadata, "hit") for i, h in enumerate(row.hits, start=1)]
+        parts.append(f'<section>{"".join(cells)}</section>')
+    out.write_text(f"""<!doctype html><html><head><meta charset="utf-8">
+<title>lookalike gallery — {html.escape(str(index.path.name))}</title>
+<style>body{{font:12px sans-serif;margin:12px}} section{{display:flex;gap:8px;margin-bottom:16px;
+overflow-x:auto}} figure{{margin:0;width:{THUMB}px;flex:none}} img{{width:{THUMB}px;
+height:{THUMB}px;object-fit:contain;border:2px solid #999}} .query img{{border-color:#d22}}
+figcaption{{word-wrap:break-word}}</style></head><body>
+<h1>lookalike gallery</h1><p>index {html.escape(str(index.path))} · model {index.model}</p>
+{"".join(parts)}</body></html>""")
+
+
+def write_gallery(index: Index, out: str | os.PathLike, item_ids: Sequence[object] = (),
+                  images: Sequence[str] = (), k: int = 8, **query: Any) -> Path:
+    """Write a contact sheet to ``out`` (.png or .html)."""
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if suffix not in (".png", ".html", ".htm"):
+        raise LookalikeError(f"gallery output {out}: use a .png or .html file name")
+    rows = gallery_rows(index, item_ids, images, k, **query)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    (render_png if suffix == ".png" else render_html)(index, rows, out)
+    return out

@@ -1,0 +1,107 @@
+"""Exact top-k search over an index's vectors: filters, exclusions, one hit per product.
+
+Pure functions over a faiss index and arrays; no files, no printing.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping, Sequence
+
+import faiss
+import numpy as np
+import pandas as pd
+
+from .errors import LookalikeError
+
+Where = Mapping[str, "str | int | float | Sequence[str | int | float]"]
+
+
+def parse_where(conditions: Iterable[str]) -> dict[str, list[str]]:
+    """``["gender=Men", "articleType=Tshirts", "gender=Women"]`` →
+    ``{"gender": ["Men", "Women"], "articleType": ["Tshirts"]}`` (values of one attribute are
+    alternatives; different attributes must all match)."""
+    out: dict[str, list[str]] = {}
+    for c in conditions:
+        key, sep, value = c.partition("=")
+        if not sep or not key.strip():
+            raise LookalikeError(f"filter {c!r} is not of the form ATTRIBUTE=VALUE")
+        out.setdefault(key.strip(), []).append(value.strip())
+    return out
+
+
+def filter_mask(items: pd.DataFrame, where: Where | None, attributes: Sequence[str]) -> np.ndarray | None:
+    """Boolean mask of the items matching every condition (values compared as text), or None
+    when there are no conditions."""
+    if not where:
+        return None
+    mask = np.ones(len(items), dtype=bool)
+    for attr, values in where.items():
+        if attr not in items.columns or attr not in (*attributes, "product_id"):
+            raise LookalikeError(f"cannot filter on {attr!r}: not an attribute of this index; "
+                                 f"attributes: {', '.join(attributes) or '(none)'}")
+        if isinstance(values, (str, bytes, int, float)):
+            values = [values]
+        wanted = {str(v) for v in values}
+        col = items[attr].astype("string").fillna("")
+        mask &= col.isin(wanted).to_numpy()
+    return mask
+
+
+def _selector(mask: np.ndarray | None) -> tuple[faiss.SearchParameters | None, np.ndarray | None]:
+    if mask is None:
+        return None, None
+    bits = np.packbits(mask, bitorder="little")  # keep alive while faiss reads it
+    return faiss.SearchParameters(sel=faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bits))), bits
+
+
+def top_k(
+    index: faiss.Index,
+    query: np.ndarray,
+    k: int,
+    *,
+    mask: np.ndarray | None = None,
+    exclude_rows: Sequence[int] = (),
+    products: np.ndarray | None = None,
+    exclude_products: Sequence[object] = (),
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and scores (best first) of the ``k`` nearest items to one query vector.
+
+    ``mask`` limits the candidates; ``exclude_rows`` are never returned; with ``products``
+    (the product id of every row) only the best row of each product is kept and
+    ``exclude_products`` are left out.
+    """
+    if k < 1:
+        raise LookalikeError(f"k must be at least 1, got {k}")
+    q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
+    if q.shape[1] != index.d:
+        raise LookalikeError(f"query vector has {q.shape[1]} dimensions, the index {index.d}")
+    n_avail = int(mask.sum()) if mask is not None else index.ntotal
+    params, _bits = _selector(mask)
+    excluded = set(int(r) for r in exclude_rows)
+    skip_products = set(exclude_products)
+    fetch = min(n_avail, k + len(excluded) + (k if products is not None else 0))
+    while True:
+        if fetch == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        scores, rows = index.search(q, fetch, params=params)
+        rows, scores = rows[0], scores[0]
+        keep = rows >= 0
+        rows, scores = rows[keep], scores[keep]
+        out_rows: list[int] = []
+        out_scores: list[float] = []
+        seen: set = set()
+        for r, s in zip(rows.tolist(), scores.tolist()):
+            if r in excluded:
+                continue
+            if products is not None:
+                p = products[r]
+                if p in skip_products or p in seen:
+                    continue
+                seen.add(p)
+            out_rows.append(r)
+            out_scores.append(s)
+            if len(out_rows) == k:
+                break
+        if len(out_rows) == k or fetch >= n_avail:
+            return np.asarray(out_rows, np.int64), np.asarray(out_scores, np.float32)
+        fetch = min(n_avail, fetch * 4)

@@ -1,0 +1,157 @@
+"""The index folder: manifest.json, items.parquet, embeddings.npy, index.faiss.
+
+A folder is written next to its destination under a temporary name and renamed into place
+only when every file is complete, so a crash mid-build never leaves a half index that loads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import pandas as pd
+
+from .errors import IndexFormatError
+
+FORMAT = "lookalike-index"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+ITEMS = "items.parquet"
+EMBEDDINGS = "embeddings.npy"
+FAISS = "index.faiss"
+
+
+@dataclass
+class StoredIndex:
+    path: Path
+    manifest: dict[str, Any]
+    items: pd.DataFrame
+    embeddings: np.ndarray  # memory-mapped, read-only
+    faiss_index: faiss.Index
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("lookalike", "numpy", "onnxruntime", "torch", "faiss-cpu", "pillow", "pyarrow"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _is_index(path: Path) -> bool:
+    try:
+        return json.loads((path / MANIFEST).read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def flat_index(embeddings: np.ndarray) -> faiss.Index:
+    """Exact inner-product index (cosine on unit vectors)."""
+    index = faiss.IndexFlatIP(embeddings.shape[1])
+    if len(embeddings):
+        index.add(np.ascontiguousarray(embeddings, dtype=np.float32))
+    return index
+
+
+def write_index(out: str | os.PathLike, manifest: dict[str, Any], items: pd.DataFrame,
+                embeddings: np.ndarray) -> Path:
+    """Write an index folder atomically; replaces ``out`` only if it is an index already."""
+    out = Path(out)
+    if len(items) != len(embeddings):
+        raise ValueError(f"{len(items)} items but {len(embeddings)} embeddings")
+    if out.exists() and not (out.is_dir() and (_is_index(out) or not any(out.iterdir()))):
+        raise IndexFormatError(f"{out} exists and is not a lookalike index; refusing to "
+                               "overwrite it (choose another --out or remove it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        emb = np.ascontiguousarray(embeddings, dtype=np.float32)
+        items.reset_index(drop=True).to_parquet(tmp / ITEMS, index=False)
+        np.save(tmp / EMBEDDINGS, emb)
+        faiss.write_index(flat_index(emb), str(tmp / FAISS))
+        manifest = {**manifest, "format": FORMAT, "format_version": FORMAT_VERSION,
+                    "files": {"items": ITEMS, "embeddings": EMBEDDINGS, "index": FAISS},
+                    "index": {"type": "flat", "metric": "inner_product"}}
+        for name in (ITEMS, EMBEDDINGS, FAISS):
+            with open(tmp / name, "rb") as f:
+                os.fsync(f.fileno())
+        with open(tmp / MANIFEST, "w") as f:  # the manifest last: it marks a complete folder
+            json.dump(manifest, f, indent=2, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o755)
+        old = None
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.rename(out, old)
+        os.rename(tmp, out)
+        _fsync_dir(out.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def read_index(path: str | os.PathLike) -> StoredIndex:
+    """Open an index folder, checking that it is complete and self-consistent."""
+    path = Path(path)
+    if not path.is_dir():
+        raise IndexFormatError(f"{path} is not a lookalike index: no such folder")
+    mpath = path / MANIFEST
+    if not mpath.is_file():
+        raise IndexFormatError(f"{path} is not a lookalike index: it has no {MANIFEST} "
+                               "(build one with `lookalike build`)")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except ValueError as e:
+        raise IndexFormatError(f"{mpath} is not valid JSON: {e}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise IndexFormatError(f"{path} is not a lookalike index ({MANIFEST} has no "
+                               f"\"format\": \"{FORMAT}\")")
+    if manifest.get("format_version", 0) > FORMAT_VERSION:
+        raise IndexFormatError(f"{path} was written by a newer lookalike (format version "
+                               f"{manifest['format_version']} > {FORMAT_VERSION}); upgrade")
+    for name in (ITEMS, EMBEDDINGS, FAISS):
+        if not (path / name).is_file():
+            raise IndexFormatError(f"index {path} is incomplete: {name} is missing")
+    items = pd.read_parquet(path / ITEMS)
+    emb = np.load(path / EMBEDDINGS, mmap_mode="r")
+    index = faiss.read_index(str(path / FAISS))
+    dim = manifest["embedder"]["dim"]
+    n = manifest["counts"]["items"]
+    if emb.ndim != 2 or emb.shape != (n, dim) or len(items) != n or index.ntotal != n \
+            or index.d != dim:
+        raise IndexFormatError(
+            f"index {path} is inconsistent: manifest says {n} items × {dim} dims, found "
+            f"{len(items)} items, embeddings {emb.shape}, faiss {index.ntotal} × {index.d}")
+    return StoredIndex(path, manifest, items, emb, index)

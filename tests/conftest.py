@@ -1,0 +1,121 @@
+"""Shared fixtures: a private model cache and a small catalogue made with PIL, bad files included."""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image, ImageDraw
+
+DATASETS = Path(os.environ.get("LOOKALIKE_DATASETS",
+                               Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+MYNTRA = DATASETS / "myntra-9k"
+STREET = DATASETS / "street-photos"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _model_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """ONNX exports go to a cache shared by the whole run, never to the user's ~/.cache."""
+    os.environ.setdefault("LOOKALIKE_CACHE", str(tmp_path_factory.mktemp("lookalike-cache")))
+
+
+def garment(color: tuple[int, int, int], shape: str, size: int = 96, seed: int = 0) -> Image.Image:
+    """A simple product photo: one coloured shape on a light background with a little noise."""
+    rng = np.random.default_rng(seed)
+    bg = np.full((size, size, 3), 235, np.uint8) + rng.integers(0, 12, (size, size, 3), dtype=np.uint8)
+    img = Image.fromarray(bg)
+    d = ImageDraw.Draw(img)
+    m = size // 6
+    if shape == "shirt":
+        d.rectangle([m * 2, m, size - m * 2, size - m], fill=color)
+        d.rectangle([m, m, size - m, m * 2], fill=color)
+    elif shape == "shoe":
+        d.ellipse([m, size // 2, size - m, size - m], fill=color)
+    else:  # bag
+        d.rectangle([m, m * 2, size - m, size - m], fill=color)
+        d.arc([m * 2, m // 2, size - m * 2, m * 3], 180, 360, fill=color, width=4)
+    return img
+
+
+def png_bomb() -> bytes:
+    """A valid PNG header announcing 60000×60000 pixels (the decompression-bomb case)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+PRODUCTS = [  # product id, articleType, colour name, rgb, shape
+    ("P1", "Shirts", "Red", (200, 30, 30), "shirt"),
+    ("P2", "Shirts", "Blue", (30, 40, 200), "shirt"),
+    ("P3", "Shoes", "Red", (190, 40, 40), "shoe"),
+    ("P4", "Shoes", "Black", (20, 20, 20), "shoe"),
+    ("P5", "Bags", "Blue", (40, 50, 190), "bag"),
+    ("P6", "Bags", "Black", (25, 25, 25), "bag"),
+]
+
+
+@pytest.fixture
+def tiny_catalog(tmp_path: Path) -> Path:
+    """18 good photos (6 products × 3 views in assorted formats) plus 6 bad files.
+
+    Columns: sku, product, type, colour, gender, file.
+    """
+    img_dir = tmp_path / "photos"
+    img_dir.mkdir()
+    rows = []
+    for p, (pid, kind, colour, rgb, shape) in enumerate(PRODUCTS):
+        base = garment(rgb, shape, seed=p)
+        views = [base, base.transpose(Image.FLIP_LEFT_RIGHT), base.crop((6, 6, 90, 90))]
+        for v, img in enumerate(views):
+            sku = f"{pid}-{v}"
+            fmt = ["jpg", "png", "webp"][v]
+            name = f"{sku}.{fmt}"
+            img.save(img_dir / name)
+            rows.append((sku, pid, kind, colour, "Men" if p % 2 else "Women", f"photos/{name}"))
+    # odd but valid formats, each an extra photo of some product
+    g = garment((200, 30, 30), "shirt", seed=10)
+    g.convert("RGBA").save(img_dir / "alpha.png")
+    g.convert("CMYK").save(img_dir / "cmyk.jpg")
+    g.convert("L").save(img_dir / "gray.jpg")
+    g.convert("P").save(img_dir / "palette.gif")
+    rot = g.rotate(90, expand=True)  # stored rotated, EXIF says "rotate back"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rot.save(img_dir / "exif.jpg", exif=exif)
+    arr16 = (np.asarray(g.convert("L"), dtype=np.uint16) * 257)
+    Image.fromarray(arr16).save(img_dir / "sixteen.png")
+    for i, name in enumerate(["alpha.png", "cmyk.jpg", "gray.jpg", "palette.gif", "exif.jpg",
+                              "sixteen.png"]):
+        rows.append((f"odd-{i}", "P1", "Shirts", "Red", "Women", f"photos/{name}"))
+    # bad files
+    buf = io.BytesIO()
+    garment((0, 200, 0), "shirt").save(buf, "JPEG")
+    (img_dir / "truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 3])
+    (img_dir / "empty.jpg").write_bytes(b"")
+    (img_dir / "notes.jpg").write_text("this is not a picture\n")
+    (img_dir / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(200))
+    (img_dir / "bomb.png").write_bytes(png_bomb())
+    for i, name in enumerate(["truncated.jpg", "empty.jpg", "notes.jpg", "corrupt.png",
+                              "bomb.png", "does-not-exist.jpg"]):
+        rows.append((f"bad-{i}", f"B{i}", "Shirts", "Green", "Men", f"photos/{name}"))
+    df = pd.DataFrame(rows, columns=["sku", "product", "type", "colour", "gender", "file"])
+    path = tmp_path / "catalog.csv"
+    df.to_csv(path, index=False)
+    return path
+
+
+BAD_REASONS = {
+    "bad-0": "truncated",
+    "bad-1": "empty file",
+    "bad-2": "not an image",
+    "bad-3": "",  # corrupt: any reason
+    "bad-4": "too large",
+    "bad-5": "image file missing",
+}

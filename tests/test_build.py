@@ -1,0 +1,147 @@
+"""End to end on a small catalogue: build, open, search, neighbours, gallery, bad input."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+import lookalike.store as store
+from lookalike import Index, IndexFormatError, UnknownItemError, build_index, read_catalog
+from lookalike.cli import cli
+from lookalike.embedders import create_embedder
+from lookalike.images import load_model_input
+
+from .conftest import BAD_REASONS
+
+MODEL = "mobilenet-v2"  # the fastest backbone keeps the suite quick; all are tested in test_embedders
+
+
+@pytest.fixture
+def catalog(tiny_catalog: Path):
+    return read_catalog(tiny_catalog, id_column="sku", image_column="file",
+                        product_column="product")
+
+
+@pytest.fixture
+def index_dir(catalog, tmp_path: Path) -> Path:
+    build_index(catalog, tmp_path / "index", model=MODEL)
+    return tmp_path / "index"
+
+
+def test_bad_photos_skipped_with_reasons_and_rows_aligned(catalog, index_dir: Path) -> None:
+    ix = Index.open(index_dir)
+    m = ix.manifest
+    assert m["counts"] == {"catalog_rows": 30, "items": 24, "skipped": 6}
+    reasons = {s["item_id"]: s["reason"] for s in m["skipped"]}
+    assert set(reasons) == set(BAD_REASONS)
+    for item, expected in BAD_REASONS.items():
+        assert expected in reasons[item], (item, reasons[item])
+    assert m["embedder"]["name"] == MODEL and m["preprocessing"]["input_size"] == 224
+    assert {"numpy", "onnxruntime", "faiss-cpu", "torch"} <= set(m["versions"])
+    # every stored vector is the vector of that item's own photo, computed alone
+    e = create_embedder(MODEL)
+    for item_id in ["P1-0", "P3-2", "odd-3", "P6-2"]:
+        alone = e(load_model_input(ix.image_path(item_id), 224)[None])[0]
+        np.testing.assert_allclose(ix.vector(item_id), alone, atol=1e-5)
+    assert ix.items["row"].tolist() == [r for r in range(30) if r < 24]
+    with pytest.raises(UnknownItemError, match="bad-1.*skipped.*empty file"):
+        ix.similar("bad-1")
+    with pytest.raises(UnknownItemError, match="unknown item id 'nope'"):
+        ix.similar("nope")
+
+
+def test_similar_search_filters_products(index_dir: Path, tiny_catalog: Path) -> None:
+    ix = Index.open(index_dir, model=MODEL)
+    hits = ix.similar("P1-0", k=5)
+    assert len(hits) == 5 and "P1-0" not in [h.item_id for h in hits]
+    assert hits[0].item_id.startswith("P1-") or hits[0].item_id.startswith("odd-")
+    assert hits[0].metadata["type"] == "Shirts" and hits[0].metadata["product_id"] == "P1"
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    shoes = ix.similar("P1-0", k=20, where={"type": "Shoes"})
+    assert len(shoes) == 6 and all(h.metadata["type"] == "Shoes" for h in shoes)
+    grouped = ix.similar("P1-0", k=10, per_product=True)
+    products = [h.metadata["product_id"] for h in grouped]
+    assert len(products) == len(set(products)) == 5 and "P1" not in products
+    photo = tiny_catalog.parent / "photos" / "P4-0.jpg"
+    found = ix.search(photo, k=3)
+    assert found[0].item_id == "P4-0" and found[0].score > 0.999
+    assert ix.search(photo.read_bytes(), k=1)[0].item_id == "P4-0"
+
+
+def test_cli_end_to_end(tiny_catalog: Path, tmp_path: Path) -> None:
+    run = CliRunner().invoke
+    out = tmp_path / "ix"
+    r = run(cli, ["build", str(tiny_catalog), "--out", str(out), "--id-column", "sku",
+                  "--image-column", "file", "--product-column", "product", "-m", MODEL, "-q"])
+    assert r.exit_code == 0, r.output
+    assert "24 items embedded with mobilenet-v2, 6 skipped, of 30 catalogue rows" in r.output
+    assert "skipped bad-4 (row 28): image too large" in r.output
+    r = run(cli, ["similar", str(out), "P2-0", "-k", "3"])
+    assert r.exit_code == 0 and r.output.splitlines()[0].split()[:3] == ["rank", "item_id", "score"]
+    r = run(cli, ["similar", str(out), "P2-0", "-k", "4", "--json", "--where", "colour=Blue",
+                  "--per-product"])
+    lines = [json.loads(x) for x in r.output.splitlines()]
+    assert [x["rank"] for x in lines] == [1] and lines[0]["metadata"]["product_id"] == "P5"
+    r = run(cli, ["search", str(out), "--image", str(tiny_catalog.parent / "photos/P5-1.png"),
+                  "-k", "2", "--json"])
+    assert json.loads(r.output.splitlines()[0])["item_id"] == "P5-1"
+    nb = tmp_path / "nb.csv"
+    r = run(cli, ["neighbors", str(out), "-k", "4", "-o", str(nb), "-q"])
+    assert r.exit_code == 0, r.output
+    df = pd.read_csv(nb, dtype={"item_id": str, "neighbor_id": str})
+    assert len(df) == 24 * 4 and set(df.item_id) == set(Index.open(out).items.item_id)
+    for fmt in ("png", "html"):
+        g = tmp_path / f"g.{fmt}"
+        r = run(cli, ["gallery", str(out), "P1-0", "P4-1", "--image",
+                      str(tiny_catalog.parent / "photos/alpha.png"), "-k", "4", "-o", str(g)])
+        assert r.exit_code == 0, r.output
+        assert g.stat().st_size > 1000
+    r = run(cli, ["info", str(out)])
+    assert "24 items, 6 skipped of 30 rows" in r.output
+    # errors: one line, non-zero exit
+    r = run(cli, ["similar", str(out), "zzz"])
+    assert r.exit_code == 1 and "Error: unknown item id 'zzz'" in r.output
+    r = run(cli, ["similar", str(tmp_path), "P1-0"])
+    assert r.exit_code == 1 and "is not a lookalike index" in r.output
+    r = run(cli, ["build", str(tiny_catalog), "--out", str(tmp_path / "x")])
+    assert r.exit_code == 1 and "columns found: sku, product" in r.output
+
+
+def test_open_errors(index_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(IndexFormatError, match="built with 'mobilenet-v2', not 'efficientnet-lite0'"):
+        Index.open(index_dir, model="efficientnet-lite0")
+    with pytest.raises(IndexFormatError, match="no manifest.json"):
+        Index.open(tmp_path)
+    with pytest.raises(IndexFormatError, match="no such folder"):
+        Index.open(tmp_path / "missing")
+    (index_dir / "embeddings.npy").unlink()
+    with pytest.raises(IndexFormatError, match="incomplete: embeddings.npy is missing"):
+        Index.open(index_dir)
+
+
+def test_crash_mid_build_leaves_previous_index(catalog, index_dir: Path, monkeypatch) -> None:
+    before = Index.open(index_dir).similar("P2-0", 3)
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(store.faiss, "write_index", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        build_index(catalog, index_dir, model="efficientnet-lite0")
+    assert Index.open(index_dir).similar("P2-0", 3) == before  # old index untouched
+    assert [p.name for p in index_dir.parent.iterdir() if p.name.startswith(".")] == []
+    with pytest.raises(RuntimeError):
+        build_index(catalog, index_dir.parent / "fresh", model=MODEL)
+    assert not (index_dir.parent / "fresh").exists()  # no half index
+
+
+def test_refuses_to_overwrite_other_folders(catalog, tmp_path: Path) -> None:
+    precious = tmp_path / "docs"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("years of work")
+    with pytest.raises(IndexFormatError, match="exists and is not a lookalike index"):
+        build_index(catalog, precious, model=MODEL)
+    assert (precious / "thesis.txt").read_text() == "years of work"
