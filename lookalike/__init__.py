@@ -5,12 +5,24 @@ from .build import BuildSummary, build_index
 from .catalog import Catalog, read_catalog
 from .embed import EmbedResult, embed_images
 from .embedders import create_embedder, list_embedders
-from .errors import (CatalogError, ImageError, IndexFormatError, LookalikeError,
-                     UnknownItemError)
+from .errors import CatalogError, ImageError, IndexFormatError, LookalikeError, UnknownItemError
 from .images import load_image
 
 __all__ = [
-    "Index", "Hit", "read_catalog", "Catalog", "build_index", "BuildSummary", "embed_images",
-    "EmbedResult", "create_embedder", "list_embedders", "load_image", "LookalikeError",
-    "CatalogError", "ImageError", "IndexFormatError", "UnknownItemError",
+                     "BuildSummary",
+                     "Catalog",
+                     "CatalogError",
+                     "EmbedResult",
+                     "Hit",
+                     "ImageError",
+                     "Index",
+                     "IndexFormatError",
+                     "LookalikeError",
+                     "UnknownItemError",
+                     "build_index",
+                     "create_embedder",
+                     "embed_images",
+                     "list_embedders",
+                     "load_image",
+                     "read_catalog",
 ]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -49,14 +50,15 @@ class Index:
                                    f"not {model!r}; rebuild it or open it without a model")
         self.items = stored.items
         self.embeddings = stored.embeddings
-        self._faiss = stored.faiss_index
+        #: the faiss index over ``embeddings`` (row i = ``items`` row i)
+        self.vector_index = stored.faiss_index
         self.attributes: list[str] = list(self.manifest["catalog"]["attributes"])
         self._row_of = {str(v): i for i, v in enumerate(self.items[ITEM_ID].tolist())}
         self._products = self.items[PRODUCT_ID].astype("string").to_numpy(dtype=object)
         self._embedder: Embedder | None = None
 
     @classmethod
-    def open(cls, path: str | os.PathLike, model: str | None = None) -> "Index":
+    def open(cls, path: str | os.PathLike, model: str | None = None) -> Index:
         """Open an index folder; with ``model``, refuse one built by another embedder."""
         return cls(path, model)
 
@@ -100,6 +102,13 @@ class Index:
             meta[PRODUCT_ID] = _plain(rec[PRODUCT_ID])
         return meta
 
+    def display_attributes(self, n: int = 5) -> list[str]:
+        """The ``n`` attributes that tell items apart best, for tables and pictures: most
+        distinct values first, leaving out near-unique ones such as names."""
+        counts = {a: self.items[a].nunique() for a in self.attributes}
+        useful = [a for a in self.attributes if 1 < counts[a] <= max(2, len(self) // 2)]
+        return sorted(useful, key=lambda a: -counts[a])[:n]
+
     def image_path(self, item_id: object) -> Path:
         return resolve_image(self.images_root, self.items[IMAGE_PATH].iat[self.row(item_id)])
 
@@ -132,7 +141,7 @@ class Index:
         """Nearest items to an embedding (cosine similarity, best first)."""
         exclude_rows = [self._row_of[str(e)] for e in exclude if str(e) in self._row_of]
         rows, scores = top_k(
-            self._faiss, vector, k, mask=filter_mask(self.items, where, self.attributes),
+            self.vector_index, vector, k, mask=filter_mask(self.items, where, self.attributes),
             exclude_rows=exclude_rows,
             products=self._products if per_product else None,
             exclude_products=[self._products[r] for r in exclude_rows] if per_product else ())
@@ -154,7 +163,7 @@ class Index:
 
     def neighbors(self, out: str | os.PathLike, k: int = 10, **options: Any) -> int:
         """Write the top-k neighbours of every item to a .parquet/.csv/.jsonl file."""
-        return write_neighbors(self._faiss, self.embeddings, self.items[ITEM_ID].to_numpy(),
+        return write_neighbors(self.vector_index, self.embeddings, self.items[ITEM_ID].to_numpy(),
                                out, k, **options)
 
     def catalog_row(self, item_id: object) -> int:

@@ -68,7 +68,7 @@ def _read_table(path: Path, text_columns: list[str]) -> pd.DataFrame:
     if suffix in (".parquet", ".pq"):
         try:
             return pd.read_parquet(path)
-        except Exception as e:  # pyarrow raises many kinds
+        except Exception as e:  # noqa: BLE001 (pyarrow raises many kinds)
             raise CatalogError(f"catalogue {path} could not be read as Parquet: {e}") from None
     raise CatalogError(f"catalogue {path}: unsupported file type {suffix!r} "
                        "(use .csv, .tsv or .parquet)")
@@ -119,7 +119,7 @@ def read_catalog(
         raise CatalogError(f"catalogue {path} has a header but no rows")
 
     ids = _as_text(df[id_column])
-    line = lambda i: int(i) + 2 if path.suffix.lower() != ".parquet" else int(i)  # noqa: E731
+    line = lambda i: int(i) + 2 if path.suffix.lower() != ".parquet" else int(i)
     where = "line" if path.suffix.lower() != ".parquet" else "row"
     empty = ids.isna() | (ids.str.strip() == "")
     if empty.any():

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import click
 from tqdm import tqdm
@@ -67,10 +68,6 @@ def _print_hits(hits: Sequence[Hit], as_json: bool, columns: Sequence[str]) -> N
         click.echo("  ".join(v[:w].ljust(w) for v, w in zip(line, widths)).rstrip())
 
 
-def _shown_columns(index: Index, limit: int = 5) -> list[str]:
-    return index.attributes[:limit]
-
-
 @cli.command()
 @click.argument("catalog", type=click.Path(dir_okay=False))
 @click.option("--images", type=click.Path(file_okay=False),
@@ -120,7 +117,7 @@ def similar(index: str, item_id: str, k: int, where: tuple[str, ...], per_produc
     """Items that look like ITEM_ID (the item itself excluded)."""
     ix = Index.open(index)
     hits = ix.similar(item_id, k, where=parse_where(where), per_product=per_product)
-    _print_hits(hits, as_json, _shown_columns(ix))
+    _print_hits(hits, as_json, ix.display_attributes())
 
 
 @cli.command()
@@ -133,7 +130,7 @@ def search(index: str, image: str, k: int, where: tuple[str, ...], per_product: 
     """Catalogue items that look like a photo."""
     ix = Index.open(index)
     hits = ix.search(image, k, where=parse_where(where), per_product=per_product)
-    _print_hits(hits, as_json, _shown_columns(ix))
+    _print_hits(hits, as_json, ix.display_attributes())
 
 
 @cli.command()

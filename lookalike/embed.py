@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -44,7 +44,7 @@ def _decode_batch(sources: Sequence[ImageSource], positions: Sequence[int], size
             ok.append(pos)
         except ImageError as e:
             bad[pos] = str(e)
-        except Exception as e:  # a decoder bug must not take the whole build down
+        except Exception as e:  # noqa: BLE001 (a decoder bug must not stop the build)
             bad[pos] = f"could not decode: {type(e).__name__}: {e}"
     return out[: len(ok)], ok, bad, time.perf_counter() - t0
 

@@ -6,9 +6,10 @@ import base64
 import html
 import io
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -53,8 +54,8 @@ def _thumb(path: Path) -> Image.Image:
     return cell
 
 
-def _describe(meta: dict[str, Any], limit: int) -> list[str]:
-    return [f"{v}" for v in meta.values() if v not in (None, "")][:limit]
+def _describe(meta: dict[str, Any], columns: Sequence[str]) -> list[str]:
+    return [str(meta[c]) for c in columns if meta.get(c) not in (None, "")]
 
 
 def render_png(index: Index, rows: list[GalleryRow], out: Path) -> None:
@@ -64,6 +65,7 @@ def render_png(index: Index, rows: list[GalleryRow], out: Path) -> None:
     sheet = Image.new("RGB", (pad + cell_w * (k + 1) + pad, pad + cell_h * len(rows)), "white")
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default(size=11)
+    shown = index.display_attributes(TEXT_LINES - 1)
 
     def cell(col: int, r: int, path: Path, lines: list[str], frame: str) -> None:
         x, y = pad + col * cell_w + (pad if col else 0), pad + r * cell_h
@@ -73,10 +75,10 @@ def render_png(index: Index, rows: list[GalleryRow], out: Path) -> None:
             draw.text((x, y + THUMB + 3 + j * LINE_H), line[:26], fill="black", font=font)
 
     for r, row in enumerate(rows):
-        cell(0, r, row.image, [row.title] + _describe(row.metadata, TEXT_LINES - 1), "#d22")
+        cell(0, r, row.image, [row.title] + _describe(row.metadata, shown), "#d22")
         for c, hit in enumerate(row.hits, start=1):
             cell(c, r, index.image_path(hit.item_id),
-                 [f"#{c} {hit.item_id}  {hit.score:.3f}"] + _describe(hit.metadata, TEXT_LINES - 1),
+                 [f"#{c} {hit.item_id}  {hit.score:.3f}"] + _describe(hit.metadata, shown),
                  "#999")
     sheet.save(out)
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import faiss
 import numpy as np
@@ -55,7 +55,7 @@ class _Writer:
         elif fmt == "csv":
             self._w = pacsv.CSVWriter(path, self.schema)
         else:
-            self._f = open(path, "w")
+            self._f = open(path, "w")  # noqa: SIM115 (closed in close())
 
     def write(self, table: pa.Table) -> None:
         if self.fmt == "jsonl":

@@ -5,7 +5,7 @@ Pure functions over a faiss index and arrays; no files, no printing.
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import faiss
 import numpy as np
@@ -77,7 +77,7 @@ def top_k(
         raise LookalikeError(f"query vector has {q.shape[1]} dimensions, the index {index.d}")
     n_avail = int(mask.sum()) if mask is not None else index.ntotal
     params, _bits = _selector(mask)
-    excluded = set(int(r) for r in exclude_rows)
+    excluded = {int(r) for r in exclude_rows}
     skip_products = set(exclude_products)
     fetch = min(n_avail, k + len(excluded) + (k if products is not None else 0))
     while True:

@@ -8,8 +8,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-import lookalike.store as store
-from lookalike import Index, IndexFormatError, UnknownItemError, build_index, read_catalog
+from lookalike import Index, IndexFormatError, UnknownItemError, build_index, read_catalog, store
 from lookalike.cli import cli
 from lookalike.embedders import create_embedder
 from lookalike.images import load_model_input
@@ -80,7 +79,11 @@ def test_cli_end_to_end(tiny_catalog: Path, tmp_path: Path) -> None:
     assert "24 items embedded with mobilenet-v2, 6 skipped, of 30 catalogue rows" in r.output
     assert "skipped bad-4 (row 28): image too large" in r.output
     r = run(cli, ["similar", str(out), "P2-0", "-k", "3"])
-    assert r.exit_code == 0 and r.output.splitlines()[0].split()[:3] == ["rank", "item_id", "score"]
+    assert r.exit_code == 0
+    # the attributes that tell items apart best, most distinct values first
+    assert r.output.splitlines()[0].split() == ["rank", "item_id", "score", "type", "colour",
+                                                "gender"]
+    assert len(r.output.splitlines()) == 4
     r = run(cli, ["similar", str(out), "P2-0", "-k", "4", "--json", "--where", "colour=Blue",
                   "--per-product"])
     lines = [json.loads(x) for x in r.output.splitlines()]

@@ -48,7 +48,7 @@ def test_transparency_becomes_white(tmp_path: Path) -> None:
 def test_gif_first_frame(tmp_path: Path) -> None:
     frames = [Image.new("RGB", (8, 8), c) for c in ((255, 0, 0), (0, 0, 255))]
     frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:])
-    r, g, b = np.asarray(load_image(tmp_path / "a.gif"))[0, 0].tolist()
+    r, _, b = np.asarray(load_image(tmp_path / "a.gif"))[0, 0].tolist()
     assert r > 200 and b < 50
 
 

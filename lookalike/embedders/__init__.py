@@ -12,8 +12,8 @@ import json
 import os
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -23,8 +23,15 @@ from ..errors import LookalikeError
 from . import efficientnet, mobilenet
 from .spec import EmbedderSpec
 
-__all__ = ["EmbedderSpec", "Embedder", "list_embedders", "get_spec", "create_embedder",
-           "build_torch_model", "DEFAULT_EMBEDDER"]
+__all__ = [
+    "DEFAULT_EMBEDDER",
+    "Embedder",
+    "EmbedderSpec",
+    "build_torch_model",
+    "create_embedder",
+    "get_spec",
+    "list_embedders",
+]
 
 DEFAULT_EMBEDDER = "efficientnet-lite0"
 _FAMILIES: dict[str, tuple[list[EmbedderSpec], Callable[[EmbedderSpec], nn.Module]]] = {

@@ -45,8 +45,8 @@ class _InvertedResidual(nn.Module):
 class MobileNetV2Features(nn.Module):
     """torchvision's ``mobilenet_v2().features`` (same parameter names), output (N, 1280, h, w)."""
 
-    SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
-                (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+    SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
+                (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
 
     def __init__(self) -> None:
         super().__init__()

@@ -34,7 +34,7 @@ class EmbedderSpec:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "EmbedderSpec":
+    def from_dict(cls, d: dict[str, Any]) -> EmbedderSpec:
         d = dict(d)
         d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
         return cls(**d)

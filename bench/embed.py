@@ -1,0 +1,85 @@
+"""Embedding throughput, side by side in one run, on the sample catalogue.
+
+  end-to-end      lookalike's pipeline: decode in background threads + ONNX Runtime
+  pure inference  the same ONNX model on pre-decoded uint8 tensors (no decoding at all)
+  eager PyTorch   the same network in eager torch on the same pre-decoded tensors
+
+Usage: .venv/bin/python bench/embed.py [--model efficientnet-lite0] [--n 0] [--eager-n 1024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lookalike import create_embedder, embed_images, read_catalog
+from lookalike.embedders import build_torch_model
+from lookalike.images import load_model_input
+
+DATA = Path(os.environ.get("LOOKALIKE_DATASETS", "../shared/datasets")) / "myntra-9k"
+
+
+def rate(n: int, seconds: float) -> float:
+    return n / seconds if seconds > 0 else float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--model", default="efficientnet-lite0")
+    ap.add_argument("--n", type=int, default=0, help="photos to embed (0 = the whole catalogue)")
+    ap.add_argument("--eager-n", type=int, default=1024, help="photos for eager PyTorch (slow)")
+    ap.add_argument("--batch-size", type=int, default=32)
+    args = ap.parse_args()
+
+    cat = read_catalog(DATA / "catalog.csv")
+    n = args.n or len(cat)
+    paths = [cat.image_file(i) for i in range(n)]
+    emb = create_embedder(args.model)
+    size, bs = emb.spec.input_size, args.batch_size
+    print(f"{args.model} on {n} photos of {DATA}, batch {bs}, {os.cpu_count()} cores, "
+          f"{platform.processor() or platform.machine()}")
+
+    embed_images(emb, paths[:256], batch_size=bs)  # warm-up
+    e2e = embed_images(emb, paths, batch_size=bs)
+    e2e_rate = rate(len(e2e.rows), e2e.timings["total_s"])
+
+    pixels = np.stack([load_model_input(p, size) for p in paths])
+    t0 = time.perf_counter()
+    out = np.concatenate([emb(pixels[i:i + bs]) for i in range(0, n, bs)])
+    pure_rate = rate(n, time.perf_counter() - t0)
+    assert np.allclose(out, e2e.embeddings, atol=1e-5), "pipeline and direct inference disagree"
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = build_torch_model(args.model)
+    m = min(args.eager_n, n)
+    x = torch.from_numpy(pixels[:m])
+    with torch.inference_mode():
+        model(x[:bs])  # warm-up
+        t0 = time.perf_counter()
+        for i in range(0, m, bs):
+            model(x[i:i + bs])
+        eager_rate = rate(m, time.perf_counter() - t0)
+
+    rows = [("end-to-end (decode + ONNX Runtime)", e2e_rate),
+            ("pure inference (ONNX Runtime, pre-decoded)", pure_rate),
+            ("eager PyTorch (pre-decoded)", eager_rate)]
+    print(f"\n| {'path':44} | images/s |")
+    print(f"|{'-' * 46}|----------|")
+    for name, r in rows:
+        print(f"| {name:44} | {r:8.1f} |")
+    t = e2e.timings
+    print(f"\nend-to-end stages: total {t['total_s']:.1f} s, inference {t['infer_s']:.1f} s, "
+          f"decoding {t['decode_s']:.1f} s (background), waiting for decoding "
+          f"{t['wait_for_decode_s']:.1f} s")
+    print(f"end-to-end / pure inference = {e2e_rate / pure_rate:.2f}  (target >= 0.80)")
+    print(f"end-to-end / eager PyTorch  = {e2e_rate / eager_rate:.2f}  (target >= 4)")
+
+
+if __name__ == "__main__":
+    main()
