@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .build import BuildSummary, build_index
-from .catalog import IMAGE_PATH, ITEM_ID, PRODUCT_ID, ROW, Catalog, resolve_image
+from .catalog import IMAGE_PATH, ITEM_ID, PRODUCT_ID, Catalog, resolve_image
 from .embedders import DEFAULT_EMBEDDER, Embedder, EmbedderSpec, create_embedder
 from .errors import IndexFormatError, UnknownItemError
 from .images import DEFAULT_MAX_PIXELS, ImageSource, load_model_input
@@ -165,7 +165,3 @@ class Index:
         """Write the top-k neighbours of every item to a .parquet/.csv/.jsonl file."""
         return write_neighbors(self.vector_index, self.embeddings, self.items[ITEM_ID].to_numpy(),
                                out, k, **options)
-
-    def catalog_row(self, item_id: object) -> int:
-        """The item's row number in the original catalogue file (0-based)."""
-        return int(self.items[ROW].iat[self.row(item_id)])
