@@ -15,7 +15,7 @@ import pandas as pd
 from .build import BuildSummary, build_index
 from .catalog import IMAGE_PATH, ITEM_ID, PRODUCT_ID, Catalog, resolve_image
 from .embedders import DEFAULT_EMBEDDER, Embedder, EmbedderSpec, create_embedder
-from .errors import IndexFormatError, UnknownItemError
+from .errors import ImageError, IndexFormatError, UnknownItemError
 from .images import DEFAULT_MAX_PIXELS, ImageSource, load_model_input
 from .neighbors import write_neighbors
 from .search import Where, filter_mask, top_k
@@ -129,7 +129,11 @@ class Index:
 
     def embed(self, image: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         """The embedding of one photo, preprocessed as the index's catalogue was."""
-        pixels = load_model_input(image, self.spec.input_size, max_pixels=max_pixels)
+        try:
+            pixels = load_model_input(image, self.spec.input_size, max_pixels=max_pixels)
+        except ImageError as e:
+            name = f"photo {image}" if isinstance(image, (str, os.PathLike)) else "the photo"
+            raise ImageError(f"{name}: {e}") from None
         return self.embedder(pixels[None])[0]
 
     def _hits(self, rows: np.ndarray, scores: np.ndarray) -> list[Hit]:

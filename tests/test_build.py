@@ -109,6 +109,9 @@ def test_cli_end_to_end(tiny_catalog: Path, tmp_path: Path) -> None:
     assert r.exit_code == 1 and "Error: unknown item id 'zzz'" in r.output
     r = run(cli, ["similar", str(tmp_path), "P1-0"])
     assert r.exit_code == 1 and "is not a lookalike index" in r.output
+    bad = tiny_catalog.parent / "photos" / "truncated.jpg"
+    r = run(cli, ["search", str(out), "--image", str(bad)])
+    assert r.exit_code == 1 and f"Error: photo {bad}: truncated image" in r.output
     r = run(cli, ["build", str(tiny_catalog), "--out", str(tmp_path / "x")])
     assert r.exit_code == 1 and "columns found: sku, product" in r.output
 
@@ -148,3 +151,24 @@ def test_refuses_to_overwrite_other_folders(catalog, tmp_path: Path) -> None:
     with pytest.raises(IndexFormatError, match="exists and is not a lookalike index"):
         build_index(catalog, precious, model=MODEL)
     assert (precious / "thesis.txt").read_text() == "years of work"
+
+
+def test_sigkill_mid_write_leaves_previous_index(tiny_catalog: Path, index_dir: Path) -> None:
+    """A process killed while writing the folder: the old index still opens and answers."""
+    import subprocess
+    import sys
+
+    before = Index.open(index_dir).similar("P2-0", 3)
+    script = f"""
+import os, signal
+import lookalike.store as store
+from lookalike import build_index, read_catalog
+store.faiss.write_index = lambda *a: os.kill(os.getpid(), signal.SIGKILL)
+cat = read_catalog({str(tiny_catalog)!r}, id_column="sku", image_column="file")
+build_index(cat, {str(index_dir)!r}, model="efficientnet-lite0")
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=300,
+                          check=False)
+    assert proc.returncode == -9, proc.stderr.decode()
+    ix = Index.open(index_dir)
+    assert ix.model == MODEL and ix.similar("P2-0", 3) == before
