@@ -27,16 +27,19 @@ from lookalike.store import flat_index
 DATA = Path(os.environ.get("LOOKALIKE_DATASETS", "../shared/datasets")) / "myntra-9k"
 
 
+def _drop_self(rows: np.ndarray, k: int) -> np.ndarray:
+    return np.array([[r for r in row if r != i][:k] for i, row in enumerate(rows)])
+
+
 def lookalike_knn(x: np.ndarray, k: int, queries: int | None = None) -> tuple[np.ndarray, float]:
+    """All items through lookalike's blocked search, or the first ``queries`` items searched
+    against the full base the same way (k + 1, self dropped)."""
     index = flat_index(x)
-    q = x if queries is None else x[:queries]
     t0 = time.perf_counter()
-    blocks = [b for b in neighbor_blocks(index, q, k)] if queries is None else None
-    if blocks is None:  # a subset of queries against the full base: same search, self dropped
-        _, rows = index.search(np.ascontiguousarray(q), k + 1)
-        nb = np.array([[r for r in row if r != i][:k] for i, row in enumerate(rows)])
+    if queries is None:
+        nb = np.concatenate([b[1] for b in neighbor_blocks(index, x, k)])
     else:
-        nb = np.concatenate([b[1] for b in blocks])
+        nb = _drop_self(index.search(np.ascontiguousarray(x[:queries]), k + 1)[1], k)
     return nb, time.perf_counter() - t0
 
 
@@ -46,7 +49,7 @@ def sklearn_knn(x: np.ndarray, k: int, queries: int | None = None) -> tuple[np.n
     t0 = time.perf_counter()
     _, rows = nn.kneighbors(q)
     dt = time.perf_counter() - t0
-    return np.array([[r for r in row if r != i][:k] for i, row in enumerate(rows)]), dt
+    return _drop_self(rows, k), dt
 
 
 def agreement(x: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[float, int]:
