@@ -21,7 +21,7 @@ import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
 from lookalike import Index, build_index, read_catalog
-from lookalike.neighbors import neighbor_blocks
+from lookalike.neighbors import neighbor_rows
 from lookalike.store import flat_index
 
 DATA = Path(os.environ.get("LOOKALIKE_DATASETS", "../shared/datasets")) / "myntra-9k"
@@ -37,7 +37,7 @@ def lookalike_knn(x: np.ndarray, k: int, queries: int | None = None) -> tuple[np
     index = flat_index(x)
     t0 = time.perf_counter()
     if queries is None:
-        nb = np.concatenate([b[1] for b in neighbor_blocks(index, x, k)])
+        nb = neighbor_rows(index, x, k)
     else:
         nb = _drop_self(index.search(np.ascontiguousarray(x[:queries]), k + 1)[1], k)
     return nb, time.perf_counter() - t0

@@ -12,7 +12,7 @@ import numpy as np
 
 from lookalike import Index
 from lookalike.evaluate import attribute_labels, precision_at_k
-from lookalike.neighbors import neighbor_blocks
+from lookalike.neighbors import neighbor_rows
 
 RELEVANCE = [["articleType"], ["articleType", "baseColour"], ["gender"]]
 
@@ -24,7 +24,7 @@ def main() -> None:
     args = ap.parse_args()
     ix = Index.open(args.index)
     x = np.asarray(ix.embeddings)
-    nb = np.concatenate([b[1] for b in neighbor_blocks(ix.vector_index, x, args.k)])
+    nb = neighbor_rows(ix.vector_index, x, args.k)
     print(f"{args.index}: {len(ix)} items, model {ix.model}\n")
     print(f"| same … | precision@1 | precision@5 | precision@{args.k} |\n|---|---|---|---|")
     for attrs in RELEVANCE:

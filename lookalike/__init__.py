@@ -9,20 +9,7 @@ from .errors import CatalogError, ImageError, IndexFormatError, LookalikeError, 
 from .images import load_image
 
 __all__ = [
-                     "BuildSummary",
-                     "Catalog",
-                     "CatalogError",
-                     "EmbedResult",
-                     "Hit",
-                     "ImageError",
-                     "Index",
-                     "IndexFormatError",
-                     "LookalikeError",
-                     "UnknownItemError",
-                     "build_index",
-                     "create_embedder",
-                     "embed_images",
-                     "list_embedders",
-                     "load_image",
-                     "read_catalog",
+    "BuildSummary", "Catalog", "CatalogError", "EmbedResult", "Hit", "ImageError", "Index",
+    "IndexFormatError", "LookalikeError", "UnknownItemError", "build_index", "create_embedder",
+    "embed_images", "list_embedders", "load_image", "read_catalog",
 ]

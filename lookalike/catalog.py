@@ -49,6 +49,9 @@ def resolve_image(root: Path, rel: str) -> Path:
     return p if p.is_absolute() else root / p
 
 
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
 def _read_table(path: Path, text_columns: list[str]) -> pd.DataFrame:
     suffix = path.suffix.lower()
     if not path.exists():
@@ -65,7 +68,7 @@ def _read_table(path: Path, text_columns: list[str]) -> pd.DataFrame:
             raise CatalogError(f"catalogue {path} is empty (no header, no rows)") from None
         except (pd.errors.ParserError, UnicodeDecodeError) as e:
             raise CatalogError(f"catalogue {path} could not be parsed as CSV: {e}") from None
-    if suffix in (".parquet", ".pq"):
+    if suffix in PARQUET_SUFFIXES:
         try:
             return pd.read_parquet(path)
         except Exception as e:  # noqa: BLE001 (pyarrow raises many kinds)
@@ -119,8 +122,13 @@ def read_catalog(
         raise CatalogError(f"catalogue {path} has a header but no rows")
 
     ids = _as_text(df[id_column])
-    line = lambda i: int(i) + 2 if path.suffix.lower() != ".parquet" else int(i)
-    where = "line" if path.suffix.lower() != ".parquet" else "row"
+    # positions in messages: CSV line numbers (header is line 1), or 0-based Parquet rows
+    is_parquet = path.suffix.lower() in PARQUET_SUFFIXES
+    where = "row" if is_parquet else "line"
+
+    def line(i: int) -> int:
+        return int(i) if is_parquet else int(i) + 2
+
     empty = ids.isna() | (ids.str.strip() == "")
     if empty.any():
         rows = [line(i) for i in empty.to_numpy().nonzero()[0][:10]]

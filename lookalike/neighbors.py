@@ -45,6 +45,13 @@ def neighbor_blocks(index: faiss.Index, embeddings: np.ndarray, k: int, *,
         yield (own[:, 0], rows[keep].reshape(len(q), k), scores[keep].reshape(len(q), k))
 
 
+def neighbor_rows(index: faiss.Index, embeddings: np.ndarray, k: int, *,
+                  block_size: int = 2048) -> np.ndarray:
+    """The (N, k) rows of every item's neighbours, best first, the item itself excluded."""
+    return np.concatenate([nbr for _, nbr, _ in neighbor_blocks(index, embeddings, k,
+                                                                block_size=block_size)])
+
+
 class _Writer:
     def __init__(self, path: Path, fmt: str, id_type: pa.DataType) -> None:
         self.fmt = fmt

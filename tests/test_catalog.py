@@ -96,3 +96,12 @@ def test_unsupported_and_missing_files(tmp_path: Path) -> None:
     (tmp_path / "cat.xlsx").write_text("x")
     with pytest.raises(CatalogError, match="unsupported file type"):
         read_catalog(tmp_path / "cat.xlsx")
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".pq"])
+def test_parquet_positions_are_rows_not_csv_lines(tmp_path: Path, suffix: str) -> None:
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    p = tmp_path / f"cat{suffix}"
+    pd.DataFrame({"id": ["7", "8", "7"], "image_path": ["a.jpg"] * 3}).to_parquet(p)
+    with pytest.raises(CatalogError, match=r"'7' at rows \[0, 2\]"):
+        read_catalog(p)

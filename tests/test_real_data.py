@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from lookalike import Index, build_index, read_catalog
-from lookalike.neighbors import neighbor_blocks
+from lookalike.neighbors import neighbor_rows
 
 from .conftest import MYNTRA, STREET
 
@@ -30,7 +30,7 @@ def myntra_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_slice_builds_and_neighbours_share_article_type(myntra_slice: Path) -> None:
     ix = Index.open(myntra_slice, model="efficientnet-lite0")
     assert len(ix) == 600 and ix.manifest["counts"]["skipped"] == 0
-    nb = np.concatenate([b[1] for b in neighbor_blocks(ix.vector_index, np.asarray(ix.embeddings), 5)])
+    nb = neighbor_rows(ix.vector_index, np.asarray(ix.embeddings), 5)
     types = ix.items["articleType"].to_numpy()
     precision = float((types[nb] == types[:, None]).mean())
     chance = float((ix.items["articleType"].value_counts(normalize=True) ** 2).sum())
