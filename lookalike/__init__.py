@@ -7,9 +7,12 @@ from .embed import EmbedResult, embed_images
 from .embedders import create_embedder, list_embedders
 from .errors import CatalogError, ImageError, IndexFormatError, LookalikeError, UnknownItemError
 from .images import load_image
+from .quality import evaluate_indexes, read_label_mapping, read_query_set
+from .report import write_report
 
 __all__ = [
     "BuildSummary", "Catalog", "CatalogError", "EmbedResult", "Hit", "ImageError", "Index",
     "IndexFormatError", "LookalikeError", "UnknownItemError", "build_index", "create_embedder",
-    "embed_images", "list_embedders", "load_image", "read_catalog",
+    "embed_images", "evaluate_indexes", "list_embedders", "load_image", "read_catalog",
+    "read_label_mapping", "read_query_set", "write_report",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -170,6 +171,97 @@ def gallery(index: str, item_ids: tuple[str, ...], images: tuple[str, ...], out:
     path = write_gallery(ix, out, item_ids, images, k, where=parse_where(where),
                          per_product=per_product)
     click.echo(f"gallery written to {path}")
+
+
+def _parse_ks(value: str) -> list[int]:
+    try:
+        ks = sorted({int(v) for v in value.split(",") if v.strip()})
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give a comma-separated list such as 1,5,10,20",
+                                 param_hint="-k") from None
+    if not ks or ks[0] < 1:
+        raise click.BadParameter(f"{value!r}: k values must be positive", param_hint="-k")
+    return ks
+
+
+def _json_value(v: Any) -> Any:
+    return None if isinstance(v, float) and math.isnan(v) else v
+
+
+@cli.command()
+@click.argument("indexes", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--relevance", "-r", "relevances", multiple=True, metavar="ATTR[+ATTR…]",
+              help="Relevance: same value of these attributes (repeat) [default: each "
+                   "categorical attribute].")
+@click.option("-k", "ks", default="1,5,10,20", show_default=True, help="Cut-offs, comma-separated.")
+@click.option("--sample", type=click.IntRange(1), help="Query with a seeded sample of the items "
+              "[default: every item]; the whole catalogue stays the gallery.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--exclude-product", is_flag=True,
+              help="Attribute relevance also leaves out the query's other product photos.")
+@click.option("--by", "by", multiple=True, metavar="ATTR",
+              help="Break the first relevance down per value of ATTR (repeat).")
+@click.option("--queries", type=click.Path(dir_okay=False, exists=True),
+              help="A table of outside photos (image path, label) to query the index with.")
+@click.option("--mapping", type=click.Path(dir_okay=False, exists=True),
+              help="YAML/JSON/CSV: query label → catalogue attribute values that count.")
+@click.option("--query-images", type=click.Path(file_okay=False),
+              help="Folder the query image paths are relative to [default: the table's folder].")
+@click.option("--query-image-column", default="image_path", show_default=True)
+@click.option("--query-label-column", default="label", show_default=True)
+@click.option("--triplets", type=click.Path(dir_okay=False, exists=True),
+              help="Triplet file (query_id, positive_id, negative_id): triplet accuracy.")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False),
+              help="Write report.md, report.html, plots and the best/worst gallery here.")
+@click.option("--gallery-queries", default=6, show_default=True, type=click.IntRange(1),
+              help="Best and worst queries shown in the report.")
+@click.option("--json", "as_json", is_flag=True,
+              help='One flat JSON object of "<metric>@<k>/<relevance>" keys (one per index '
+                   "when comparing).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def evaluate(indexes: tuple[str, ...], relevances: tuple[str, ...], ks: str, sample: int | None,
+             seed: int, exclude_product: bool, by: tuple[str, ...], queries: str | None,
+             mapping: str | None, query_images: str | None, query_image_column: str,
+             query_label_column: str, triplets: str | None, report_dir: str | None,
+             gallery_queries: int, as_json: bool, quiet: bool) -> None:
+    """Retrieval quality of INDEXES (one, or several to compare on the same queries)."""
+    from .quality import evaluate_indexes, read_label_mapping, read_query_set
+    from .report import group_tables, label_tables, metric_tables, render_text, write_report
+
+    k_list = _parse_ks(ks)
+    if (queries is None) != (mapping is None):
+        raise click.UsageError("--queries and --mapping go together")
+    t0 = time.perf_counter()
+    results = evaluate_indexes(
+        indexes, relevances=[r.split("+") for r in relevances] or None, ks=k_list, sample=sample,
+        seed=seed, exclude_product=exclude_product,
+        query_set=read_query_set(queries, images=query_images, image_column=query_image_column,
+                                 label_column=query_label_column) if queries else None,
+        query_label_column=query_label_column,
+        mapping=read_label_mapping(mapping) if mapping else None, triplets=triplets,
+        progress=not quiet and not as_json)
+    elapsed = time.perf_counter() - t0
+    if as_json:
+        flat = [{k: _json_value(v) for k, v in r.metrics.items()} for r in results]
+        click.echo(json.dumps(flat[0] if len(flat) == 1 else
+                              {r.label: f for r, f in zip(results, flat)}))
+    else:
+        n = len(results[0].catalog.query_rows)
+        click.echo(f"{n} catalogue queries on {len(results)} index(es) in {elapsed:.1f} s")
+        for r in results:
+            click.echo(f"  {r.label}: {r.index.path} ({len(r.index)} items)")
+            for note in r.notes:
+                click.echo(f"    note: {note}")
+        click.echo()
+        click.echo(render_text(metric_tables(results) + group_tables(results, by)
+                               + label_tables(results)))
+    if report_dir:
+        page = write_report(results, report_dir, by=by, gallery_queries=gallery_queries,
+                            settings={"k": ",".join(map(str, k_list)),
+                                      "queries": f"sample of {sample}, seed {seed}" if sample
+                                      else "every item", "exclude product": exclude_product})
+        click.echo(f"report written to {page} and {page.with_suffix('.md')}",
+                   err=as_json)
 
 
 @cli.command()

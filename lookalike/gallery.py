@@ -58,29 +58,42 @@ def _describe(meta: dict[str, Any], columns: Sequence[str]) -> list[str]:
     return [str(meta[c]) for c in columns if meta.get(c) not in (None, "")]
 
 
-def render_png(index: Index, rows: list[GalleryRow], out: Path) -> None:
-    k = max((len(r.hits) for r in rows), default=0)
+@dataclass
+class Cell:
+    """One picture of a contact sheet: the photo, caption lines, and its frame colour."""
+
+    image: Path
+    lines: list[str]
+    frame: str = "#999"
+
+
+def contact_sheet(rows: Sequence[Sequence[Cell]]) -> Image.Image:
+    """Rows of thumbnails with captions; the first cell of a row stands a little apart."""
+    k = max((len(r) for r in rows), default=1)
     pad, text_h = 8, TEXT_LINES * LINE_H + 4
     cell_w, cell_h = THUMB + pad, THUMB + text_h + pad
-    sheet = Image.new("RGB", (pad + cell_w * (k + 1) + pad, pad + cell_h * len(rows)), "white")
+    sheet = Image.new("RGB", (pad + cell_w * k + pad, pad + cell_h * len(rows)), "white")
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default(size=11)
-    shown = index.display_attributes(TEXT_LINES - 1)
-
-    def cell(col: int, r: int, path: Path, lines: list[str], frame: str) -> None:
-        x, y = pad + col * cell_w + (pad if col else 0), pad + r * cell_h
-        sheet.paste(_thumb(path), (x, y))
-        draw.rectangle([x - 1, y - 1, x + THUMB, y + THUMB], outline=frame, width=2)
-        for j, line in enumerate(lines[:TEXT_LINES]):
-            draw.text((x, y + THUMB + 3 + j * LINE_H), line[:26], fill="black", font=font)
-
     for r, row in enumerate(rows):
-        cell(0, r, row.image, [row.title] + _describe(row.metadata, shown), "#d22")
-        for c, hit in enumerate(row.hits, start=1):
-            cell(c, r, index.image_path(hit.item_id),
-                 [f"#{c} {hit.item_id}  {hit.score:.3f}"] + _describe(hit.metadata, shown),
-                 "#999")
-    sheet.save(out)
+        for col, cell in enumerate(row):
+            x, y = pad + col * cell_w + (pad if col else 0), pad + r * cell_h
+            sheet.paste(_thumb(cell.image), (x, y))
+            draw.rectangle([x - 2, y - 2, x + THUMB + 1, y + THUMB + 1], outline=cell.frame,
+                           width=3)
+            for j, line in enumerate(cell.lines[:TEXT_LINES]):
+                draw.text((x, y + THUMB + 4 + j * LINE_H), line[:26], fill="black", font=font)
+    return sheet
+
+
+def render_png(index: Index, rows: list[GalleryRow], out: Path) -> None:
+    shown = index.display_attributes(TEXT_LINES - 1)
+    sheet = [[Cell(row.image, [row.title] + _describe(row.metadata, shown), "#d22")]
+             + [Cell(index.image_path(h.item_id),
+                     [f"#{c} {h.item_id}  {h.score:.3f}"] + _describe(h.metadata, shown))
+                for c, h in enumerate(row.hits, start=1)]
+             for row in rows]
+    contact_sheet(sheet).save(out)
 
 
 def _data_uri(path: Path) -> str:

@@ -67,6 +67,10 @@ def tiny_catalog(tmp_path: Path) -> Path:
 
     Columns: sku, product, type, colour, gender, file.
     """
+    return make_tiny_catalog(tmp_path)
+
+
+def make_tiny_catalog(tmp_path: Path) -> Path:
     img_dir = tmp_path / "photos"
     img_dir.mkdir()
     rows = []
@@ -119,3 +123,37 @@ BAD_REASONS = {
     "bad-4": "too large",
     "bad-5": "image file missing",
 }
+
+
+MODELS = ("mobilenet-v2", "color-histogram")  # a CNN and the baseline
+
+
+@pytest.fixture(scope="session")
+def two_indexes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two indexes of the small catalogue (a CNN and the colour histogram), a query set made
+    of some of its photos, a label mapping and a triplet file."""
+    root = tmp_path_factory.mktemp("quality")
+    from lookalike import build_index, read_catalog
+
+    csv = make_tiny_catalog(root)
+    cat = read_catalog(csv, id_column="sku", image_column="file", product_column="product")
+    paths = {}
+    for m in MODELS:
+        build_index(cat, root / m, model=m)
+        paths[m] = root / m
+    queries = pd.DataFrame({
+        "image_path": ["photos/P1-0.jpg", "photos/P3-1.png", "photos/P5-2.webp", "photos/P2-0.jpg",
+                       "photos/empty.jpg"],
+        "label": ["top", "footwear", "bag", "top", "top"],
+    })
+    queries.to_csv(root / "queries.csv", index=False)
+    (root / "map.yaml").write_text("attribute: type\nlabels:\n  top: [Shirts]\n"
+                                   "  footwear: Shoes\n")
+    pd.DataFrame({"query_id": ["P1-0", "P3-0", "P5-0"], "positive_id": ["P1-1", "P3-1", "P5-1"],
+                  "negative_id": ["P6-0", "P1-0", "P2-0"],
+                  "positive_type": ["same_product"] * 3,
+                  "negative_type": ["in_class", "out_of_class", "out_of_class"]}
+                 ).to_parquet(root / "triplets.parquet")
+    paths.update(root=root, csv=csv, queries=root / "queries.csv", mapping=root / "map.yaml",
+                 triplets=root / "triplets.parquet")
+    return paths

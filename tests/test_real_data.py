@@ -1,12 +1,15 @@
 """Real photos from ../shared/datasets (marked slow; CI runs them too)."""
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from click.testing import CliRunner
 
 from lookalike import Index, build_index, read_catalog
+from lookalike.cli import cli
 from lookalike.neighbors import neighbor_rows
 
 from .conftest import MYNTRA, STREET
@@ -56,3 +59,20 @@ def test_street_photo_of_shoes_finds_footwear(myntra_slice: Path) -> None:
         assert len(hits) == 10
         footwear += sum(h.metadata["masterCategory"] == "Footwear" for h in hits)
     assert footwear / (10 * len(shoe_photos)) > 0.5
+
+
+@pytest.mark.skipif(not (STREET / "photos.csv").exists(), reason="street-photos not found")
+def test_evaluate_slice_with_street_photos(myntra_slice: Path) -> None:
+    mapping = Path(__file__).resolve().parents[1] / "docs" / "street-photos-mapping.yaml"
+    r = CliRunner().invoke(cli, [
+        "evaluate", str(myntra_slice), "-r", "articleType", "-r", "articleType+baseColour",
+        "-k", "1,10,20", "--queries", str(STREET / "photos.csv"), "--mapping", str(mapping),
+        "--json", "-q"])
+    assert r.exit_code == 0, r.output
+    m = json.loads(r.stdout)
+    assert m["queries/articleType"] > 580 and m["precision@10/articleType"] > 0.6
+    assert m["precision@10/articleType"] > m["precision@10/articleType+baseColour"]
+    # every street photo is read; all but the unmapped "Body" ones find relevant items here
+    assert 600 < m["queries/query:articleType"] <= 670
+    # far above chance: a random catalogue item matches a mapped label about 1 time in 5
+    assert m["accuracy@1/query:articleType"] > 0.4

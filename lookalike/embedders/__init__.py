@@ -1,8 +1,8 @@
 """Name-keyed registry of embedders: ``list_embedders()``, ``create_embedder(name)``.
 
-Each embedder is a pretrained CNN whose weights come from a pip package, wrapped into a graph
-that takes uint8 RGB pixels (N, H, W, 3), normalises them, pools the last feature map and
-L2-normalises. The graph is exported to ONNX once (cached) and run with ONNX Runtime on CPU.
+Each embedder is a pretrained CNN whose weights come from a pip package (or, as a baseline, a
+colour histogram), wrapped into a graph that takes uint8 RGB pixels (N, H, W, 3), normalises
+them, pools the last feature map and L2-normalises. The graph is exported to ONNX once (cached) and run with ONNX Runtime on CPU.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import LookalikeError
-from . import efficientnet, mobilenet
+from . import efficientnet, histogram, mobilenet
 from .spec import EmbedderSpec
 
 __all__ = [
@@ -37,6 +37,7 @@ DEFAULT_EMBEDDER = "efficientnet-lite0"
 _FAMILIES: dict[str, tuple[list[EmbedderSpec], Callable[[EmbedderSpec], nn.Module]]] = {
     "efficientnet-lite": (efficientnet.SPECS, efficientnet.build),
     "mobilenet-v2": (mobilenet.SPECS, mobilenet.build),
+    "color-histogram": (histogram.SPECS, histogram.build),
 }
 _SPECS = {s.name: s for specs, _ in _FAMILIES.values() for s in specs}
 EXPORT_VERSION = 1  # bump when the exported graph changes
