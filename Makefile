@@ -6,7 +6,7 @@ DATASETS ?= ../shared/datasets
 LOOKALIKE_CATALOG ?= $(DATASETS)/myntra-9k/catalog.csv
 LOOKALIKE_DEMO_OUT ?= demo-out
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench quality clean
 
 $(BIN)/activate:
 	$(PY) -m venv $(VENV)
@@ -34,6 +34,9 @@ test-fast: install
 bench: install
 	$(BIN)/python bench/embed.py
 	$(BIN)/python bench/neighbors.py
+
+quality: install
+	DATASETS=$(DATASETS) bash bench/quality.sh
 
 clean:
 	rm -rf $(VENV) $(LOOKALIKE_DEMO_OUT) .pytest_cache

@@ -160,13 +160,14 @@ def read_triplets(path: str | os.PathLike, item_ids: pd.Series) -> pd.DataFrame:
 
 def default_relevances(items: pd.DataFrame, attributes: Sequence[str]) -> list[list[str]]:
     """Each categorical attribute on its own: at least 2 values, and at least half of the items
-    share their value with another item (names and ids, nearly unique, are left out)."""
+    share their value with another item (names and ids, nearly unique, are left out). The
+    finest first (most values, e.g. articleType before gender): it leads reports and galleries."""
     out = []
     for a in attributes:
         counts = items[a].map(items[a].value_counts())
         if items[a].nunique() >= 2 and (counts >= 2).mean() >= 0.5:
-            out.append([a])
-    return out
+            out.append(a)
+    return [[a] for a in sorted(out, key=lambda a: -items[a].nunique())]
 
 
 # --------------------------------------------------------------------------- results

@@ -40,12 +40,20 @@ echo; echo "== top-10 neighbours of every item"
 "$BIN/lookalike" neighbors "$OUT/index" -k 10 -o "$OUT/neighbors.parquet"
 "$BIN/lookalike" gallery "$OUT/index" $ITEMS -k 8 -o "$OUT/gallery.png"
 "$BIN/lookalike" gallery "$OUT/index" $ITEMS -k 8 -o "$OUT/gallery.html"
+echo; echo "== retrieval quality: every item queries the rest"
+EVAL=("$BIN/lookalike" evaluate "$OUT/index" -k 1,5,10,20 --report "$OUT/report" -q)
+STREET=${LOOKALIKE_STREET:-$(dirname "$CATALOG")/../street-photos/photos.csv}
+if [ -f "$STREET" ] && "$BIN/python" -c "import sys, pandas as pd; sys.exit('articleType' not in pd.read_csv(sys.argv[1], nrows=0).columns)" "$CATALOG"; then
+  EVAL+=(--queries "$STREET" --mapping docs/street-photos-mapping.yaml)  # the camera use case
+fi
+"${EVAL[@]}"
 cat <<MSG
 
 Done. Everything is in $OUT/:
   index/              the index folder (manifest.json, items.parquet, embeddings.npy, index.faiss)
   neighbors.parquet   top-10 similar items of every item: item_id, rank, neighbor_id, score
   gallery.png/.html   the queries above beside their top-8
+  report/             report.html / report.md: quality numbers, plots, best and worst queries
 Try:  $BIN/lookalike similar $OUT/index ITEM_ID -k 10 --where gender=Men
       $BIN/lookalike search $OUT/index --image PHOTO.jpg -k 10
 MSG

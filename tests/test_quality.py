@@ -130,6 +130,8 @@ def test_default_relevances_skip_near_unique_columns(two_indexes: dict[str, Path
     res = evaluate_indexes([two_indexes["mobilenet-v2"]], ks=[1])
     keys = res[0].metrics.keys()
     assert "precision@1/type" in keys and "precision@1/gender" in keys
+    # most values first (type and colour have 3, gender 2), ties in catalogue order
+    assert list(res[0].catalog.hits) == ["type", "colour", "gender", "product"]
     assert not any("/file" in k for k in keys)
 
 
