@@ -79,17 +79,19 @@ def rank(queries: np.ndarray, gallery: np.ndarray, k: int, *,
     return rows, scores
 
 
-def drop_same_group(rows: np.ndarray, query_groups: np.ndarray, gallery_groups: np.ndarray,
-                    k: int) -> np.ndarray:
+def drop_same_group(rows: np.ndarray, scores: np.ndarray, query_groups: np.ndarray,
+                    gallery_groups: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Remove, from each ranked list, the items of the query's own group (e.g. its product),
-    keeping the order of the rest; the first ``k`` survivors, -1 padded."""
+    keeping the order of the rest; the first ``k`` survivors, padded with -1 / -inf."""
     same = (rows >= 0) & (gallery_groups[np.maximum(rows, 0)] == query_groups[:, None])
     keep = (rows >= 0) & ~same
     pos = np.cumsum(keep, axis=1) - 1
     out = np.full((len(rows), k), -1, np.int64)
+    out_scores = np.full((len(rows), k), -np.inf, np.float32)
     take = keep & (pos < k)
     out[np.nonzero(take)[0], pos[take]] = rows[take]
-    return out
+    out_scores[np.nonzero(take)[0], pos[take]] = scores[take]
+    return out, out_scores
 
 
 # --------------------------------------------------------------------------- relevance
@@ -184,6 +186,14 @@ class Evaluation:
     per_query: pd.DataFrame  # one row per query, one column per metric key
     hits: dict[str, np.ndarray] = field(default_factory=dict)  # relevance → (Q, k) booleans
     n_relevant: dict[str, np.ndarray] = field(default_factory=dict)
+    #: attribute rankings when they differ from ``rows`` (the query's product left out)
+    attribute_ranking: tuple[np.ndarray, np.ndarray] | None = None
+
+    def ranking(self, relevance: str) -> tuple[np.ndarray, np.ndarray]:
+        """The ranked rows and scores that ``hits[relevance]`` was computed on."""
+        if self.attribute_ranking is not None and relevance != PRODUCT:
+            return self.attribute_ranking
+        return self.rows, self.scores
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -240,6 +250,9 @@ def evaluate_catalog(embeddings: np.ndarray, items: pd.DataFrame,
     product_sizes = np.bincount(group) if group is not None else np.ones(1, int)
     has_products = group is not None and product_sizes.max() > 1
     extra = int(product_sizes.max()) - 1 if has_products else 0
+    if not relevances and not has_products:
+        raise LookalikeError("nothing to measure: no relevance attributes were given (e.g. -r "
+                             "articleType) and no product has several photos")
     # room for dropping the query's own product, and for mAP@R (R up to the largest product)
     width = max(max(ks) + (extra if exclude_product else 0), extra)
     rows, scores = rank(x[qrows], x, width, self_rows=qrows)
@@ -248,8 +261,10 @@ def evaluate_catalog(embeddings: np.ndarray, items: pd.DataFrame,
     hits: dict[str, np.ndarray] = {}
     n_relevant: dict[str, np.ndarray] = {}
     attr_rows = rows
+    attribute_ranking = None
     if exclude_product and has_products:
-        attr_rows = drop_same_group(rows, group[qrows], group, max(ks))
+        attribute_ranking = drop_same_group(rows, scores, group[qrows], group, max(ks))
+        attr_rows = attribute_ranking[0]
     for attrs in relevances:
         name = relevance_name(attrs)
         codes = label_codes(items, attrs)
@@ -266,7 +281,8 @@ def evaluate_catalog(embeddings: np.ndarray, items: pd.DataFrame,
         columns[f"mAP@R/{PRODUCT}"] = np.where(counted, average_precision_at_r(h, n_rel), np.nan)
         hits[PRODUCT], n_relevant[PRODUCT] = h[:, :max(ks)], n_rel
     per_query = pd.DataFrame(columns, index=pd.Index(qrows, name="row"))
-    return Evaluation(qrows, rows[:, :max(ks)], scores[:, :max(ks)], per_query, hits, n_relevant)
+    return Evaluation(qrows, rows[:, :max(ks)], scores[:, :max(ks)], per_query, hits, n_relevant,
+                      attribute_ranking)
 
 
 def evaluate_queries(queries: np.ndarray, query_labels: Sequence[object], gallery: np.ndarray,

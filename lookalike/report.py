@@ -273,6 +273,7 @@ def _strip_rows(result: IndexQuality, positions: np.ndarray, show_k: int, shown:
     ev = result.queries.evaluation if query_set else result.catalog
     rel = result.queries.mapping.name if query_set else _primary(result)
     hits = ev.hits[rel]
+    rows, scores = ev.ranking(rel)
     k = _k_main(result)
     score_col = f"mAP@{k}/{rel}" if rel != PRODUCT else f"mAP@R/{rel}"
     ids = ix.items[ITEM_ID].astype(str).to_numpy()
@@ -289,7 +290,7 @@ def _strip_rows(result: IndexQuality, positions: np.ndarray, show_k: int, shown:
                          [f"query {ids[row]}"] + _values(ix, row, shown)[:2]
                          + [f"{score_col.split('/')[0]} {value:.2f}"], "#333")
         cells = [first]
-        for rank, (nb, s) in enumerate(zip(ev.rows[p, :show_k], ev.scores[p, :show_k]), 1):
+        for rank, (nb, s) in enumerate(zip(rows[p, :show_k], scores[p, :show_k]), 1):
             if nb < 0:
                 break
             cells.append(Cell(ix.image_path(ids[nb]),
@@ -345,8 +346,8 @@ def write_report(results: Sequence[IndexQuality], out_dir: str | os.PathLike, *,
     tables = metric_tables(results)
     groups = group_tables(results, by)
     labels = label_tables(results)
-    images: list[tuple[str, Path]] = [("precision@k against k",
-                                       _plot_precision(results, out / "plots" / "precision_at_k.png"))]
+    plot = _plot_precision(results, out / "plots" / "precision_at_k.png")
+    images: list[tuple[str, Path]] = [("precision@k against k", plot)]
     for attr in by:
         images.append((f"by {attr}",
                        _plot_groups(results, attr, out / "plots" / f"by-{_slug(attr)}.png")))

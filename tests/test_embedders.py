@@ -10,7 +10,7 @@ def test_registry_lists_and_rejects() -> None:
     assert list_embedders() == ["color-histogram", "efficientnet-lite0", "efficientnet-lite2",
                                 "mobilenet-v2"]
     with pytest.raises(LookalikeError, match="unknown embedder 'resnet'.*color-histogram, "
-                                             "efficientnet-lite0, efficientnet-lite2, mobilenet-v2"):
+                       "efficientnet-lite0, efficientnet-lite2, mobilenet-v2"):
         create_embedder("resnet")
 
 

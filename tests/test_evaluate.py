@@ -85,7 +85,8 @@ def test_product_identity_by_hand() -> None:
     ev = evaluate_catalog(X, ITEMS, [], ks=[1, 2], products=PRODUCTS)
     # query 2 (p2 = rows 2, 4): ranked 3 4 … → found at rank 2; query 3 is alone in p3
     pq = ev.per_query
-    assert pq["recall@1/product"].tolist()[:3] == [1, 1, 0] and np.isnan(pq.loc[3, "recall@1/product"])
+    assert pq["recall@1/product"].tolist()[:3] == [1, 1, 0]
+    assert np.isnan(pq.loc[3, "recall@1/product"])
     m = ev.metrics
     assert m["recall@1/product"] == pytest.approx(3 / 4)
     assert m["recall@2/product"] == 1.0
@@ -107,6 +108,9 @@ def test_exclude_product_drops_the_query_s_other_photos() -> None:
                           exclude_product=True, query_rows=np.array([0]))
     # query 0 without row 1 (same product): ranked 2 3 4 → A A B; R = 2 (rows 2 and 3)
     assert ev.hits["type"].tolist() == [[True, True, False]]
+    assert ev.ranking("type")[0].tolist() == [[2, 3, 4]]
+    assert ev.ranking("product")[0].tolist() == [[1, 2, 3]]  # the plain ranking
+    np.testing.assert_allclose(ev.ranking("type")[1], [[0.6, 0.6, 0.0]], atol=1e-6)
     assert ev.per_query.loc[0, "precision@1/type"] == 1
     assert ev.per_query.loc[0, "recall@3/type"] == 1
     assert ev.metrics["recall@1/product"] == 1  # product identity still sees row 1
@@ -148,6 +152,8 @@ def test_bad_arguments() -> None:
         evaluate_catalog(X, ITEMS, [["size"]])
     with pytest.raises(LookalikeError, match="positive"):
         evaluate_catalog(X, ITEMS, [["type"]], ks=[0])
+    with pytest.raises(LookalikeError, match="nothing to measure"):
+        evaluate_catalog(X, ITEMS, [], products=np.arange(5))
     with pytest.raises(LookalikeError, match="at least 2 items"):
         evaluate_catalog(X[:1], ITEMS[:1], [["type"]])
 

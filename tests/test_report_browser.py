@@ -41,7 +41,8 @@ def broken_images(page_path: Path) -> tuple[int, int]:
 def test_html_report_has_no_broken_images(two_indexes: dict[str, Path], tmp_path: Path) -> None:
     results = evaluate_indexes(
         [two_indexes[m] for m in MODELS], relevances=[["type"]], ks=[1, 3],
-        query_set=read_query_set(two_indexes["queries"]), mapping=read_label_mapping(two_indexes["mapping"]))
+        query_set=read_query_set(two_indexes["queries"]),
+        mapping=read_label_mapping(two_indexes["mapping"]))
     page = write_report(results, tmp_path / "report", by=["gender"], gallery_queries=2)
     total, broken = broken_images(page)
     assert total >= 2 + 2 * 2 * len(MODELS) and broken == 0, (total, broken)
