@@ -118,7 +118,7 @@ class Index:
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:
-            self._embedder = create_embedder(self.spec.name)
+            self._embedder = create_embedder(self.spec.source or self.spec.name)
             if self._embedder.spec != self.spec:
                 raise IndexFormatError(
                     f"index {self.path} was built with a different {self.spec.name!r} "

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import click
+import numpy as np
 from tqdm import tqdm
 
 from .api import Hit, Index
@@ -76,7 +77,8 @@ def _print_hits(hits: Sequence[Hit], as_json: bool, columns: Sequence[str]) -> N
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
               help="Index folder to write (replaced atomically if it is an index).")
 @click.option("--model", "-m", default=DEFAULT_EMBEDDER, show_default=True,
-              type=click.Choice(list_embedders()), help="Embedder.")
+              help=f"Embedder: {', '.join(list_embedders())}, or a trained model folder "
+                   "(lookalike train --out).")
 @click.option("--id-column", default="id", show_default=True)
 @click.option("--image-column", default="image_path", show_default=True)
 @click.option("--product-column", default=None, help="Column grouping several photos of a product.")
@@ -173,6 +175,16 @@ def gallery(index: str, item_ids: tuple[str, ...], images: tuple[str, ...], out:
     click.echo(f"gallery written to {path}")
 
 
+def _split_options(f: Any) -> Any:
+    f = click.option("--test-fraction", default=0.2, show_default=True, type=float,
+                     help="Share of products in the test split.")(f)
+    f = click.option("--val-fraction", default=0.1, show_default=True, type=float,
+                     help="Share of products in the validation split.")(f)
+    f = click.option("--split-seed", default=0, show_default=True, type=int,
+                     help="Seed of the product hash that assigns splits.")(f)
+    return f
+
+
 def _parse_ks(value: str) -> list[int]:
     try:
         ks = sorted({int(v) for v in value.split(",") if v.strip()})
@@ -218,12 +230,17 @@ def _json_value(v: Any) -> Any:
 @click.option("--json", "as_json", is_flag=True,
               help='One flat JSON object of "<metric>@<k>/<relevance>" keys (one per index '
                    "when comparing).")
+@click.option("--split", type=click.Choice(["train", "val", "test"]),
+              help="Only this split of products, as queries and as the gallery (the split "
+                   "lookalike train used with the same fractions and seed).")
+@_split_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def evaluate(indexes: tuple[str, ...], relevances: tuple[str, ...], ks: str, sample: int | None,
              seed: int, exclude_product: bool, by: tuple[str, ...], queries: str | None,
              mapping: str | None, query_images: str | None, query_image_column: str,
              query_label_column: str, triplets: str | None, report_dir: str | None,
-             gallery_queries: int, as_json: bool, quiet: bool) -> None:
+             gallery_queries: int, as_json: bool, split: str | None, test_fraction: float,
+             val_fraction: float, split_seed: int, quiet: bool) -> None:
     """Retrieval quality of INDEXES (one, or several to compare on the same queries)."""
     from .quality import evaluate_indexes, read_label_mapping, read_query_set
     from .report import group_tables, label_tables, metric_tables, render_text, write_report
@@ -239,6 +256,8 @@ def evaluate(indexes: tuple[str, ...], relevances: tuple[str, ...], ks: str, sam
                                  label_column=query_label_column) if queries else None,
         query_label_column=query_label_column,
         mapping=read_label_mapping(mapping) if mapping else None, triplets=triplets,
+        split=split, split_options={"test": test_fraction, "val": val_fraction,
+                                    "seed": split_seed},
         progress=not quiet and not as_json)
     elapsed = time.perf_counter() - t0
     if as_json:
@@ -262,6 +281,91 @@ def evaluate(indexes: tuple[str, ...], relevances: tuple[str, ...], ks: str, sam
                                       else "every item", "exclude product": exclude_product})
         click.echo(f"report written to {page} and {page.with_suffix('.md')}",
                    err=as_json)
+
+
+@cli.command()
+@_index_arg
+@click.option("-n", "n", default=100_000, show_default=True, type=click.IntRange(1),
+              help="Triplets to draw (rows that cannot be formed are skipped and counted).")
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="Parquet file.")
+@click.option("--category", default="articleType", show_default=True, help="Category column.")
+@click.option("--color", default="baseColour", show_default=True, help="Colour column.")
+@click.option("--product", default="product_id", show_default=True,
+              help="Product column (photos of one product share it).")
+@click.option("--p-same-product", default=0.9, show_default=True, type=float,
+              help="Probability that the positive is the query's product (else same category "
+                   "and colour).")
+@click.option("--p-in-class", default=0.3, show_default=True, type=float,
+              help="Probability that the negative shares the query's category (else another "
+                   "category).")
+@click.option("--split", type=click.Choice(["train", "val", "test"]),
+              help="Only items of this split of products.")
+@_split_options
+@click.option("--seed", default=0, show_default=True, type=int)
+def triplets(index: str, n: int, out: str, category: str, color: str, product: str,
+             p_same_product: float, p_in_class: float, split: str | None,
+             test_fraction: float, val_fraction: float, split_seed: int, seed: int) -> None:
+    """Sample (query, positive, negative) triplets from INDEX's metadata into a Parquet file."""
+    from .splits import assign_splits
+    from .triplets import NEGATIVE_TYPES, POSITIVE_TYPES, sample_triplets, write_triplets
+
+    ix = Index.open(index)
+    rows = None
+    if split:
+        if product not in ix.items.columns:
+            raise LookalikeError(f"column {product!r} (--product) not found")
+        labels = assign_splits(ix.items[product].to_numpy(), test=test_fraction,
+                               val=val_fraction, seed=split_seed)
+        rows = np.flatnonzero(labels == split)
+    t0 = time.perf_counter()
+    ts = sample_triplets(ix.items, n, category=category, color=color, product=product,
+                         p_same_product=p_same_product, p_in_class=p_in_class, rows=rows,
+                         seed=seed)
+    path = write_triplets(ts, ix.items["item_id"].to_numpy(), out)
+    click.echo(f"{path}: {len(ts)} triplets of {n} drawn in {time.perf_counter() - t0:.1f} s")
+    for codes, names in ((ts.positive_type, POSITIVE_TYPES), (ts.negative_type, NEGATIVE_TYPES)):
+        counts = np.bincount(codes, minlength=len(names))
+        click.echo("  " + ", ".join(f"{name} {c}" for name, c in zip(names, counts)))
+    for reason, count in ts.skipped.items():
+        if count:
+            click.echo(f"  skipped {count}: {reason}", err=True)
+
+
+@cli.command()
+@_index_arg
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
+              help="Model folder to write (model.onnx, model.json, checkpoint.pt, curve).")
+@click.option("--category", default="articleType", show_default=True)
+@click.option("--color", default="baseColour", show_default=True)
+@click.option("--product", default="product_id", show_default=True)
+@click.option("--dim", default=512, show_default=True, type=click.IntRange(2),
+              help="Embedding size.")
+@click.option("--gap", default=0.2, show_default=True, type=float,
+              help="g in max(0, g + D(q,p) - D(q,n)), D = squared distance.")
+@click.option("--aux-weight", default=1.0, show_default=True, type=float,
+              help="Weight of the category/colour classification term (0: triplet loss only).")
+@click.option("--lr", default=1e-3, show_default=True, type=float)
+@click.option("--epochs", default=8, show_default=True, type=click.IntRange(1))
+@click.option("--triplets-per-epoch", default=50_000, show_default=True, type=click.IntRange(1))
+@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(2))
+@click.option("--p-same-product", type=float, default=None,
+              help="[default: 0.9 if most products have several photos, else 0]")
+@click.option("--p-in-class", default=0.5, show_default=True, type=float)
+@click.option("--patience", default=2, show_default=True, type=click.IntRange(1),
+              help="Stop after this many epochs without a better validation score.")
+@_split_options
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--resume", is_flag=True, help="Continue the training checkpointed in --out.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def train(index: str, out: str, quiet: bool, resume: bool, **options: Any) -> None:
+    """Train a Deep Ranking model on INDEX's products (frozen backbone = INDEX's model)."""
+    from .train import TrainConfig
+    from .train import train as run_training
+
+    s = run_training(index, out, TrainConfig(**options), resume=resume, progress=not quiet, log=click.echo)
+    click.echo(f"model written to {s.out}: best epoch {s.best_epoch} of {s.epochs_run}, "
+               f"{s.timings['total_s']:.0f} s in all; use it with "
+               f"lookalike build CATALOG --model {s.out} --out INDEX")
 
 
 @cli.command()

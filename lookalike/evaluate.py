@@ -189,6 +189,19 @@ class Evaluation:
     #: attribute rankings when they differ from ``rows`` (the query's product left out)
     attribute_ranking: tuple[np.ndarray, np.ndarray] | None = None
 
+    def on_rows(self, rows: np.ndarray) -> Evaluation:
+        """The same evaluation with positions in a subset turned into the rows ``rows[i]``
+        of the whole catalogue (an evaluation run on ``embeddings[rows]``)."""
+        def lift(r: np.ndarray) -> np.ndarray:
+            return np.where(r >= 0, rows[np.maximum(r, 0)], -1)
+
+        per_query = self.per_query.copy()
+        per_query.index = pd.Index(rows[self.query_rows], name="row")
+        ranking = None if self.attribute_ranking is None else (
+            lift(self.attribute_ranking[0]), self.attribute_ranking[1])
+        return Evaluation(rows[self.query_rows], lift(self.rows), self.scores, per_query,
+                          self.hits, self.n_relevant, ranking)
+
     def ranking(self, relevance: str) -> tuple[np.ndarray, np.ndarray]:
         """The ranked rows and scores that ``hits[relevance]`` was computed on."""
         if self.attribute_ranking is not None and relevance != PRODUCT:

@@ -27,6 +27,7 @@ from .evaluate import (
     evaluate_queries,
     triplet_accuracy,
 )
+from .splits import assign_splits
 
 TRIPLET_COLUMNS = ("query_id", "positive_id", "negative_id")
 TRIPLET_TYPES = ("positive_type", "negative_type")
@@ -249,9 +250,15 @@ def evaluate_indexes(
     query_label_column: str = "label",
     mapping: LabelMapping | None = None,
     triplets: str | os.PathLike | None = None,
+    split: str | None = None,
+    split_options: dict[str, float] | None = None,
     progress: bool = False,
 ) -> list[IndexQuality]:
-    """Evaluate each index folder on the same catalogue queries (and query photos, triplets)."""
+    """Evaluate each index folder on the same catalogue queries (and query photos, triplets).
+
+    With ``split`` ("test", say), only the items of that split of products take part, as
+    queries and as the gallery (``split_options``: ``test``, ``val``, ``seed`` of
+    :func:`lookalike.splits.assign_splits`)."""
     if not paths:
         raise LookalikeError("give at least one index folder")
     if (query_set is None) != (mapping is None):
@@ -275,8 +282,21 @@ def evaluate_indexes(
         qrows = np.array([ix.row(i) for i in query_ids], np.int64)
         products = ix.items[PRODUCT_ID].to_numpy() if ix.manifest["catalog"].get("has_products") \
             else None
-        ev = evaluate_catalog(ix.embeddings, ix.items, rels, ks, products=products,
-                              query_rows=qrows, exclude_product=exclude_product)
+        gallery = np.arange(len(ix))
+        if split is not None:
+            gallery = np.flatnonzero(assign_splits(ix.items[PRODUCT_ID].to_numpy(),
+                                                   **(split_options or {})) == split)
+            qrows = qrows[np.isin(qrows, gallery)]
+            if len(qrows) == 0:
+                raise LookalikeError(f"index {ix.path}: no item falls in the {split!r} split")
+            notes.append(f"{split} split only: {len(gallery)} items, queries and gallery alike")
+        position = np.full(len(ix), -1)
+        position[gallery] = np.arange(len(gallery))
+        ev = evaluate_catalog(np.asarray(ix.embeddings)[gallery],
+                              ix.items.iloc[gallery].reset_index(drop=True), rels, ks,
+                              products=None if products is None else products[gallery],
+                              query_rows=position[qrows],
+                              exclude_product=exclude_product).on_rows(gallery)
         result = IndexQuality(label, ix, ev, notes=notes)
         if query_set is not None and mapping is not None:
             result.queries = _run_queries(ix, query_set, query_label_column, mapping, ks, progress)

@@ -29,7 +29,9 @@ __all__ = [
     "EmbedderSpec",
     "build_torch_model",
     "create_embedder",
+    "export_module",
     "get_spec",
+    "is_trained_model",
     "list_embedders",
 ]
 
@@ -90,21 +92,16 @@ def _onnx_path(spec: EmbedderSpec) -> Path:
     return cache_dir() / "onnx" / f"{spec.name}-{digest}.onnx"
 
 
-def export_onnx(name: str, path: Path | None = None) -> Path:
-    """Export the embedder to ONNX (once: an existing file is reused). Returns its path."""
-    spec = get_spec(name)
-    path = path or _onnx_path(spec)
-    if path.exists():
-        return path
+def export_module(model: nn.Module, input_size: int, path: Path) -> Path:
+    """Export a uint8 NHWC → embedding module to ONNX at ``path``, atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    model = build_torch_model(name)
-    dummy = torch.zeros(2, spec.input_size, spec.input_size, 3, dtype=torch.uint8)
+    dummy = torch.zeros(2, input_size, input_size, 3, dtype=torch.uint8)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".onnx.tmp")
     os.close(fd)
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's constant-folding chatter
-            torch.onnx.export(model, (dummy,), tmp, input_names=["pixels"],
+            torch.onnx.export(model.eval(), (dummy,), tmp, input_names=["pixels"],
                               output_names=["embedding"], opset_version=17, dynamo=False,
                               dynamic_axes={"pixels": {0: "batch"}, "embedding": {0: "batch"}})
         os.replace(tmp, path)  # atomic: a concurrent or crashed export never leaves half a file
@@ -112,6 +109,15 @@ def export_onnx(name: str, path: Path | None = None) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def export_onnx(name: str, path: Path | None = None) -> Path:
+    """Export the embedder to ONNX (once: an existing file is reused). Returns its path."""
+    spec = get_spec(name)
+    path = path or _onnx_path(spec)
+    if path.exists():
+        return path
+    return export_module(build_torch_model(name), spec.input_size, path)
 
 
 class Embedder:
@@ -148,7 +154,34 @@ class Embedder:
         return np.asarray(out, dtype=np.float32)
 
 
+TRAINED_SPEC = "model.json"
+TRAINED_ONNX = "model.onnx"
+
+
+def is_trained_model(name_or_path: str | os.PathLike) -> bool:
+    return (Path(name_or_path) / TRAINED_SPEC).is_file()
+
+
+def trained_spec(path: str | os.PathLike) -> EmbedderSpec:
+    """The spec of a trained model folder (``lookalike train``'s output)."""
+    folder = Path(path)
+    try:
+        meta = json.loads((folder / TRAINED_SPEC).read_text())
+        spec = EmbedderSpec.from_dict(meta["embedder"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise LookalikeError(f"{folder} is not a usable trained model ({TRAINED_SPEC}: {e})") from None
+    if not (folder / TRAINED_ONNX).is_file():
+        raise LookalikeError(f"trained model {folder} has no {TRAINED_ONNX}")
+    return spec
+
+
 def create_embedder(name: str = DEFAULT_EMBEDDER, *, threads: int | None = None) -> Embedder:
-    """Create an embedder by name (see :func:`list_embedders`); exports ONNX on first use."""
+    """Create an embedder by name (see :func:`list_embedders`; exported to ONNX on first use)
+    or from a trained model folder (``lookalike train --out FOLDER``)."""
+    if is_trained_model(name):
+        return Embedder(trained_spec(name), Path(name) / TRAINED_ONNX, threads=threads)
+    if os.sep in str(name) or Path(name).exists():
+        raise LookalikeError(f"{name} is neither an embedder name ({', '.join(list_embedders())})"
+                             f" nor a trained model folder (no {TRAINED_SPEC})")
     spec = get_spec(name)
     return Embedder(spec, export_onnx(name), threads=threads)

@@ -21,8 +21,9 @@ class EmbedderSpec:
     dim: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    weights: str  # the weights' file name: a different file is a different model
+    weights: str  # the weights' file name (or a trained model's digest): different weights, different model
     resize: str = "squash"  # whole photo to a square, bilinear
+    source: str = ""  # a trained model's folder (empty for the registered embedders)
 
     def preprocessing(self) -> dict[str, Any]:
         return {"input_size": self.input_size, "resize": self.resize, "pixels": "uint8 RGB",

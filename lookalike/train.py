@@ -1,0 +1,443 @@
+"""Train a Deep Ranking embedding on a catalogue's own metadata, on the CPU.
+
+The backbone stays frozen: its features are the index's vectors, computed once by
+``lookalike build``; the shallow branches read each photo subsampled 4×, decoded once in
+background threads. Each epoch samples fresh triplets from the training products, minimises
+the triplet hinge loss plus a classification term on the catalogue's category and colour (it
+keeps the pretrained notion of "same kind of item" while the branches add colour), validates on
+held-out products, checkpoints, and stops when validation stops improving. The best epoch is
+exported to ONNX as an embedder that ``lookalike build --model FOLDER`` accepts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from tqdm import tqdm
+
+from .api import Index
+from .catalog import PRODUCT_ID
+from .embedders import TRAINED_ONNX, TRAINED_SPEC, EmbedderSpec, export_module
+from .errors import ImageError, LookalikeError
+from .evaluate import evaluate_catalog
+from .images import load_image, to_model_input
+from .ranking import DeepRanking, subsample4, triplet_loss
+from .splits import assign_splits
+from .store import now
+from .triplets import TripletSet, sample_triplets
+
+CHECKPOINT = "checkpoint.pt"
+CURVE = "training_curve.png"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that shapes a training run (stored in the checkpoint and in model.json)."""
+
+    category: str = "articleType"
+    color: str = "baseColour"
+    product: str = PRODUCT_ID
+    dim: int = 512
+    gap: float = 0.2  # g in max(0, g + D(q,p) − D(q,n)), D squared Euclidean on unit vectors
+    aux_weight: float = 1.0  # weight of the category + colour classification term
+    lr: float = 1e-3
+    epochs: int = 8
+    triplets_per_epoch: int = 50_000
+    batch_size: int = 256
+    p_same_product: float | None = None  # None: 0.9 if most products have several photos, else 0
+    p_in_class: float = 0.5
+    val_triplets: int = 5_000
+    test_fraction: float = 0.2
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    seed: int = 0
+    patience: int = 2
+    k: int = 10  # validation precision@k
+
+
+@dataclass
+class TrainSummary:
+    out: Path
+    epochs_run: int
+    best_epoch: int
+    history: list[dict[str, float]]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- cached inputs
+
+def _augment(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A random crop (70–100 % of each side), a horizontal flip half the time, and a
+    brightness/contrast jitter of ±20 %."""
+    w, h = img.size
+    cw, ch = (max(1, int(s * rng.uniform(0.7, 1.0))) for s in (w, h))
+    x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    img = img.crop((x, y, x + cw, y + ch))
+    if rng.random() < 0.5:
+        img = img.transpose(Image.FLIP_LEFT_RIGHT)
+    a = np.asarray(img, dtype=np.float32)
+    a = (a - a.mean()) * rng.uniform(0.8, 1.2) + a.mean() * rng.uniform(0.8, 1.2)
+    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+
+
+def _load_pixels(ix: Index, rows: Sequence[int], size: int, *, augment_seed: int | None = None,
+                 progress: bool = False, desc: str = "photos") -> np.ndarray:
+    """uint8 (len(rows), size, size, 3), decoded in background threads."""
+    ids = ix.items["item_id"].astype(str).to_numpy()
+
+    def one(row: int) -> np.ndarray:
+        try:
+            img = load_image(ix.image_path(ids[row]), draft_size=size)
+        except ImageError as e:
+            raise LookalikeError(f"item {ids[row]}: its photo can no longer be read: {e}") from None
+        if augment_seed is not None:
+            img = _augment(img, np.random.default_rng([augment_seed, int(row)]))
+        return to_model_input(img, size)
+
+    out = np.empty((len(rows), size, size, 3), np.uint8)
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool, \
+            tqdm(total=len(rows), unit="img", desc=desc, disable=not progress) as bar:
+        for i, px in enumerate(pool.map(one, rows, chunksize=32)):
+            out[i] = px
+            bar.update()
+    return out
+
+
+def _small(pixels: np.ndarray, spec: EmbedderSpec) -> torch.Tensor:
+    """The 4×-subsampled normalised photos the branches read, float16 to halve the memory."""
+    parts = [subsample4(torch.from_numpy(pixels[i:i + 512]), spec).half()
+             for i in range(0, len(pixels), 512)]
+    return torch.cat(parts) if parts else torch.zeros(0, 3, 1, 1, dtype=torch.float16)
+
+
+@dataclass
+class _Cache:
+    features: torch.Tensor  # (N, D) unit backbone features, row = index row
+    small: torch.Tensor  # (N, 3, S/4, S/4) float16, row = index row (zeros where unused)
+    aug_features: torch.Tensor | None = None  # augmented view of each row (where needed)
+    aug_small: torch.Tensor | None = None
+
+
+def _build_cache(ix: Index, rows: np.ndarray, aug_rows: np.ndarray, progress: bool) -> _Cache:
+    spec = ix.spec
+    feats = torch.from_numpy(np.array(ix.embeddings, dtype=np.float32))
+    small = torch.zeros((len(ix), 3, spec.input_size // 4, spec.input_size // 4),
+                        dtype=torch.float16)
+    small[rows] = _small(_load_pixels(ix, rows, spec.input_size, progress=progress), spec)
+    cache = _Cache(feats, small)
+    if len(aug_rows):
+        px = _load_pixels(ix, aug_rows, spec.input_size, augment_seed=0, progress=progress,
+                          desc="augmented views")
+        cache.aug_features = feats.clone()
+        cache.aug_features[aug_rows] = torch.from_numpy(ix.embedder(px))
+        cache.aug_small = small.clone()
+        cache.aug_small[aug_rows] = _small(px, spec)
+    return cache
+
+
+# --------------------------------------------------------------------------- training
+
+class _Labels(nn.Module):
+    """Category and colour classifiers on the embedding (training only, not exported)."""
+
+    def __init__(self, dim: int, n_category: int, n_color: int) -> None:
+        super().__init__()
+        self.category = nn.Linear(dim, n_category)
+        self.color = nn.Linear(dim, n_color)
+
+
+def _embed_rows(model: DeepRanking, cache: _Cache, rows: np.ndarray,
+                augmented: np.ndarray | None = None) -> torch.Tensor:
+    r = torch.from_numpy(rows)
+    f, s = cache.features[r], cache.small[r]
+    if augmented is not None and augmented.any() and cache.aug_features is not None:
+        a = torch.from_numpy(augmented)
+        f = torch.where(a[:, None], cache.aug_features[r], f)
+        s = torch.where(a[:, None, None, None], cache.aug_small[r], s)
+    return model.embed(f, s.float())
+
+
+def _embed_all(model: DeepRanking, cache: _Cache, rows: np.ndarray) -> np.ndarray:
+    model.eval()
+    with torch.no_grad():
+        out = [_embed_rows(model, cache, rows[i:i + 1024]).numpy()
+               for i in range(0, len(rows), 1024)]
+    return np.concatenate(out) if out else np.zeros((0, model.dim), np.float32)
+
+
+def _validate(model: DeepRanking, cache: _Cache, ix: Index, rows: np.ndarray,
+              triplets: TripletSet, cfg: TrainConfig) -> dict[str, float]:
+    emb = _embed_all(model, cache, rows)
+    pos = {int(r): i for i, r in enumerate(rows)}
+    q = emb[[pos[int(r)] for r in triplets.query]]
+    p = emb[[pos[int(r)] for r in triplets.positive]]
+    n = emb[[pos[int(r)] for r in triplets.negative]]
+    aug = triplets.positive_type == 1
+    if aug.any() and cache.aug_features is not None:
+        with torch.no_grad():
+            p[aug] = _embed_rows(model, cache, triplets.positive[aug], np.ones(aug.sum(), bool)).numpy()
+    acc = float(((q * p).sum(1) > (q * n).sum(1)).mean()) if len(q) else float("nan")
+    ev = evaluate_catalog(emb, ix.items.iloc[rows].reset_index(drop=True),
+                          [[cfg.category], [cfg.category, cfg.color]], ks=[cfg.k])
+    m = ev.metrics
+    return {"val_triplet_accuracy": acc,
+            f"val_precision@{cfg.k}/{cfg.category}": m[f"precision@{cfg.k}/{cfg.category}"],
+            f"val_precision@{cfg.k}/{cfg.category}+{cfg.color}":
+                m[f"precision@{cfg.k}/{cfg.category}+{cfg.color}"]}
+
+
+def _score(entry: dict[str, float], cfg: TrainConfig) -> float:
+    """What early stopping watches: validation precision@k for the category plus for the
+    category and colour together (a gain in colour must not be paid for in category)."""
+    return (entry[f"val_precision@{cfg.k}/{cfg.category}"]
+            + entry[f"val_precision@{cfg.k}/{cfg.category}+{cfg.color}"])
+
+
+def _codes(values: pd.Series) -> tuple[np.ndarray, int]:
+    codes = pd.factorize(values.astype("string").fillna("").to_numpy())[0]
+    return codes.astype(np.int64), int(codes.max()) + 1
+
+
+def train(index: str | os.PathLike, out: str | os.PathLike, config: TrainConfig | None = None,
+          *, resume: bool = False, progress: bool = True,
+          log: Callable[[str], None] = print) -> TrainSummary:
+    """Train on INDEX's training products, validate on its validation products, write the
+    model folder ``out`` (model.onnx, model.json, checkpoint.pt, training_curve.png)."""
+    cfg = config or TrainConfig()
+    out = Path(out)
+    ckpt_path = out / CHECKPOINT
+    state: dict[str, Any] | None = None
+    if resume:
+        if not ckpt_path.is_file():
+            raise LookalikeError(f"--resume: no checkpoint at {ckpt_path}")
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        cfg = TrainConfig(**state["config"])
+        index = state["index"]
+    elif out.exists() and any(out.iterdir()):
+        raise LookalikeError(f"{out} is not empty; use --resume to continue its training or "
+                             "choose another folder")
+    t_start = time.perf_counter()
+    ix = Index.open(index)
+    if ix.spec.family in ("color-histogram", "deep-ranking"):
+        raise LookalikeError(f"index {ix.path} was built with {ix.model!r}; training needs an "
+                             "index of a pretrained CNN backbone (e.g. efficientnet-lite0)")
+    items = ix.items
+    for col, opt in ((cfg.category, "--category"), (cfg.color, "--color"),
+                     (cfg.product, "--product")):
+        if col not in items.columns:
+            raise LookalikeError(f"column {col!r} ({opt}) is not in index {ix.path}; it has: "
+                                 f"{', '.join(ix.attributes)}")
+    split = assign_splits(items[cfg.product].to_numpy(), test=cfg.test_fraction,
+                          val=cfg.val_fraction, seed=cfg.split_seed)
+    train_rows = np.flatnonzero(split == "train")
+    val_rows = np.flatnonzero(split == "val")
+    if len(train_rows) < 2 or len(val_rows) < 2:
+        raise LookalikeError(f"too few products to split: {len(train_rows)} training and "
+                             f"{len(val_rows)} validation items")
+    photos = items[cfg.product].iloc[train_rows].map(
+        items[cfg.product].iloc[train_rows].value_counts())
+    p_same = cfg.p_same_product
+    if p_same is None:
+        p_same = 0.9 if (photos > 1).mean() >= 0.5 else 0.0
+    val_set = sample_triplets(items, cfg.val_triplets, category=cfg.category, color=cfg.color,
+                              product=cfg.product, p_same_product=p_same,
+                              p_in_class=cfg.p_in_class, rows=val_rows, seed=cfg.seed + 10_000)
+    single = (items[cfg.product].map(items[cfg.product].value_counts()) == 1).to_numpy()
+    aug_rows = np.flatnonzero(single & np.isin(split, ["train", "val"])) if p_same > 0 \
+        else np.zeros(0, np.int64)
+    log(f"training on {len(train_rows)} items, validating on {len(val_rows)}; "
+        f"{int((split == 'test').sum())} test items left unseen; p_same_product={p_same}")
+    t0 = time.perf_counter()
+    cache = _build_cache(ix, np.concatenate([train_rows, val_rows]), aug_rows, progress)
+    t_cache = time.perf_counter() - t0
+
+    torch.manual_seed(cfg.seed)
+    model = DeepRanking(ix.model, cfg.dim, with_backbone=False)
+    cat_codes, n_cat = _codes(items[cfg.category])
+    col_codes, n_col = _codes(items[cfg.color])
+    labels = _Labels(cfg.dim, n_cat, n_col)
+    opt = torch.optim.Adam([*model.parameters(), *labels.parameters()], lr=cfg.lr)
+    history: list[dict[str, float]] = []
+    best_score, best_state, best_epoch, start_epoch = -1.0, None, 0, 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        labels.load_state_dict(state["labels"])
+        opt.load_state_dict(state["optimizer"])
+        history, best_score = state["history"], state["best_score"]
+        best_state, best_epoch = state["best_model"], state["best_epoch"]
+        start_epoch = state["epoch"] + 1
+        log(f"resuming after epoch {state['epoch'] + 1} (best so far: epoch {best_epoch + 1})")
+    if not history:
+        base = _validate(model, cache, ix, val_rows, val_set, cfg)  # untrained, for the curve
+        base_pre = evaluate_catalog(np.asarray(ix.embeddings)[val_rows],
+                                    items.iloc[val_rows].reset_index(drop=True),
+                                    [[cfg.category], [cfg.category, cfg.color]], ks=[cfg.k]).metrics
+        log(f"pretrained backbone on validation: precision@{cfg.k} {cfg.category} "
+            f"{base_pre[f'precision@{cfg.k}/{cfg.category}']:.3f}, {cfg.category}+{cfg.color} "
+            f"{base_pre[f'precision@{cfg.k}/{cfg.category}+{cfg.color}']:.3f}")
+        history.append({"epoch": 0, "loss": float("nan"), "train_triplet_accuracy": float("nan"),
+                        **base, "pretrained_" + f"precision@{cfg.k}/{cfg.category}":
+                            base_pre[f"precision@{cfg.k}/{cfg.category}"],
+                        "pretrained_" + f"precision@{cfg.k}/{cfg.category}+{cfg.color}":
+                            base_pre[f"precision@{cfg.k}/{cfg.category}+{cfg.color}"]})
+    out.mkdir(parents=True, exist_ok=True)
+    cat_t, col_t = torch.from_numpy(cat_codes), torch.from_numpy(col_codes)
+    epochs_since_best = len(history) - 1 - best_epoch if best_epoch else 0
+    t_train = time.perf_counter()
+    for epoch in range(start_epoch, cfg.epochs):
+        ts = sample_triplets(items, cfg.triplets_per_epoch, category=cfg.category,
+                             color=cfg.color, product=cfg.product, p_same_product=p_same,
+                             p_in_class=cfg.p_in_class, rows=train_rows, seed=cfg.seed + epoch)
+        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(ts))
+        model.train()
+        total = correct = seen = 0.0
+        with tqdm(total=len(ts), unit="triplet", desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                  disable=not progress) as bar:
+            for b in range(0, len(ts), cfg.batch_size):
+                i = order[b:b + cfg.batch_size]
+                q, p, n = ts.query[i], ts.positive[i], ts.negative[i]
+                aug = ts.positive_type[i] == 1
+                k = len(i)
+                zq = _embed_rows(model, cache, q)
+                zp = _embed_rows(model, cache, p, aug)
+                zn = _embed_rows(model, cache, n)
+                loss = triplet_loss(zq, zp, zn, cfg.gap)
+                if cfg.aux_weight:
+                    z = torch.cat([zq, zp, zn])
+                    r = torch.from_numpy(np.concatenate([q, p, n]))
+                    loss = loss + cfg.aux_weight * (
+                        F.cross_entropy(labels.category(z), cat_t[r])
+                        + F.cross_entropy(labels.color(z), col_t[r]))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                with torch.no_grad():
+                    correct += float((((zq - zp) ** 2).sum(1) < ((zq - zn) ** 2).sum(1)).sum())
+                total += float(loss.detach()) * k
+                seen += k
+                bar.update(k)
+                bar.set_postfix(loss=f"{total / seen:.3f}", acc=f"{correct / seen:.3f}")
+        entry = {"epoch": epoch + 1, "loss": total / seen, "train_triplet_accuracy": correct / seen,
+                 **_validate(model, cache, ix, val_rows, val_set, cfg),
+                 "seconds": time.perf_counter() - t_train}
+        history.append(entry)
+        score = _score(entry, cfg)
+        if score > best_score:
+            best_score, best_epoch, epochs_since_best = score, epoch + 1, 0
+            best_state = {k: v.clone() for k, v in model.state_dict().items()}
+        else:
+            epochs_since_best += 1
+        log(f"epoch {epoch + 1}: loss {entry['loss']:.4f}, train triplet accuracy "
+            f"{entry['train_triplet_accuracy']:.3f}, val triplet accuracy "
+            f"{entry['val_triplet_accuracy']:.3f}, val precision@{cfg.k} "
+            f"{cfg.category} {entry[f'val_precision@{cfg.k}/{cfg.category}']:.3f}, "
+            f"{cfg.category}+{cfg.color} "
+            f"{entry[f'val_precision@{cfg.k}/{cfg.category}+{cfg.color}']:.3f}"
+            + ("  (best)" if epochs_since_best == 0 else ""))
+        _save_checkpoint(ckpt_path, model, labels, opt, epoch, history, best_score, best_state,
+                         best_epoch, cfg, ix)
+        if epochs_since_best >= cfg.patience:
+            log(f"validation has not improved for {cfg.patience} epochs: stopping")
+            break
+    if best_state is None:
+        raise LookalikeError("no epoch was trained (epochs=0?)")
+    t_fit = time.perf_counter() - t_train
+    t0 = time.perf_counter()
+    export_trained(out, ix, best_state, cfg, history, best_epoch, split_counts={
+        s: int((split == s).sum()) for s in ("train", "val", "test")})
+    plot_curve(history, cfg, out / CURVE)
+    timings = {"cache_s": t_cache, "train_s": t_fit, "export_s": time.perf_counter() - t0,
+               "total_s": time.perf_counter() - t_start}
+    _update_meta(out, {"timings": timings})
+    return TrainSummary(out, len(history) - 1, best_epoch, history, timings)
+
+
+def _save_checkpoint(path: Path, model: DeepRanking, labels: _Labels, opt: torch.optim.Optimizer,
+                     epoch: int, history: list[dict[str, float]], best_score: float,
+                     best_state: dict[str, torch.Tensor] | None, best_epoch: int,
+                     cfg: TrainConfig, ix: Index) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save({"model": model.state_dict(), "labels": labels.state_dict(),
+                "optimizer": opt.state_dict(), "epoch": epoch, "history": history,
+                "best_score": best_score, "best_model": best_state, "best_epoch": best_epoch,
+                "config": asdict(cfg), "index": str(ix.path)}, tmp)
+    os.replace(tmp, path)
+
+
+def export_trained(out: Path, ix: Index, state: dict[str, torch.Tensor], cfg: TrainConfig,
+                   history: list[dict[str, float]], best_epoch: int,
+                   split_counts: dict[str, int]) -> EmbedderSpec:
+    """Put the backbone back under the trained head and export the whole network to ONNX."""
+    full = DeepRanking(ix.model, cfg.dim)
+    missing = full.load_state_dict(state, strict=False)
+    if missing.unexpected_keys or any(not k.startswith("features.") for k in missing.missing_keys):
+        raise LookalikeError(f"checkpoint does not fit the network: {missing}")
+    onnx_path = export_module(full, ix.spec.input_size, out / TRAINED_ONNX)
+    digest = hashlib.sha256(onnx_path.read_bytes()).hexdigest()[:16]
+    spec = EmbedderSpec(f"deep-ranking-{ix.model}", "deep-ranking", ix.spec.input_size, cfg.dim,
+                        ix.spec.mean, ix.spec.std, weights=f"{TRAINED_ONNX} sha256:{digest}",
+                        source=str(out.resolve()))
+    meta = {"embedder": spec.to_dict(), "backbone": ix.spec.to_dict(), "config": asdict(cfg),
+            "index": str(ix.path), "trained": now(), "best_epoch": best_epoch,
+            "history": history, "splits": split_counts}
+    tmp = out / f".{TRAINED_SPEC}.tmp"
+    tmp.write_text(json.dumps(meta, indent=2, default=float))
+    os.replace(tmp, out / TRAINED_SPEC)
+    return spec
+
+
+def _update_meta(out: Path, extra: dict[str, Any]) -> None:
+    meta = json.loads((out / TRAINED_SPEC).read_text())
+    meta.update(extra)
+    tmp = out / f".{TRAINED_SPEC}.tmp"
+    tmp.write_text(json.dumps(meta, indent=2, default=float))
+    os.replace(tmp, out / TRAINED_SPEC)
+
+
+def plot_curve(history: list[dict[str, float]], cfg: TrainConfig, out: Path) -> Path:
+    """Loss and validation metrics per epoch (epoch 0: before training)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    a.plot(epochs[1:], [h["loss"] for h in history[1:]], marker="o", label="training loss")
+    a.set_xlabel("epoch")
+    a.set_ylabel("loss")
+    a.grid(alpha=0.3)
+    a.legend()
+    for key, label in ((f"val_precision@{cfg.k}/{cfg.category}", cfg.category),
+                       (f"val_precision@{cfg.k}/{cfg.category}+{cfg.color}",
+                        f"{cfg.category}+{cfg.color}")):
+        line = b.plot(epochs, [h[key] for h in history], marker="o", label=label)[0]
+        pre = history[0].get(f"pretrained_precision@{cfg.k}/" + key.split("/", 1)[1])
+        if pre is not None:
+            b.axhline(pre, ls="--", color=line.get_color(), alpha=0.6,
+                      label=f"{label}, pretrained backbone")
+    b.plot(epochs, [h["val_triplet_accuracy"] for h in history], marker=".", color="gray",
+           label="triplet accuracy")
+    b.set_xlabel("epoch (0 = untrained head)")
+    b.set_ylabel(f"validation precision@{cfg.k}")
+    b.set_ylim(0, 1)
+    b.grid(alpha=0.3)
+    b.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
