@@ -1,0 +1,129 @@
+"""A short training run end to end: train, checkpoint, resume, export, build with the model."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from lookalike import Index, LookalikeError, build_index, read_catalog
+from lookalike.cli import cli
+from lookalike.ranking import DeepRanking
+from lookalike.train import TrainConfig, train
+
+from .conftest import garment
+
+COLOURS = {"red": (200, 30, 30), "blue": (30, 40, 200), "green": (30, 160, 40)}
+SHAPES = ("shirt", "shoe", "bag")
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """3 types × 3 colours × 4 products × 2 photos, and its mobilenet-v2 index."""
+    root = tmp_path_factory.mktemp("shop")
+    (root / "img").mkdir()
+    rows = []
+    for s, shape in enumerate(SHAPES):
+        for colour, rgb in COLOURS.items():
+            for p in range(4):
+                pid = f"{shape}-{colour}-{p}"
+                img = garment(tuple(max(0, c - 12 * p) for c in rgb), shape, seed=s * 50 + p)
+                for v, view in enumerate([img, img.transpose(Image.FLIP_LEFT_RIGHT)]):
+                    view.save(root / "img" / f"{pid}-{v}.jpg")
+                    rows.append((f"{pid}-{v}", pid, shape, colour, f"img/{pid}-{v}.jpg"))
+    pd.DataFrame(rows, columns=["id", "product", "type", "colour", "image_path"]).to_csv(
+        root / "shop.csv", index=False)
+    cat = read_catalog(root / "shop.csv", product_column="product")
+    build_index(cat, root / "index", model="mobilenet-v2")
+    return {"root": root, "csv": root / "shop.csv", "index": root / "index"}
+
+
+CFG = {"category": "type", "color": "colour", "dim": 32, "epochs": 2, "triplets_per_epoch": 300,
+       "val_triplets": 60, "batch_size": 64, "test_fraction": 0.2, "val_fraction": 0.25,
+       "patience": 5}
+
+
+def test_short_training_run_gives_a_model_that_build_uses(shop: dict[str, Path],
+                                                          tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    s = train(shop["index"], out, TrainConfig(**CFG), progress=False, log=lambda _: None)
+    assert s.epochs_run == 2 and 1 <= s.best_epoch <= 2
+    for name in ("model.onnx", "model.json", "checkpoint.pt", "training_curve.png"):
+        assert (out / name).stat().st_size > 0, name
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["embedder"]["family"] == "deep-ranking" and meta["embedder"]["dim"] == 32
+    assert meta["splits"]["train"] > 0 and len(meta["history"]) == 3
+    # products have two photos each: the sampler's default uses same-product positives
+    assert meta["config"]["p_same_product"] is None
+
+    # the ONNX graph is the whole network: backbone + branches + projection
+    full = DeepRanking("mobilenet-v2", 32)
+    state = torch.load(out / "checkpoint.pt", weights_only=False)["best_model"]
+    full.load_state_dict(state, strict=False)
+    px = np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
+    onnx_out = ort.InferenceSession(str(out / "model.onnx")).run(None, {"pixels": px})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(onnx_out, full.eval()(torch.from_numpy(px)).numpy(), atol=1e-4)
+
+    r = CliRunner().invoke(cli, ["build", str(shop["csv"]), "--product-column", "product",
+                                 "--model", str(out), "--out", str(tmp_path / "ix"), "-q"])
+    assert r.exit_code == 0, r.output
+    ix = Index.open(tmp_path / "ix")
+    assert ix.manifest["embedder"]["source"] == str(out.resolve())
+    assert ix.embeddings.shape == (72, 32)
+    hits = ix.similar("shirt-red-0-0", 3)
+    assert hits[0].item_id == "shirt-red-0-1"  # its other photo
+    assert len(ix.search(shop["root"] / "img" / "bag-blue-1-0.jpg", 2)) == 2  # embeds new photos
+    r = CliRunner().invoke(cli, ["evaluate", str(tmp_path / "ix"), "-r", "type", "-k", "5",
+                                 "--split", "test", "--test-fraction", "0.2",
+                                 "--val-fraction", "0.25", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["queries/type"] < 72  # the unseen products only
+
+
+def test_checkpoint_resume_and_refusals(shop: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    train(shop["index"], out, TrainConfig(**{**CFG, "epochs": 1}), progress=False,
+          log=lambda _: None)
+    with pytest.raises(LookalikeError, match="is not empty; use --resume"):
+        train(shop["index"], out, TrainConfig(**CFG), progress=False, log=lambda _: None)
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    state["config"]["epochs"] = 2  # ask for one more epoch
+    torch.save(state, out / "checkpoint.pt")
+    lines: list[str] = []
+    s = train(shop["index"], out, resume=True, progress=False, log=lines.append)
+    assert s.epochs_run == 2 and any("resuming after epoch 1" in x for x in lines)
+    assert [h["epoch"] for h in s.history] == [0, 1, 2]
+    with pytest.raises(LookalikeError, match="no checkpoint"):
+        train(shop["index"], tmp_path / "other", resume=True, progress=False)
+    with pytest.raises(LookalikeError, match=r"column 'style' \(--category\)"):
+        train(shop["index"], tmp_path / "x", TrainConfig(**{**CFG, "category": "style"}),
+              progress=False)
+    r = CliRunner().invoke(cli, ["build", str(shop["csv"]), "--model", str(tmp_path),
+                                 "--out", str(tmp_path / "ix")])
+    assert r.exit_code == 1 and "nor a trained model folder" in r.output
+
+
+def test_cli_triplets_and_train(shop: dict[str, Path], tmp_path: Path) -> None:
+    run = CliRunner().invoke
+    r = run(cli, ["triplets", str(shop["index"]), "-n", "500", "-o", str(tmp_path / "t.parquet"),
+                  "--category", "type", "--color", "colour", "--split", "train",
+                  "--test-fraction", "0.2", "--val-fraction", "0.25"])
+    assert r.exit_code == 0, r.output
+    t = pd.read_parquet(tmp_path / "t.parquet")
+    assert len(t) == 500 and set(t.positive_type) <= {"same_product", "same_category_color"}
+    r = run(cli, ["evaluate", str(shop["index"]), "-r", "type", "-k", "1",
+                  "--triplets", str(tmp_path / "t.parquet"), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["count/triplets"] == 500
+    r = run(cli, ["train", str(shop["index"]), "-o", str(tmp_path / "m"), "--category", "type",
+                  "--color", "colour", "--dim", "16", "--epochs", "1",
+                  "--triplets-per-epoch", "200", "--batch-size", "64",
+                  "--val-fraction", "0.25", "-q"])
+    assert r.exit_code == 0, r.output
+    assert "model written to" in r.output and (tmp_path / "m" / "model.onnx").exists()
