@@ -9,10 +9,34 @@ from .errors import CatalogError, ImageError, IndexFormatError, LookalikeError, 
 from .images import load_image
 from .quality import evaluate_indexes, read_label_mapping, read_query_set
 from .report import write_report
+from .splits import assign_splits
+from .train import TrainConfig, train
+from .triplets import sample_triplets, write_triplets
 
 __all__ = [
-    "BuildSummary", "Catalog", "CatalogError", "EmbedResult", "Hit", "ImageError", "Index",
-    "IndexFormatError", "LookalikeError", "UnknownItemError", "build_index", "create_embedder",
-    "embed_images", "evaluate_indexes", "list_embedders", "load_image", "read_catalog",
-    "read_label_mapping", "read_query_set", "write_report",
+    "BuildSummary",
+    "Catalog",
+    "CatalogError",
+    "EmbedResult",
+    "Hit",
+    "ImageError",
+    "Index",
+    "IndexFormatError",
+    "LookalikeError",
+    "TrainConfig",
+    "UnknownItemError",
+    "assign_splits",
+    "build_index",
+    "create_embedder",
+    "embed_images",
+    "evaluate_indexes",
+    "list_embedders",
+    "load_image",
+    "read_catalog",
+    "read_label_mapping",
+    "read_query_set",
+    "sample_triplets",
+    "train",
+    "write_report",
+    "write_triplets",
 ]

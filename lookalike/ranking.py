@@ -11,6 +11,8 @@ branches read a cached 4×-subsampled copy of each photo, so an epoch costs seco
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -82,6 +84,37 @@ class DeepRanking(nn.Module):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         x = self.normalise(pixels)
         return self.embed(self.backbone_features(x), F.avg_pool2d(x, 4))
+
+    # fine-tuning the last backbone stages: the frozen front runs once, the tail every step
+
+    def stages(self) -> list[tuple[Callable[[torch.Tensor], torch.Tensor], list[nn.Module]]]:
+        if self.features is None:
+            raise RuntimeError("this DeepRanking was made without its backbone")
+        return self.features.stages()
+
+    def front(self, x: torch.Tensor, tune: int) -> torch.Tensor:
+        """Activations of normalised pixels before the last ``tune`` backbone stages."""
+        stages = self.stages()
+        for fn, _ in stages[:len(stages) - tune]:
+            x = fn(x)
+        return x
+
+    def embed_from(self, activations: torch.Tensor, small: torch.Tensor, tune: int) -> torch.Tensor:
+        """The embedding from ``front``'s activations: the last ``tune`` stages, pooling, the
+        branches and the projection."""
+        stages = self.stages()
+        x = activations
+        for fn, _ in stages[len(stages) - tune:]:
+            x = fn(x)
+        f = x.mean(dim=(2, 3))
+        return self.embed(f / f.norm(dim=1, keepdim=True).clamp_min(1e-12), small)
+
+    def tail_modules(self, tune: int) -> list[nn.Module]:
+        """The modules of the last ``tune`` stages (the ones fine-tuning trains)."""
+        stages = self.stages()
+        if not 0 <= tune <= len(stages):
+            raise ValueError(f"the backbone has {len(stages)} stages, cannot tune {tune}")
+        return [m for _, mods in stages[len(stages) - tune:] for m in mods]
 
 
 def subsample4(pixels: torch.Tensor, spec: EmbedderSpec) -> torch.Tensor:

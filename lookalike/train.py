@@ -67,6 +67,8 @@ class TrainConfig:
     seed: int = 0
     patience: int = 2
     k: int = 10  # validation precision@k
+    finetune_stages: int = 0  # 0: frozen backbone; n: also train its last n stages
+    backbone_lr_scale: float = 0.1  # their learning rate relative to lr
 
 
 @dataclass
@@ -94,9 +96,9 @@ def _augment(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
 
 
-def _load_pixels(ix: Index, rows: Sequence[int], size: int, *, augment_seed: int | None = None,
-                 progress: bool = False, desc: str = "photos") -> np.ndarray:
-    """uint8 (len(rows), size, size, 3), decoded in background threads."""
+def _load_pixels(ix: Index, rows: Sequence[int], size: int, pool: ThreadPoolExecutor,
+                 augment_seed: int | None = None) -> np.ndarray:
+    """uint8 (len(rows), size, size, 3), decoded by ``pool``'s threads."""
     ids = ix.items["item_id"].astype(str).to_numpy()
 
     def one(row: int) -> np.ndarray:
@@ -108,44 +110,82 @@ def _load_pixels(ix: Index, rows: Sequence[int], size: int, *, augment_seed: int
             img = _augment(img, np.random.default_rng([augment_seed, int(row)]))
         return to_model_input(img, size)
 
-    out = np.empty((len(rows), size, size, 3), np.uint8)
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool, \
-            tqdm(total=len(rows), unit="img", desc=desc, disable=not progress) as bar:
-        for i, px in enumerate(pool.map(one, rows, chunksize=32)):
-            out[i] = px
-            bar.update()
-    return out
-
-
-def _small(pixels: np.ndarray, spec: EmbedderSpec) -> torch.Tensor:
-    """The 4×-subsampled normalised photos the branches read, float16 to halve the memory."""
-    parts = [subsample4(torch.from_numpy(pixels[i:i + 512]), spec).half()
-             for i in range(0, len(pixels), 512)]
-    return torch.cat(parts) if parts else torch.zeros(0, 3, 1, 1, dtype=torch.float16)
+    return np.stack(list(pool.map(one, rows))) if len(rows) else \
+        np.zeros((0, size, size, 3), np.uint8)
 
 
 @dataclass
 class _Cache:
-    features: torch.Tensor  # (N, D) unit backbone features, row = index row
-    small: torch.Tensor  # (N, 3, S/4, S/4) float16, row = index row (zeros where unused)
-    aug_features: torch.Tensor | None = None  # augmented view of each row (where needed)
+    """What each training step reads, one slot per cached row: the backbone's unit features
+    (frozen backbone) or the activations before the tuned stages, and the photo at 1/4."""
+
+    slot: np.ndarray  # index row → slot (-1: not cached)
+    inputs: torch.Tensor  # (slots, D) features, or (slots, C, h, w) float16 activations
+    small: torch.Tensor  # (slots, 3, S/4, S/4) float16
+    aug_slot: np.ndarray | None = None  # the same for one augmented view of some rows
+    aug_inputs: torch.Tensor | None = None
     aug_small: torch.Tensor | None = None
 
+    def get(self, rows: np.ndarray, augmented: np.ndarray | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+        s = torch.from_numpy(self.slot[rows])
+        x, small = self.inputs[s], self.small[s]
+        if augmented is not None and augmented.any():
+            if self.aug_slot is None or (self.aug_slot[rows[augmented]] < 0).any():
+                raise LookalikeError("an augmented positive has no cached augmented view")
+            a = np.flatnonzero(augmented)
+            sa = torch.from_numpy(self.aug_slot[rows[a]])
+            x, small = x.clone(), small.clone()
+            x[a], small[a] = self.aug_inputs[sa], self.aug_small[sa]
+        return x.float(), small.float()
 
-def _build_cache(ix: Index, rows: np.ndarray, aug_rows: np.ndarray, progress: bool) -> _Cache:
+
+def _cache_views(ix: Index, model: DeepRanking, rows: np.ndarray, tune: int, progress: bool,
+                 augment_seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode ``rows``' photos in background threads while the previous chunk is turned into
+    branch inputs and (when tuning, or for augmented views) backbone inputs."""
     spec = ix.spec
-    feats = torch.from_numpy(np.array(ix.embeddings, dtype=np.float32))
-    small = torch.zeros((len(ix), 3, spec.input_size // 4, spec.input_size // 4),
-                        dtype=torch.float16)
-    small[rows] = _small(_load_pixels(ix, rows, spec.input_size, progress=progress), spec)
-    cache = _Cache(feats, small)
+    chunk = 256
+    chunks = [rows[i:i + chunk] for i in range(0, len(rows), chunk)]
+    inputs, smalls = [], []
+    desc = "augmented views" if augment_seed is not None else "photos"
+    embedder = ix.embedder if tune == 0 and augment_seed is not None else None
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool, \
+            ThreadPoolExecutor(max_workers=1) as loader, \
+            tqdm(total=len(rows), unit="img", desc=desc, disable=not progress) as bar:
+        pending = loader.submit(_load_pixels, ix, chunks[0], spec.input_size, pool,
+                                augment_seed) if chunks else None
+        for i in range(len(chunks)):
+            px = pending.result()
+            if i + 1 < len(chunks):  # decode the next chunk while this one is computed
+                pending = loader.submit(_load_pixels, ix, chunks[i + 1], spec.input_size, pool,
+                                        augment_seed)
+            t = torch.from_numpy(px)
+            smalls.append(subsample4(t, spec).half())
+            if tune:
+                with torch.no_grad():
+                    inputs.append(model.front(model.normalise(t), tune).half())
+            elif embedder is not None:
+                inputs.append(torch.from_numpy(embedder(px)))
+            bar.update(len(px))
+    small = torch.cat(smalls) if smalls else torch.zeros(0, 3, 1, 1, dtype=torch.float16)
+    if tune or embedder is not None:
+        return (torch.cat(inputs) if inputs else torch.zeros(0)), small
+    feats = torch.from_numpy(np.array(ix.embeddings[rows], dtype=np.float32))
+    return feats, small
+
+
+def _build_cache(ix: Index, model: DeepRanking, rows: np.ndarray, aug_rows: np.ndarray,
+                 tune: int, progress: bool) -> _Cache:
+    slot = np.full(len(ix), -1, np.int64)
+    slot[rows] = np.arange(len(rows))
+    inputs, small = _cache_views(ix, model, rows, tune, progress)
+    cache = _Cache(slot, inputs, small)
     if len(aug_rows):
-        px = _load_pixels(ix, aug_rows, spec.input_size, augment_seed=0, progress=progress,
-                          desc="augmented views")
-        cache.aug_features = feats.clone()
-        cache.aug_features[aug_rows] = torch.from_numpy(ix.embedder(px))
-        cache.aug_small = small.clone()
-        cache.aug_small[aug_rows] = _small(px, spec)
+        cache.aug_slot = np.full(len(ix), -1, np.int64)
+        cache.aug_slot[aug_rows] = np.arange(len(aug_rows))
+        cache.aug_inputs, cache.aug_small = _cache_views(ix, model, aug_rows, tune, progress,
+                                                         augment_seed=0)
     return cache
 
 
@@ -160,36 +200,40 @@ class _Labels(nn.Module):
         self.color = nn.Linear(dim, n_color)
 
 
-def _embed_rows(model: DeepRanking, cache: _Cache, rows: np.ndarray,
+def _embed_rows(model: DeepRanking, cache: _Cache, rows: np.ndarray, tune: int,
                 augmented: np.ndarray | None = None) -> torch.Tensor:
-    r = torch.from_numpy(rows)
-    f, s = cache.features[r], cache.small[r]
-    if augmented is not None and augmented.any() and cache.aug_features is not None:
-        a = torch.from_numpy(augmented)
-        f = torch.where(a[:, None], cache.aug_features[r], f)
-        s = torch.where(a[:, None, None, None], cache.aug_small[r], s)
-    return model.embed(f, s.float())
+    x, small = cache.get(rows, augmented)
+    return model.embed_from(x, small, tune) if tune else model.embed(x, small)
 
 
-def _embed_all(model: DeepRanking, cache: _Cache, rows: np.ndarray) -> np.ndarray:
+def _set_train(model: DeepRanking, tune: int) -> None:
+    """Training mode for the head and the tuned stages; batch norms keep their statistics."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def _embed_all(model: DeepRanking, cache: _Cache, rows: np.ndarray, tune: int) -> np.ndarray:
     model.eval()
     with torch.no_grad():
-        out = [_embed_rows(model, cache, rows[i:i + 1024]).numpy()
-               for i in range(0, len(rows), 1024)]
+        out = [_embed_rows(model, cache, rows[i:i + 512], tune).numpy()
+               for i in range(0, len(rows), 512)]
     return np.concatenate(out) if out else np.zeros((0, model.dim), np.float32)
 
 
 def _validate(model: DeepRanking, cache: _Cache, ix: Index, rows: np.ndarray,
               triplets: TripletSet, cfg: TrainConfig) -> dict[str, float]:
-    emb = _embed_all(model, cache, rows)
-    pos = {int(r): i for i, r in enumerate(rows)}
-    q = emb[[pos[int(r)] for r in triplets.query]]
-    p = emb[[pos[int(r)] for r in triplets.positive]]
-    n = emb[[pos[int(r)] for r in triplets.negative]]
+    tune = cfg.finetune_stages
+    emb = _embed_all(model, cache, rows, tune)
+    position = np.full(len(ix), -1)
+    position[rows] = np.arange(len(rows))
+    q, p, n = (emb[position[r]] for r in (triplets.query, triplets.positive, triplets.negative))
     aug = triplets.positive_type == 1
-    if aug.any() and cache.aug_features is not None:
+    if aug.any():
         with torch.no_grad():
-            p[aug] = _embed_rows(model, cache, triplets.positive[aug], np.ones(aug.sum(), bool)).numpy()
+            p[aug] = _embed_rows(model, cache, triplets.positive[aug], tune,
+                                 np.ones(int(aug.sum()), bool)).numpy()
     acc = float(((q * p).sum(1) > (q * n).sum(1)).mean()) if len(q) else float("nan")
     ev = evaluate_catalog(emb, ix.items.iloc[rows].reset_index(drop=True),
                           [[cfg.category], [cfg.category, cfg.color]], ks=[cfg.k])
@@ -261,16 +305,32 @@ def train(index: str | os.PathLike, out: str | os.PathLike, config: TrainConfig 
         else np.zeros(0, np.int64)
     log(f"training on {len(train_rows)} items, validating on {len(val_rows)}; "
         f"{int((split == 'test').sum())} test items left unseen; p_same_product={p_same}")
-    t0 = time.perf_counter()
-    cache = _build_cache(ix, np.concatenate([train_rows, val_rows]), aug_rows, progress)
-    t_cache = time.perf_counter() - t0
-
+    tune = cfg.finetune_stages
     torch.manual_seed(cfg.seed)
-    model = DeepRanking(ix.model, cfg.dim, with_backbone=False)
+    model = DeepRanking(ix.model, cfg.dim, with_backbone=tune > 0)
+    head = [p for name, p in model.named_parameters() if not name.startswith("features.")]
+    tuned: list[nn.Parameter] = []
+    if tune:
+        for p in model.features.parameters():
+            p.requires_grad_(False)
+        try:
+            tuned = [p for m in model.tail_modules(tune) for p in m.parameters()]
+        except ValueError as e:
+            raise LookalikeError(f"--finetune-stages: {e}") from None
+        for p in tuned:
+            p.requires_grad_(True)
+        model.eval()
+    t0 = time.perf_counter()
+    cache = _build_cache(ix, model, np.concatenate([train_rows, val_rows]), aug_rows, tune,
+                         progress)
+    t_cache = time.perf_counter() - t0
     cat_codes, n_cat = _codes(items[cfg.category])
     col_codes, n_col = _codes(items[cfg.color])
     labels = _Labels(cfg.dim, n_cat, n_col)
-    opt = torch.optim.Adam([*model.parameters(), *labels.parameters()], lr=cfg.lr)
+    groups = [{"params": [*head, *labels.parameters()], "lr": cfg.lr}]
+    if tuned:
+        groups.append({"params": tuned, "lr": cfg.lr * cfg.backbone_lr_scale})
+    opt = torch.optim.Adam(groups)
     history: list[dict[str, float]] = []
     best_score, best_state, best_epoch, start_epoch = -1.0, None, 0, 0
     if state is not None:
@@ -303,7 +363,7 @@ def train(index: str | os.PathLike, out: str | os.PathLike, config: TrainConfig 
                              color=cfg.color, product=cfg.product, p_same_product=p_same,
                              p_in_class=cfg.p_in_class, rows=train_rows, seed=cfg.seed + epoch)
         order = np.random.default_rng([cfg.seed, epoch]).permutation(len(ts))
-        model.train()
+        _set_train(model, tune)
         total = correct = seen = 0.0
         with tqdm(total=len(ts), unit="triplet", desc=f"epoch {epoch + 1}/{cfg.epochs}",
                   disable=not progress) as bar:
@@ -312,9 +372,9 @@ def train(index: str | os.PathLike, out: str | os.PathLike, config: TrainConfig 
                 q, p, n = ts.query[i], ts.positive[i], ts.negative[i]
                 aug = ts.positive_type[i] == 1
                 k = len(i)
-                zq = _embed_rows(model, cache, q)
-                zp = _embed_rows(model, cache, p, aug)
-                zn = _embed_rows(model, cache, n)
+                zq = _embed_rows(model, cache, q, tune)
+                zp = _embed_rows(model, cache, p, tune, aug)
+                zn = _embed_rows(model, cache, n, tune)
                 loss = triplet_loss(zq, zp, zn, cfg.gap)
                 if cfg.aux_weight:
                     z = torch.cat([zq, zp, zn])

@@ -40,7 +40,10 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         root / "shop.csv", index=False)
     cat = read_catalog(root / "shop.csv", product_column="product")
     build_index(cat, root / "index", model="mobilenet-v2")
-    return {"root": root, "csv": root / "shop.csv", "index": root / "index"}
+    # the same photos with every photo its own product (as in myntra-9k)
+    build_index(read_catalog(root / "shop.csv"), root / "single", model="mobilenet-v2")
+    return {"root": root, "csv": root / "shop.csv", "index": root / "index",
+            "single": root / "single"}
 
 
 CFG = {"category": "type", "color": "colour", "dim": 32, "epochs": 2, "triplets_per_epoch": 300,
@@ -127,3 +130,40 @@ def test_cli_triplets_and_train(shop: dict[str, Path], tmp_path: Path) -> None:
                   "--val-fraction", "0.25", "-q"])
     assert r.exit_code == 0, r.output
     assert "model written to" in r.output and (tmp_path / "m" / "model.onnx").exists()
+
+
+def test_finetuning_the_last_stages(shop: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "tuned"
+    cfg = TrainConfig(**{**CFG, "epochs": 1, "finetune_stages": 2, "p_same_product": 0.5})
+    train(shop["index"], out, cfg, progress=False, log=lambda _: None)
+    state = torch.load(out / "checkpoint.pt", weights_only=False)["best_model"]
+    pretrained = DeepRanking("mobilenet-v2", 32).state_dict()
+    changed = {k.split(".")[2] for k, v in state.items() if k.startswith("features.")
+               and v.dtype.is_floating_point and not torch.equal(v, pretrained[k])}
+    # mobilenet-v2 has 19 feature layers: only the last two (17, 18) moved; batch-norm
+    # statistics stay as pretrained
+    assert changed == {"17", "18"}
+    assert all(torch.equal(state[k], pretrained[k]) for k in state if "running_" in k)
+    full = DeepRanking("mobilenet-v2", 32)
+    full.load_state_dict(state)
+    px = np.random.default_rng(1).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
+    onnx_out = ort.InferenceSession(str(out / "model.onnx")).run(None, {"pixels": px})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(onnx_out, full.eval()(torch.from_numpy(px)).numpy(), atol=1e-4)
+    with pytest.raises(LookalikeError, match="cannot tune 40"):
+        train(shop["index"], tmp_path / "x", TrainConfig(**{**CFG, "finetune_stages": 40}),
+              progress=False)
+
+
+@pytest.mark.parametrize("tune", [0, 1])
+def test_single_photo_products_train_on_augmented_views(shop: dict[str, Path], tmp_path: Path,
+                                                        tune: int) -> None:
+    lines: list[str] = []
+    cfg = TrainConfig(**{**CFG, "epochs": 1, "p_same_product": 0.9, "finetune_stages": tune})
+    s = train(shop["single"], tmp_path / "m", cfg, progress=False, log=lines.append)
+    assert "p_same_product=0.9" in lines[0]
+    assert 0 <= s.history[-1]["val_triplet_accuracy"] <= 1
+    # by default, one photo per product means no same-product positives at all
+    train(shop["single"], tmp_path / "d", TrainConfig(**{**CFG, "epochs": 1}), progress=False,
+          log=lines.append)
+    assert any("p_same_product=0.0" in x for x in lines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -39,6 +40,20 @@ class _Features(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.extract_features(x)
+
+    def stages(self) -> list[tuple[Callable[[torch.Tensor], torch.Tensor], list[nn.Module]]]:
+        """``extract_features`` as a list of (function, its modules): stem, each block, head."""
+        net = self.net
+        rate = net._global_params.drop_connect_rate or 0.0
+        n = len(net._blocks)
+
+        def block_fn(i: int) -> Callable[[torch.Tensor], torch.Tensor]:
+            return lambda x: net._blocks[i](x, drop_connect_rate=rate * i / n if rate else rate)
+
+        return ([(lambda x: net._swish(net._bn0(net._conv_stem(x))), [net._conv_stem, net._bn0])]
+                + [(block_fn(i), [net._blocks[i]]) for i in range(n)]
+                + [(lambda x: net._swish(net._bn1(net._conv_head(x))),
+                    [net._conv_head, net._bn1])])
 
 
 def build(spec: EmbedderSpec) -> nn.Module:

