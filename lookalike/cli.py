@@ -353,6 +353,10 @@ def triplets(index: str, n: int, out: str, category: str, color: str, product: s
 @click.option("--p-in-class", default=0.5, show_default=True, type=float)
 @click.option("--patience", default=2, show_default=True, type=click.IntRange(1),
               help="Stop after this many epochs without a better validation score.")
+@click.option("--finetune-stages", default=0, show_default=True, type=click.IntRange(0),
+              help="Also train the backbone's last N stages (0: frozen backbone).")
+@click.option("--backbone-lr-scale", default=0.1, show_default=True, type=float,
+              help="Learning rate of the tuned stages, relative to --lr.")
 @_split_options
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--resume", is_flag=True, help="Continue the training checkpointed in --out.")

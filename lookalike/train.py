@@ -38,7 +38,7 @@ from .images import load_image, to_model_input
 from .ranking import DeepRanking, subsample4, triplet_loss
 from .splits import assign_splits
 from .store import now
-from .triplets import TripletSet, sample_triplets
+from .triplets import TripletSet, sample_triplets, single_photo
 
 CHECKPOINT = "checkpoint.pt"
 CURVE = "training_curve.png"
@@ -256,6 +256,57 @@ def _codes(values: pd.Series) -> tuple[np.ndarray, int]:
     return codes.astype(np.int64), int(codes.max()) + 1
 
 
+def _baseline(model: DeepRanking, cache: _Cache, ix: Index, val_rows: np.ndarray,
+              val_set: TripletSet, cfg: TrainConfig, log: Callable[[str], None]
+              ) -> dict[str, float]:
+    """Epoch 0 of the history: the untrained head, and the pretrained backbone for reference."""
+    entry = {"epoch": 0, "loss": float("nan"), "train_triplet_accuracy": float("nan"),
+             **_validate(model, cache, ix, val_rows, val_set, cfg)}
+    rels = [cfg.category, f"{cfg.category}+{cfg.color}"]
+    pre = evaluate_catalog(np.asarray(ix.embeddings)[val_rows],
+                           ix.items.iloc[val_rows].reset_index(drop=True),
+                           [[cfg.category], [cfg.category, cfg.color]], ks=[cfg.k]).metrics
+    for rel in rels:
+        entry[f"pretrained_precision@{cfg.k}/{rel}"] = pre[f"precision@{cfg.k}/{rel}"]
+    log(f"pretrained backbone on validation: precision@{cfg.k} "
+        + ", ".join(f"{rel} {pre[f'precision@{cfg.k}/{rel}']:.3f}" for rel in rels))
+    return entry
+
+
+def _run_epoch(model: DeepRanking, labels: _Labels, opt: torch.optim.Optimizer, cache: _Cache,
+               ts: TripletSet, cfg: TrainConfig, epoch: int, progress: bool,
+               category: torch.Tensor, color: torch.Tensor) -> tuple[float, float]:
+    """One pass over ``ts`` in shuffled batches; returns mean loss and triplet accuracy."""
+    tune = cfg.finetune_stages
+    order = np.random.default_rng([cfg.seed, epoch]).permutation(len(ts))
+    _set_train(model, tune)
+    total = correct = seen = 0.0
+    with tqdm(total=len(ts), unit="triplet", desc=f"epoch {epoch + 1}/{cfg.epochs}",
+              disable=not progress) as bar:
+        for b in range(0, len(ts), cfg.batch_size):
+            i = order[b:b + cfg.batch_size]
+            q, p, n = ts.query[i], ts.positive[i], ts.negative[i]
+            zq = _embed_rows(model, cache, q, tune)
+            zp = _embed_rows(model, cache, p, tune, ts.positive_type[i] == 1)
+            zn = _embed_rows(model, cache, n, tune)
+            loss = triplet_loss(zq, zp, zn, cfg.gap)
+            if cfg.aux_weight:
+                z = torch.cat([zq, zp, zn])
+                r = torch.from_numpy(np.concatenate([q, p, n]))
+                loss = loss + cfg.aux_weight * (F.cross_entropy(labels.category(z), category[r])
+                                                + F.cross_entropy(labels.color(z), color[r]))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                correct += float((((zq - zp) ** 2).sum(1) < ((zq - zn) ** 2).sum(1)).sum())
+            total += float(loss.detach()) * len(i)
+            seen += len(i)
+            bar.update(len(i))
+            bar.set_postfix(loss=f"{total / seen:.3f}", acc=f"{correct / seen:.3f}")
+    return total / max(seen, 1), correct / max(seen, 1)
+
+
 def train(index: str | os.PathLike, out: str | os.PathLike, config: TrainConfig | None = None,
           *, resume: bool = False, progress: bool = True,
           log: Callable[[str], None] = print) -> TrainSummary:
@@ -300,9 +351,11 @@ def train(index: str | os.PathLike, out: str | os.PathLike, config: TrainConfig 
     val_set = sample_triplets(items, cfg.val_triplets, category=cfg.category, color=cfg.color,
                               product=cfg.product, p_same_product=p_same,
                               p_in_class=cfg.p_in_class, rows=val_rows, seed=cfg.seed + 10_000)
-    single = (items[cfg.product].map(items[cfg.product].value_counts()) == 1).to_numpy()
-    aug_rows = np.flatnonzero(single & np.isin(split, ["train", "val"])) if p_same > 0 \
-        else np.zeros(0, np.int64)
+    aug_rows = np.zeros(0, np.int64)
+    if p_same > 0:  # the rows whose same-product positive will be an augmented view
+        for rows in (train_rows, val_rows):
+            alone = single_photo(items, rows, cfg.product, cfg.category, cfg.color)
+            aug_rows = np.concatenate([aug_rows, rows[alone]])
     log(f"training on {len(train_rows)} items, validating on {len(val_rows)}; "
         f"{int((split == 'test').sum())} test items left unseen; p_same_product={p_same}")
     tune = cfg.finetune_stages
@@ -340,58 +393,19 @@ def train(index: str | os.PathLike, out: str | os.PathLike, config: TrainConfig 
         history, best_score = state["history"], state["best_score"]
         best_state, best_epoch = state["best_model"], state["best_epoch"]
         start_epoch = state["epoch"] + 1
-        log(f"resuming after epoch {state['epoch'] + 1} (best so far: epoch {best_epoch + 1})")
+        log(f"resuming after epoch {state['epoch'] + 1} (best so far: epoch {best_epoch})")
     if not history:
-        base = _validate(model, cache, ix, val_rows, val_set, cfg)  # untrained, for the curve
-        base_pre = evaluate_catalog(np.asarray(ix.embeddings)[val_rows],
-                                    items.iloc[val_rows].reset_index(drop=True),
-                                    [[cfg.category], [cfg.category, cfg.color]], ks=[cfg.k]).metrics
-        log(f"pretrained backbone on validation: precision@{cfg.k} {cfg.category} "
-            f"{base_pre[f'precision@{cfg.k}/{cfg.category}']:.3f}, {cfg.category}+{cfg.color} "
-            f"{base_pre[f'precision@{cfg.k}/{cfg.category}+{cfg.color}']:.3f}")
-        history.append({"epoch": 0, "loss": float("nan"), "train_triplet_accuracy": float("nan"),
-                        **base, "pretrained_" + f"precision@{cfg.k}/{cfg.category}":
-                            base_pre[f"precision@{cfg.k}/{cfg.category}"],
-                        "pretrained_" + f"precision@{cfg.k}/{cfg.category}+{cfg.color}":
-                            base_pre[f"precision@{cfg.k}/{cfg.category}+{cfg.color}"]})
+        history.append(_baseline(model, cache, ix, val_rows, val_set, cfg, log))
     out.mkdir(parents=True, exist_ok=True)
-    cat_t, col_t = torch.from_numpy(cat_codes), torch.from_numpy(col_codes)
     epochs_since_best = len(history) - 1 - best_epoch if best_epoch else 0
     t_train = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
         ts = sample_triplets(items, cfg.triplets_per_epoch, category=cfg.category,
                              color=cfg.color, product=cfg.product, p_same_product=p_same,
                              p_in_class=cfg.p_in_class, rows=train_rows, seed=cfg.seed + epoch)
-        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(ts))
-        _set_train(model, tune)
-        total = correct = seen = 0.0
-        with tqdm(total=len(ts), unit="triplet", desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                  disable=not progress) as bar:
-            for b in range(0, len(ts), cfg.batch_size):
-                i = order[b:b + cfg.batch_size]
-                q, p, n = ts.query[i], ts.positive[i], ts.negative[i]
-                aug = ts.positive_type[i] == 1
-                k = len(i)
-                zq = _embed_rows(model, cache, q, tune)
-                zp = _embed_rows(model, cache, p, tune, aug)
-                zn = _embed_rows(model, cache, n, tune)
-                loss = triplet_loss(zq, zp, zn, cfg.gap)
-                if cfg.aux_weight:
-                    z = torch.cat([zq, zp, zn])
-                    r = torch.from_numpy(np.concatenate([q, p, n]))
-                    loss = loss + cfg.aux_weight * (
-                        F.cross_entropy(labels.category(z), cat_t[r])
-                        + F.cross_entropy(labels.color(z), col_t[r]))
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                with torch.no_grad():
-                    correct += float((((zq - zp) ** 2).sum(1) < ((zq - zn) ** 2).sum(1)).sum())
-                total += float(loss.detach()) * k
-                seen += k
-                bar.update(k)
-                bar.set_postfix(loss=f"{total / seen:.3f}", acc=f"{correct / seen:.3f}")
-        entry = {"epoch": epoch + 1, "loss": total / seen, "train_triplet_accuracy": correct / seen,
+        loss, accuracy = _run_epoch(model, labels, opt, cache, ts, cfg, epoch, progress,
+                                    torch.from_numpy(cat_codes), torch.from_numpy(col_codes))
+        entry = {"epoch": epoch + 1, "loss": loss, "train_triplet_accuracy": accuracy,
                  **_validate(model, cache, ix, val_rows, val_set, cfg),
                  "seconds": time.perf_counter() - t_train}
         history.append(entry)
@@ -477,7 +491,10 @@ def plot_curve(history: list[dict[str, float]], cfg: TrainConfig, out: Path) -> 
 
     epochs = [h["epoch"] for h in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
-    a.plot(epochs[1:], [h["loss"] for h in history[1:]], marker="o", label="training loss")
+    what = "triplet + classification" if cfg.aux_weight else "triplet"
+    a.plot(epochs[1:], [h["loss"] for h in history[1:]], marker="o",
+           label=f"training loss ({what})")
+    a.xaxis.get_major_locator().set_params(integer=True)
     a.set_xlabel("epoch")
     a.set_ylabel("loss")
     a.grid(alpha=0.3)

@@ -83,6 +83,24 @@ def _other_in_group(rng: np.random.Generator, q: np.ndarray, order: np.ndarray,
     return order[np.minimum(idx, len(order) - 1)]
 
 
+def eligible(items: pd.DataFrame, category: str, color: str) -> np.ndarray:
+    """Items that can take part in triplets: they have a category and a colour."""
+    cat = items[category].astype("string")
+    col = items[color].astype("string")
+    return (cat.notna() & col.notna() & (cat.str.strip() != "")
+            & (col.str.strip() != "")).to_numpy(dtype=bool)
+
+
+def single_photo(items: pd.DataFrame, rows: np.ndarray, product: str, category: str,
+                 color: str) -> np.ndarray:
+    """Which of ``rows`` are the only eligible photo of their product among ``rows``: the
+    ones whose same-product positive is an augmented view."""
+    ok = eligible(items, category, color)[rows]
+    prod = items[product].astype("string").fillna("").to_numpy()[rows]
+    counts = pd.Series(prod[ok]).value_counts()
+    return ok & (pd.Series(prod).map(counts).fillna(0).to_numpy() == 1)
+
+
 def sample_triplets(items: pd.DataFrame, n: int, *, category: str, color: str,
                     product: str = PRODUCT_ID, p_same_product: float = 0.9,
                     p_in_class: float = 0.3, rows: np.ndarray | None = None,
@@ -99,17 +117,16 @@ def sample_triplets(items: pd.DataFrame, n: int, *, category: str, color: str,
     if n < 1:
         raise LookalikeError(f"the number of triplets must be at least 1, got {n}")
     pool = np.arange(len(items)) if rows is None else np.asarray(rows, np.int64)
-    cat_s = items[category].astype("string").iloc[pool]
-    col_s = items[color].astype("string").iloc[pool]
-    known = (cat_s.notna() & col_s.notna() & (cat_s.str.strip() != "")
-             & (col_s.str.strip() != "")).to_numpy()
+    known = eligible(items, category, color)[pool]
     skipped = {"items without category or colour (left out)": int((~known).sum())}
     pool = pool[known]
+    cat_s = items[category].astype("string").iloc[pool]
+    col_s = items[color].astype("string").iloc[pool]
     if len(pool) < 2:
         raise LookalikeError(f"need at least 2 items with a {category!r} and a {color!r} to form "
                              f"triplets, found {len(pool)}")
-    cat = pd.factorize(cat_s[known].to_numpy())[0]
-    col = pd.factorize(col_s[known].to_numpy())[0]
+    cat = pd.factorize(cat_s.to_numpy())[0]
+    col = pd.factorize(col_s.to_numpy())[0]
     prod = pd.factorize(items[product].astype("string").fillna("").iloc[pool].to_numpy())[0]
     m = len(pool)
     rng = np.random.default_rng(seed)
@@ -168,5 +185,5 @@ def write_triplets(triplets: TripletSet, item_ids: np.ndarray, out: str | os.Pat
     return out
 
 
-__all__ = ["COLUMNS", "NEGATIVE_TYPES", "POSITIVE_TYPES", "TripletSet",
-           "sample_triplets", "write_triplets"]
+__all__ = ["COLUMNS", "NEGATIVE_TYPES", "POSITIVE_TYPES", "TripletSet", "eligible",
+           "sample_triplets", "single_photo", "write_triplets"]

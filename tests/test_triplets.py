@@ -6,7 +6,7 @@ import pytest
 
 from lookalike import LookalikeError
 from lookalike.splits import assign_splits
-from lookalike.triplets import COLUMNS, sample_triplets, write_triplets
+from lookalike.triplets import COLUMNS, sample_triplets, single_photo, write_triplets
 
 
 def catalogue(photos_per_product: int = 3) -> pd.DataFrame:
@@ -129,3 +129,15 @@ def test_splits_are_by_product_and_stable() -> None:
     assert not (assign_splits(items["product_id"], seed=4) == s).all()
     with pytest.raises(LookalikeError, match="split fractions"):
         assign_splits(items["product_id"], test=0.7, val=0.4)
+
+
+def test_single_photo_agrees_with_the_sampler() -> None:
+    items = catalogue(photos_per_product=2)
+    items.loc[0, "colour"] = None  # product c0-k0-p0 keeps one usable photo
+    rows = np.arange(len(items))
+    alone = single_photo(items, rows, "product_id", "type", "colour")
+    assert alone.tolist() == [False, True] + [False] * (len(items) - 2)
+    ts = sample_triplets(items, 20_000, category="type", color="colour", p_same_product=1.0,
+                         seed=0)
+    augmented = set(ts.query[ts.positive_type == 1].tolist())
+    assert augmented == {1}
