@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -140,6 +141,30 @@ class _Cache:
         return x.float(), small.float()
 
 
+class _Front(nn.Module):
+    """uint8 pixels → the backbone's activations before its last ``tune`` stages."""
+
+    def __init__(self, model: DeepRanking, tune: int) -> None:
+        super().__init__()
+        self.model = model
+        self.tune = tune
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.front(self.model.normalise(pixels), self.tune)
+
+
+def front_runner(model: DeepRanking, tune: int, folder: Path) -> Callable[[np.ndarray], np.ndarray]:
+    """The frozen front as an ONNX Runtime session (5–8× eager PyTorch on a CPU)."""
+    import onnxruntime as ort
+
+    path = export_module(_Front(model, tune), model.backbone_spec.input_size,
+                         folder / "front.onnx")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = os.cpu_count() or 1
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return lambda px: session.run(None, {"pixels": np.ascontiguousarray(px)})[0]
+
+
 def _cache_views(ix: Index, model: DeepRanking, rows: np.ndarray, tune: int, progress: bool,
                  augment_seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode ``rows``' photos in background threads while the previous chunk is turned into
@@ -150,9 +175,11 @@ def _cache_views(ix: Index, model: DeepRanking, rows: np.ndarray, tune: int, pro
     inputs, smalls = [], []
     desc = "augmented views" if augment_seed is not None else "photos"
     embedder = ix.embedder if tune == 0 and augment_seed is not None else None
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool, \
+    with tempfile.TemporaryDirectory() as tmp, \
+            ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool, \
             ThreadPoolExecutor(max_workers=1) as loader, \
             tqdm(total=len(rows), unit="img", desc=desc, disable=not progress) as bar:
+        front = front_runner(model, tune, Path(tmp)) if tune and len(rows) else None
         pending = loader.submit(_load_pixels, ix, chunks[0], spec.input_size, pool,
                                 augment_seed) if chunks else None
         for i in range(len(chunks)):
@@ -162,9 +189,8 @@ def _cache_views(ix: Index, model: DeepRanking, rows: np.ndarray, tune: int, pro
                                         augment_seed)
             t = torch.from_numpy(px)
             smalls.append(subsample4(t, spec).half())
-            if tune:
-                with torch.no_grad():
-                    inputs.append(model.front(model.normalise(t), tune).half())
+            if front is not None:
+                inputs.append(torch.from_numpy(front(px)).half())
             elif embedder is not None:
                 inputs.append(torch.from_numpy(embedder(px)))
             bar.update(len(px))

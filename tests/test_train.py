@@ -14,7 +14,7 @@ from PIL import Image
 from lookalike import Index, LookalikeError, build_index, read_catalog
 from lookalike.cli import cli
 from lookalike.ranking import DeepRanking
-from lookalike.train import TrainConfig, train
+from lookalike.train import TrainConfig, front_runner, train
 
 from .conftest import garment
 
@@ -150,6 +150,11 @@ def test_finetuning_the_last_stages(shop: dict[str, Path], tmp_path: Path) -> No
     onnx_out = ort.InferenceSession(str(out / "model.onnx")).run(None, {"pixels": px})[0]
     with torch.no_grad():
         np.testing.assert_allclose(onnx_out, full.eval()(torch.from_numpy(px)).numpy(), atol=1e-4)
+    # the cached activations come from an ONNX export of the frozen front: same numbers
+    run = front_runner(full, 2, tmp_path)
+    with torch.no_grad():
+        ref = full.front(full.normalise(torch.from_numpy(px)), 2).numpy()
+    np.testing.assert_allclose(run(px), ref, atol=1e-3)
     with pytest.raises(LookalikeError, match="cannot tune 40"):
         train(shop["index"], tmp_path / "x", TrainConfig(**{**CFG, "finetune_stages": 40}),
               progress=False)
