@@ -344,6 +344,9 @@ def triplets(index: str, n: int, out: str, category: str, color: str, product: s
               help="g in max(0, g + D(q,p) - D(q,n)), D = squared distance.")
 @click.option("--aux-weight", default=1.0, show_default=True, type=float,
               help="Weight of the category/colour classification term (0: triplet loss only).")
+@click.option("--keep", multiple=True, metavar="ATTR",
+              help="Another column the embedding must keep telling apart (repeat), e.g. gender: "
+                   "adds its classification to the objective.")
 @click.option("--lr", default=1e-3, show_default=True, type=float)
 @click.option("--epochs", default=8, show_default=True, type=click.IntRange(1))
 @click.option("--triplets-per-epoch", default=50_000, show_default=True, type=click.IntRange(1))
@@ -366,6 +369,7 @@ def train(index: str, out: str, quiet: bool, resume: bool, **options: Any) -> No
     from .train import TrainConfig
     from .train import train as run_training
 
+    options["keep"] = tuple(options["keep"])
     s = run_training(index, out, TrainConfig(**options), resume=resume, progress=not quiet, log=click.echo)
     click.echo(f"model written to {s.out}: best epoch {s.best_epoch} of {s.epochs_run}, "
                f"{s.timings['total_s']:.0f} s in all; use it with "

@@ -68,6 +68,7 @@ class TrainConfig:
     seed: int = 0
     patience: int = 2
     k: int = 10  # validation precision@k
+    keep: tuple[str, ...] = ()  # more columns the embedding must keep telling apart
     finetune_stages: int = 0  # 0: frozen backbone; n: also train its last n stages
     backbone_lr_scale: float = 0.1  # their learning rate relative to lr
 
@@ -218,12 +219,20 @@ def _build_cache(ix: Index, model: DeepRanking, rows: np.ndarray, aug_rows: np.n
 # --------------------------------------------------------------------------- training
 
 class _Labels(nn.Module):
-    """Category and colour classifiers on the embedding (training only, not exported)."""
+    """A linear classifier on the embedding per labelled column (training only, not
+    exported): category, colour and any ``keep`` columns."""
 
-    def __init__(self, dim: int, n_category: int, n_color: int) -> None:
+    def __init__(self, dim: int, items: pd.DataFrame, columns: Sequence[str]) -> None:
         super().__init__()
-        self.category = nn.Linear(dim, n_category)
-        self.color = nn.Linear(dim, n_color)
+        self.columns = list(dict.fromkeys(columns))
+        codes = [pd.factorize(items[c].astype("string").fillna("").to_numpy())[0]
+                 for c in self.columns]
+        self.targets = torch.from_numpy(np.stack(codes, axis=1).astype(np.int64))  # (N, cols)
+        self.heads = nn.ModuleList(nn.Linear(dim, int(c.max()) + 1) for c in codes)
+
+    def loss(self, z: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+        t = self.targets[torch.from_numpy(rows)]
+        return sum(F.cross_entropy(head(z), t[:, j]) for j, head in enumerate(self.heads))
 
 
 def _embed_rows(model: DeepRanking, cache: _Cache, rows: np.ndarray, tune: int,
@@ -277,11 +286,6 @@ def _score(entry: dict[str, float], cfg: TrainConfig) -> float:
             + entry[f"val_precision@{cfg.k}/{cfg.category}+{cfg.color}"])
 
 
-def _codes(values: pd.Series) -> tuple[np.ndarray, int]:
-    codes = pd.factorize(values.astype("string").fillna("").to_numpy())[0]
-    return codes.astype(np.int64), int(codes.max()) + 1
-
-
 def _baseline(model: DeepRanking, cache: _Cache, ix: Index, val_rows: np.ndarray,
               val_set: TripletSet, cfg: TrainConfig, log: Callable[[str], None]
               ) -> dict[str, float]:
@@ -300,8 +304,8 @@ def _baseline(model: DeepRanking, cache: _Cache, ix: Index, val_rows: np.ndarray
 
 
 def _run_epoch(model: DeepRanking, labels: _Labels, opt: torch.optim.Optimizer, cache: _Cache,
-               ts: TripletSet, cfg: TrainConfig, epoch: int, progress: bool,
-               category: torch.Tensor, color: torch.Tensor) -> tuple[float, float]:
+               ts: TripletSet, cfg: TrainConfig, epoch: int, progress: bool
+               ) -> tuple[float, float]:
     """One pass over ``ts`` in shuffled batches; returns mean loss and triplet accuracy."""
     tune = cfg.finetune_stages
     order = np.random.default_rng([cfg.seed, epoch]).permutation(len(ts))
@@ -318,9 +322,7 @@ def _run_epoch(model: DeepRanking, labels: _Labels, opt: torch.optim.Optimizer, 
             loss = triplet_loss(zq, zp, zn, cfg.gap)
             if cfg.aux_weight:
                 z = torch.cat([zq, zp, zn])
-                r = torch.from_numpy(np.concatenate([q, p, n]))
-                loss = loss + cfg.aux_weight * (F.cross_entropy(labels.category(z), category[r])
-                                                + F.cross_entropy(labels.color(z), color[r]))
+                loss = loss + cfg.aux_weight * labels.loss(z, np.concatenate([q, p, n]))
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -331,6 +333,28 @@ def _run_epoch(model: DeepRanking, labels: _Labels, opt: torch.optim.Optimizer, 
             bar.update(len(i))
             bar.set_postfix(loss=f"{total / seen:.3f}", acc=f"{correct / seen:.3f}")
     return total / max(seen, 1), correct / max(seen, 1)
+
+
+def _make_model(backbone: str, cfg: TrainConfig
+                ) -> tuple[DeepRanking, list[nn.Parameter], list[nn.Parameter]]:
+    """The network, its head's parameters, and the tuned backbone stages' parameters (the rest
+    of the backbone frozen; with no tuning, no backbone at all)."""
+    tune = cfg.finetune_stages
+    torch.manual_seed(cfg.seed)
+    model = DeepRanking(backbone, cfg.dim, with_backbone=tune > 0)
+    head = [p for name, p in model.named_parameters() if not name.startswith("features.")]
+    tuned: list[nn.Parameter] = []
+    if tune:
+        for p in model.features.parameters():
+            p.requires_grad_(False)
+        try:
+            tuned = [p for m in model.tail_modules(tune) for p in m.parameters()]
+        except ValueError as e:
+            raise LookalikeError(f"--finetune-stages: {e}") from None
+        for p in tuned:
+            p.requires_grad_(True)
+        model.eval()
+    return model, head, tuned
 
 
 def train(index: str | os.PathLike, out: str | os.PathLike, config: TrainConfig | None = None,
@@ -358,7 +382,7 @@ def train(index: str | os.PathLike, out: str | os.PathLike, config: TrainConfig 
                              "index of a pretrained CNN backbone (e.g. efficientnet-lite0)")
     items = ix.items
     for col, opt in ((cfg.category, "--category"), (cfg.color, "--color"),
-                     (cfg.product, "--product")):
+                     (cfg.product, "--product"), *((c, "--keep") for c in cfg.keep)):
         if col not in items.columns:
             raise LookalikeError(f"column {col!r} ({opt}) is not in index {ix.path}; it has: "
                                  f"{', '.join(ix.attributes)}")
@@ -385,27 +409,12 @@ def train(index: str | os.PathLike, out: str | os.PathLike, config: TrainConfig 
     log(f"training on {len(train_rows)} items, validating on {len(val_rows)}; "
         f"{int((split == 'test').sum())} test items left unseen; p_same_product={p_same}")
     tune = cfg.finetune_stages
-    torch.manual_seed(cfg.seed)
-    model = DeepRanking(ix.model, cfg.dim, with_backbone=tune > 0)
-    head = [p for name, p in model.named_parameters() if not name.startswith("features.")]
-    tuned: list[nn.Parameter] = []
-    if tune:
-        for p in model.features.parameters():
-            p.requires_grad_(False)
-        try:
-            tuned = [p for m in model.tail_modules(tune) for p in m.parameters()]
-        except ValueError as e:
-            raise LookalikeError(f"--finetune-stages: {e}") from None
-        for p in tuned:
-            p.requires_grad_(True)
-        model.eval()
+    model, head, tuned = _make_model(ix.model, cfg)
     t0 = time.perf_counter()
     cache = _build_cache(ix, model, np.concatenate([train_rows, val_rows]), aug_rows, tune,
                          progress)
     t_cache = time.perf_counter() - t0
-    cat_codes, n_cat = _codes(items[cfg.category])
-    col_codes, n_col = _codes(items[cfg.color])
-    labels = _Labels(cfg.dim, n_cat, n_col)
+    labels = _Labels(cfg.dim, items, [cfg.category, cfg.color, *cfg.keep])
     groups = [{"params": [*head, *labels.parameters()], "lr": cfg.lr}]
     if tuned:
         groups.append({"params": tuned, "lr": cfg.lr * cfg.backbone_lr_scale})
@@ -429,8 +438,7 @@ def train(index: str | os.PathLike, out: str | os.PathLike, config: TrainConfig 
         ts = sample_triplets(items, cfg.triplets_per_epoch, category=cfg.category,
                              color=cfg.color, product=cfg.product, p_same_product=p_same,
                              p_in_class=cfg.p_in_class, rows=train_rows, seed=cfg.seed + epoch)
-        loss, accuracy = _run_epoch(model, labels, opt, cache, ts, cfg, epoch, progress,
-                                    torch.from_numpy(cat_codes), torch.from_numpy(col_codes))
+        loss, accuracy = _run_epoch(model, labels, opt, cache, ts, cfg, epoch, progress)
         entry = {"epoch": epoch + 1, "loss": loss, "train_triplet_accuracy": accuracy,
                  **_validate(model, cache, ix, val_rows, val_set, cfg),
                  "seconds": time.perf_counter() - t_train}

@@ -35,8 +35,9 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                 img = garment(tuple(max(0, c - 12 * p) for c in rgb), shape, seed=s * 50 + p)
                 for v, view in enumerate([img, img.transpose(Image.FLIP_LEFT_RIGHT)]):
                     view.save(root / "img" / f"{pid}-{v}.jpg")
-                    rows.append((f"{pid}-{v}", pid, shape, colour, f"img/{pid}-{v}.jpg"))
-    pd.DataFrame(rows, columns=["id", "product", "type", "colour", "image_path"]).to_csv(
+                    rows.append((f"{pid}-{v}", pid, shape, colour, ("Men", "Women")[p % 2],
+                                 f"img/{pid}-{v}.jpg"))
+    pd.DataFrame(rows, columns=["id", "product", "type", "colour", "gender", "image_path"]).to_csv(
         root / "shop.csv", index=False)
     cat = read_catalog(root / "shop.csv", product_column="product")
     build_index(cat, root / "index", model="mobilenet-v2")
@@ -126,10 +127,16 @@ def test_cli_triplets_and_train(shop: dict[str, Path], tmp_path: Path) -> None:
     assert json.loads(r.stdout)["count/triplets"] == 500
     r = run(cli, ["train", str(shop["index"]), "-o", str(tmp_path / "m"), "--category", "type",
                   "--color", "colour", "--dim", "16", "--epochs", "1",
-                  "--triplets-per-epoch", "200", "--batch-size", "64",
+                  "--triplets-per-epoch", "200", "--batch-size", "64", "--keep", "gender",
                   "--val-fraction", "0.25", "-q"])
     assert r.exit_code == 0, r.output
     assert "model written to" in r.output and (tmp_path / "m" / "model.onnx").exists()
+    state = torch.load(tmp_path / "m" / "checkpoint.pt", weights_only=False)
+    assert list(state["config"]["keep"]) == ["gender"]
+    assert len([k for k in state["labels"] if k.endswith("weight")]) == 3  # type, colour, gender
+    r = run(cli, ["train", str(shop["index"]), "-o", str(tmp_path / "m2"), "--category", "type",
+                  "--color", "colour", "--keep", "size", "-q"])
+    assert r.exit_code == 1 and "column 'size' (--keep)" in r.output
 
 
 def test_finetuning_the_last_stages(shop: dict[str, Path], tmp_path: Path) -> None:
