@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from lookalike import Index
 from lookalike.triplets import sample_triplets, write_triplets
@@ -21,7 +22,7 @@ from lookalike.triplets import sample_triplets, write_triplets
 BUDGET_S = 5.0
 
 
-def loop_sampler(items, n: int, seed: int = 0) -> list[tuple[int, int, int]]:  # noqa: ANN001
+def loop_sampler(items: pd.DataFrame, n: int, seed: int = 0) -> list[tuple[int, int, int]]:
     """The obvious per-row implementation, for comparison only."""
     rng = np.random.default_rng(seed)
     cat = items["articleType"].tolist()
