@@ -85,8 +85,8 @@ class TrainSummary:
 # --------------------------------------------------------------------------- cached inputs
 
 def _augment(img: Image.Image, rng: np.random.Generator) -> Image.Image:
-    """A random crop (70–100 % of each side), a horizontal flip half the time, and a
-    brightness/contrast jitter of ±20 %."""
+    """A random crop (70–100 % of each side), a horizontal flip half the time, and a colour
+    jitter of ±20 % in brightness, contrast and saturation."""
     w, h = img.size
     cw, ch = (max(1, int(s * rng.uniform(0.7, 1.0))) for s in (w, h))
     x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
@@ -94,6 +94,8 @@ def _augment(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     if rng.random() < 0.5:
         img = img.transpose(Image.FLIP_LEFT_RIGHT)
     a = np.asarray(img, dtype=np.float32)
+    gray = a.mean(axis=2, keepdims=True)
+    a = gray + (a - gray) * rng.uniform(0.8, 1.2)  # saturation
     a = (a - a.mean()) * rng.uniform(0.8, 1.2) + a.mean() * rng.uniform(0.8, 1.2)
     return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
 

@@ -179,3 +179,17 @@ def test_single_photo_products_train_on_augmented_views(shop: dict[str, Path], t
     train(shop["single"], tmp_path / "d", TrainConfig(**{**CFG, "epochs": 1}), progress=False,
           log=lines.append)
     assert any("p_same_product=0.0" in x for x in lines)
+
+
+def test_augmented_views_differ_but_keep_the_garment() -> None:
+    from lookalike.train import _augment
+
+    img = garment((200, 30, 30), "shirt", size=96)
+    views = [np.asarray(_augment(img, np.random.default_rng(s)), dtype=float) for s in range(4)]
+    assert all(v.ndim == 3 and v.shape[2] == 3 for v in views)
+    assert all(min(v.shape[:2]) >= int(96 * 0.7) for v in views)  # crops keep ≥ 70 % a side
+    assert len({v.tobytes() for v in views}) == 4  # each seed its own view
+    # still a red garment on a light background: the reddest pixels stay red
+    for v in views:
+        red = v[..., 0] - v[..., 1]
+        assert red.max() > 100
