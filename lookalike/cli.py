@@ -378,6 +378,25 @@ def train(index: str, out: str, quiet: bool, resume: bool, **options: Any) -> No
 
 @cli.command()
 @_index_arg
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--max-upload-bytes", default=10 * 1024 * 1024, show_default=True,
+              type=click.IntRange(1), help="Larger uploads are refused with 413.")
+@click.option("--max-pixels", default=40_000_000, show_default=True, type=click.IntRange(1),
+              help="Uploaded photos with more pixels are refused with 413.")
+def serve(index: str, host: str, port: int, max_upload_bytes: int, max_pixels: int) -> None:
+    """Serve INDEX over HTTP (API docs at /docs)."""
+    import uvicorn
+
+    from .server import create_app
+
+    app = create_app(index, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels)
+    click.echo(f"serving {index} at http://{host}:{port}/ (API docs: http://{host}:{port}/docs)")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+@cli.command()
+@_index_arg
 @click.option("--json", "as_json", is_flag=True)
 def info(index: str, as_json: bool) -> None:
     """What an index folder holds (model, counts, skipped items)."""

@@ -1,0 +1,144 @@
+"""The HTTP API: every endpoint, every error code (FastAPI's TestClient, no network)."""
+
+import io
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from lookalike.server import create_app
+
+from .conftest import MODELS, garment, png_bomb
+
+
+@pytest.fixture(scope="module")
+def client(two_indexes: dict[str, Path]) -> TestClient:
+    return TestClient(create_app(two_indexes[MODELS[0]], max_upload_bytes=200_000,
+                                 max_pixels=5_000_000))
+
+
+def jpeg(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def test_health_and_openapi(client: TestClient) -> None:
+    r = client.get("/health")
+    assert r.status_code == 200 and r.json() == {"status": "ok", "items": 24,
+                                                  "model": "mobilenet-v2"}
+    spec = client.get("/openapi.json").json()
+    assert {"/items/{item_id}", "/items/{item_id}/image", "/items/{item_id}/similar",
+            "/search", "/health"} <= set(spec["paths"])
+    assert client.get("/docs").status_code == 200
+
+
+def test_item_metadata_and_photo(client: TestClient) -> None:
+    r = client.get("/items/P2-1")
+    assert r.status_code == 200
+    assert r.json() == {"item_id": "P2-1", "metadata": {
+        "type": "Shirts", "colour": "Blue", "gender": "Men", "product_id": "P2"}}
+    r = client.get("/items/P2-1/image")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(r.content)).size == (96, 96)
+
+
+def test_unknown_and_skipped_items_are_404(client: TestClient) -> None:
+    for path in ("/items/nope", "/items/nope/image", "/items/nope/similar"):
+        r = client.get(path)
+        assert r.status_code == 404 and "unknown item id 'nope'" in r.json()["detail"]
+    r = client.get("/items/bad-0")
+    assert r.status_code == 404 and "skipped when the index was built" in r.json()["detail"]
+    # ids are looked up, never used as paths
+    assert client.get("/items/..%2F..%2Fcatalog.csv/image").status_code == 404
+
+
+def test_similar_shape_filters_and_options(client: TestClient) -> None:
+    r = client.get("/items/P1-0/similar", params={"k": 3})
+    assert r.status_code == 200
+    res = r.json()["results"]
+    assert len(res) == 3 and set(res[0]) == {"item_id", "score", "metadata"}
+    assert res[0]["metadata"]["product_id"] == "P1" and "P1-0" not in [x["item_id"] for x in res]
+    assert [x["score"] for x in res] == sorted((x["score"] for x in res), reverse=True)
+    r = client.get("/items/P1-0/similar", params=[("k", "5"), ("type", "Bags"),
+                                                  ("type", "Shoes")])
+    assert {x["metadata"]["type"] for x in r.json()["results"]} <= {"Bags", "Shoes"}
+    r = client.get("/items/P1-0/similar", params={"k": 10, "per_product": "true"})
+    products = [x["metadata"]["product_id"] for x in r.json()["results"]]
+    assert len(products) == len(set(products)) and "P1" not in products
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"k": 0}, "greater than or equal to 1"),
+    ({"k": 1000}, "less than or equal to 100"),
+    ({"k": "many"}, "valid integer"),
+    ({"size": "XL"}, "unknown query parameter 'size'"),
+])
+def test_bad_parameters_are_422(client: TestClient, params: dict, message: str) -> None:
+    r = client.get("/items/P1-0/similar", params=params)
+    assert r.status_code == 422 and message in str(r.json()["detail"])
+
+
+def test_search_by_photo(client: TestClient, two_indexes: dict[str, Path]) -> None:
+    photo = (two_indexes["root"] / "photos" / "P4-0.jpg").read_bytes()
+    r = client.post("/search", files={"image": ("shoe.jpg", photo, "image/jpeg")},
+                    params={"k": 4})
+    assert r.status_code == 200
+    res = r.json()["results"]
+    assert len(res) == 4 and res[0]["item_id"] == "P4-0"  # the same photo, score ≈ 1
+    assert res[0]["score"] > 0.99
+    r = client.post("/search", files={"image": ("s.jpg", photo, "image/jpeg")},
+                    params={"k": 4, "type": "Bags"})
+    assert {x["metadata"]["type"] for x in r.json()["results"]} == {"Bags"}
+
+
+def test_search_errors(client: TestClient) -> None:
+    big = jpeg(Image.effect_noise((600, 600), 100).convert("RGB"))
+    assert len(big) > 200_000
+    r = client.post("/search", files={"image": ("big.jpg", big, "image/jpeg")})
+    assert r.status_code == 413 and "larger than 200,000 bytes" in r.json()["detail"]
+    r = client.post("/search", files={"image": ("bomb.png", png_bomb(), "image/png")})
+    assert r.status_code == 413 and "too large" in r.json()["detail"]
+    r = client.post("/search", files={"image": ("notes.txt", b"hello, not a photo", "text/plain")})
+    assert r.status_code == 415 and "not an image" in r.json()["detail"]
+    r = client.post("/search", files={"image": ("empty.jpg", b"", "image/jpeg")})
+    assert r.status_code == 415
+    r = client.post("/search", files={"photo": ("x.jpg", jpeg(garment((1, 2, 3), "bag")),
+                                                "image/jpeg")})
+    assert r.status_code == 422  # the field is called "image"
+    r = client.post("/search", params={"k": 0},
+                    files={"image": ("x.jpg", jpeg(garment((1, 2, 3), "bag")), "image/jpeg")})
+    assert r.status_code == 422
+
+
+def test_lookalike_serve_answers_over_http(two_indexes: dict[str, Path]) -> None:
+    import json
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "lookalike.cli", "serve",
+                             str(two_indexes[MODELS[0]]), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    assert json.load(r)["items"] == 24
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(proc.stdout.read().decode()) from None
+                time.sleep(0.3)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/items/P3-0/similar?k=2") as r:
+            assert len(json.load(r)["results"]) == 2
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
