@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -17,6 +18,16 @@ DATASETS = Path(os.environ.get("LOOKALIKE_DATASETS",
                                Path(__file__).resolve().parents[2] / "shared" / "datasets"))
 MYNTRA = DATASETS / "myntra-9k"
 STREET = DATASETS / "street-photos"
+ARTIFACTS = Path(os.environ.get("LOOKALIKE_ARTIFACTS",
+                                Path(__file__).resolve().parents[1] / "test-artifacts"))
+
+CHROMIUM = os.environ.get("LOOKALIKE_CHROMIUM", "/usr/bin/chromium")
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run"]
+# CI installs Chromium and sets LOOKALIKE_REQUIRE_BROWSER=1 so that browser tests cannot skip there
+needs_browser = pytest.mark.skipif(
+    not shutil.which(CHROMIUM) and not os.environ.get("LOOKALIKE_REQUIRE_BROWSER"),
+    reason=f"no Chromium at {CHROMIUM} (apt-get install -y chromium)")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,31 +1,20 @@
 """The HTML report in a real browser: headless Chromium through Playwright, every image loads."""
 
-import os
-import shutil
 from pathlib import Path
-
-import pytest
 
 from lookalike.quality import evaluate_indexes, read_label_mapping, read_query_set
 from lookalike.report import write_report
 
-from .conftest import MODELS
+from .conftest import BROWSER_ARGS, CHROMIUM, MODELS, needs_browser
 
-CHROMIUM = os.environ.get("LOOKALIKE_CHROMIUM", "/usr/bin/chromium")
-# CI installs Chromium and sets LOOKALIKE_REQUIRE_BROWSER=1 so that this test cannot skip there
-pytestmark = pytest.mark.skipif(
-    not shutil.which(CHROMIUM) and not os.environ.get("LOOKALIKE_REQUIRE_BROWSER"),
-    reason=f"no Chromium at {CHROMIUM} (apt-get install -y chromium)")
-
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+pytestmark = needs_browser
 
 
 def broken_images(page_path: Path) -> tuple[int, int]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS)
         try:
             page = browser.new_page()
             page.goto(page_path.resolve().as_uri(), wait_until="load")

@@ -142,3 +142,13 @@ def test_lookalike_serve_answers_over_http(two_indexes: dict[str, Path]) -> None
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_page_and_filters(client: TestClient) -> None:
+    r = client.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert 'capture="environment"' in r.text and "/static/app.js" in r.text
+    for asset in ("/static/app.js", "/static/style.css"):
+        assert client.get(asset).status_code == 200
+    attrs = client.get("/attributes").json()
+    assert attrs["type"] == ["Bags", "Shirts", "Shoes"] and attrs["gender"] == ["Men", "Women"]

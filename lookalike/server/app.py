@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import mimetypes
 import os
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
 
 from ..api import Hit, Index
 from ..errors import ImageError, UnknownItemError
@@ -20,6 +22,8 @@ DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 40_000_000
 MAX_K = 100
 OPTIONS = {"k", "per_product"}
+STATIC = Path(__file__).parent / "static"
+MAX_FILTER_VALUES = 100
 
 
 def _results(hits: list[Hit]) -> dict[str, Any]:
@@ -54,6 +58,25 @@ def create_app(index_path: str | os.PathLike, *,
             return index.row(item_id)
         except UnknownItemError as e:
             raise HTTPException(404, str(e)) from None
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        """The search page (plain HTML/CSS/JS)."""
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/attributes")
+    def attributes() -> dict[str, list[str]]:
+        """The attributes that tell items apart best (at most 4, most telling first) with their
+        values, for filters; any attribute can still be used as a filter."""
+        out = {}
+        for a in index.display_attributes(4):
+            values = index.items[a].dropna().astype(str)
+            distinct = sorted(set(values) - {""})
+            if 2 <= len(distinct) <= MAX_FILTER_VALUES:
+                out[a] = distinct
+        return out
 
     @app.get("/health")
     def health() -> dict[str, Any]:

@@ -1,0 +1,98 @@
+"""The search page in a real browser: upload a street photo, see similar products, open one.
+
+Playwright drives Debian's Chromium, headless, against `lookalike serve`'s app on loopback,
+with a slice of myntra-9k as the catalogue. Screenshots go to test-artifacts/.
+"""
+
+import socket
+import threading
+import time
+
+import pandas as pd
+import pytest
+import uvicorn
+
+from lookalike import build_index, read_catalog
+from lookalike.server import create_app
+
+from .conftest import ARTIFACTS, BROWSER_ARGS, CHROMIUM, MYNTRA, STREET, needs_browser
+
+pytestmark = [
+    pytest.mark.slow, needs_browser,
+    pytest.mark.skipif(not (MYNTRA / "catalog.csv").exists() or not (STREET / "photos.csv").exists(),
+                       reason="sample data not found"),
+]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> str:
+    root = tmp_path_factory.mktemp("web")
+    df = pd.read_csv(MYNTRA / "catalog.csv", dtype={"id": str}).head(400)
+    df.to_csv(root / "slice.csv", index=False)
+    build_index(read_catalog(root / "slice.csv", MYNTRA), root / "index")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(create_app(root / "index"), host="127.0.0.1", port=port,
+                                        log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the server did not start")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+# at least n images matching sel have loaded (lazy ones further down may still be waiting)
+LOADED = ("([sel, n]) => [...document.querySelectorAll(sel)]"
+          ".filter(i => i.complete && i.naturalWidth > 0).length >= n")
+BROKEN = ("sel => [...document.querySelectorAll(sel)]"
+          ".filter(i => i.complete && i.naturalWidth === 0).length")
+
+
+@pytest.mark.parametrize("width, height", [(1280, 900), (390, 844)])
+def test_photo_search_then_item_page(server: str, width: int, height: int) -> None:
+    from playwright.sync_api import sync_playwright
+
+    photos = pd.read_csv(STREET / "photos.csv")
+    photo = STREET / photos[photos.label == "T-Shirt"].image_path.iloc[0]
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    tag = f"{width}x{height}"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(server + "/")
+            assert page.locator("#filters select").count() >= 2
+            page.set_input_files("#photo", str(photo))
+            page.wait_for_selector("#results .card")
+            page.evaluate("window.scrollTo(0, document.body.scrollHeight)")  # lazy images
+            page.wait_for_function(LOADED, arg=["#results .card img", 10], timeout=30_000)
+            assert page.locator("#results .card").count() >= 10
+            assert page.evaluate(BROKEN, "img") == 0
+            assert "similar products" in page.locator("#status").inner_text()
+            # usable at phone width: nothing sticks out sideways
+            assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+            page.screenshot(path=str(ARTIFACTS / f"web-search-{tag}.png"), full_page=True)
+
+            first = page.locator("#results .card").first
+            item_id = first.get_attribute("href").split("/")[-1]
+            first.click()
+            page.wait_for_function(LOADED, arg=["#item img", 1], timeout=30_000)
+            page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+            page.wait_for_function(LOADED, arg=["#results .card img", 10], timeout=30_000)
+            assert page.evaluate(BROKEN, "img") == 0
+            page.evaluate("window.scrollTo(0, 0)")
+            assert page.locator("#results-title").inner_text() == "Similar items"
+            assert item_id in page.locator("#item dl").inner_text()
+            assert not page.locator("#query").is_visible()  # the photo search made way
+            page.screenshot(path=str(ARTIFACTS / f"web-item-{tag}.png"), full_page=True)
+            assert not errors, errors
+        finally:
+            browser.close()
