@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx2 as httpx
@@ -51,7 +52,8 @@ def start_server(index: str, port: int) -> subprocess.Popen:
             time.sleep(0.3)
 
 
-async def load(make_request, n: int, clients: int) -> tuple[float, np.ndarray, int]:  # noqa: ANN001
+async def load(make_request: Callable[[httpx.AsyncClient, int], Awaitable[httpx.Response]],
+               n: int, clients: int) -> tuple[float, np.ndarray, int]:
     """Run ``n`` requests from ``clients`` concurrent workers; (seconds, latencies, failures)."""
     latencies: list[float] = []
     failures = 0
