@@ -53,9 +53,11 @@ class Index:
         #: the faiss index over ``embeddings`` (row i = ``items`` row i)
         self.vector_index = stored.faiss_index
         self.attributes: list[str] = list(self.manifest["catalog"]["attributes"])
-        self._row_of = {str(v): i for i, v in enumerate(self.items[ITEM_ID].tolist())}
+        self._ids = [str(v) for v in self.items[ITEM_ID].tolist()]
+        self._row_of = {v: i for i, v in enumerate(self._ids)}
         self._products = self.items[PRODUCT_ID].astype("string").to_numpy(dtype=object)
         self._embedder: Embedder | None = None
+        self._meta: list[dict[str, Any]] | None = None
 
     @classmethod
     def open(cls, path: str | os.PathLike, model: str | None = None) -> Index:
@@ -96,11 +98,13 @@ class Index:
         return self._metadata(self.row(item_id))
 
     def _metadata(self, row: int) -> dict[str, Any]:
-        rec = self.items.iloc[row]
-        meta = {a: _plain(rec[a]) for a in self.attributes}
-        if self.manifest["catalog"].get("has_products"):
-            meta[PRODUCT_ID] = _plain(rec[PRODUCT_ID])
-        return meta
+        if self._meta is None:  # built once: a search answers in microseconds, not per-row pandas
+            cols = self.attributes + ([PRODUCT_ID] if self.manifest["catalog"].get("has_products")
+                                      else [])
+            values = [[_plain(v) for v in self.items[c].tolist()] for c in cols]
+            self._meta = [dict(zip(cols, vals)) for vals in zip(*values)] if cols else \
+                [{} for _ in range(len(self.items))]
+        return dict(self._meta[row])
 
     def display_attributes(self, n: int = 5) -> list[str]:
         """The ``n`` attributes that tell items apart best, for tables and pictures: most
@@ -136,9 +140,10 @@ class Index:
             raise ImageError(f"{name}: {e}") from None
         return self.embedder(pixels[None])[0]
 
-    def _hits(self, rows: np.ndarray, scores: np.ndarray) -> list[Hit]:
-        ids = self.items[ITEM_ID]
-        return [Hit(str(ids.iat[r]), float(s), self._metadata(r)) for r, s in zip(rows, scores)]
+    def hits(self, rows: np.ndarray, scores: np.ndarray) -> list[Hit]:
+        """Hits for result rows of ``vector_index`` (row -1, an empty slot, is left out)."""
+        return [Hit(self._ids[r], float(s), self._metadata(r))
+                for r, s in zip(rows, scores) if r >= 0]
 
     def search_vector(self, vector: np.ndarray, k: int = 10, *, where: Where | None = None,
                       per_product: bool = False, exclude: Sequence[object] = ()) -> list[Hit]:
@@ -149,7 +154,7 @@ class Index:
             exclude_rows=exclude_rows,
             products=self._products if per_product else None,
             exclude_products=[self._products[r] for r in exclude_rows] if per_product else ())
-        return self._hits(rows, scores)
+        return self.hits(rows, scores)
 
     def similar(self, item_id: object, k: int = 10, *, where: Where | None = None,
                 per_product: bool = False) -> list[Hit]:

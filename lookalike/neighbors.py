@@ -36,13 +36,20 @@ def neighbor_blocks(index: faiss.Index, embeddings: np.ndarray, k: int, *,
     for start in range(0, n, block_size):
         q = np.ascontiguousarray(embeddings[start:start + block_size], dtype=np.float32)
         scores, rows = index.search(q, k + 1)
-        own = np.arange(start, start + len(q))[:, None]
-        is_self = rows == own
-        # drop self where found; where ties pushed it out, drop the last (k+1-th) instead
-        drop = np.where(is_self.any(axis=1), is_self.argmax(axis=1), k)
-        keep = np.ones_like(rows, dtype=bool)
-        keep[np.arange(len(q)), drop] = False
-        yield (own[:, 0], rows[keep].reshape(len(q), k), scores[keep].reshape(len(q), k))
+        own = np.arange(start, start + len(q))
+        yield (own, *drop_self(rows, scores, own))
+
+
+def drop_self(rows: np.ndarray, scores: np.ndarray, own: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """From (n, k+1) results, each query's own row removed: where ties pushed it out of the
+    list, the last (k+1-th) result goes instead. Returns (n, k) rows and scores."""
+    n, k1 = rows.shape
+    is_self = rows == own[:, None]
+    drop = np.where(is_self.any(axis=1), is_self.argmax(axis=1), k1 - 1)
+    keep = np.ones_like(rows, dtype=bool)
+    keep[np.arange(n), drop] = False
+    return rows[keep].reshape(n, k1 - 1), scores[keep].reshape(n, k1 - 1)
 
 
 def neighbor_rows(index: faiss.Index, embeddings: np.ndarray, k: int, *,

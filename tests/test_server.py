@@ -152,3 +152,23 @@ def test_page_and_filters(client: TestClient) -> None:
         assert client.get(asset).status_code == 200
     attrs = client.get("/attributes").json()
     assert attrs["type"] == ["Bags", "Shirts", "Shoes"] and attrs["gender"] == ["Men", "Women"]
+
+
+def test_batched_similar_matches_the_index(two_indexes: dict[str, Path]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lookalike import Index
+    from lookalike.server.batcher import SimilarBatcher
+
+    ix = Index.open(two_indexes[MODELS[0]])
+    batcher = SimilarBatcher(ix)
+    try:
+        ids = [i for i in ix.items["item_id"] for _ in range(5)]  # many at once, repeated
+        with ThreadPoolExecutor(16) as pool:
+            got = list(pool.map(lambda i: ix.hits(*batcher.similar(ix.row(i), 4)), ids))
+        for item_id, hits in zip(ids, got):
+            want = ix.similar(item_id, 4)
+            assert [h.score for h in hits] == pytest.approx([h.score for h in want], abs=1e-5)
+            assert item_id not in [h.item_id for h in hits] and len(hits) == 4
+    finally:
+        batcher.close()

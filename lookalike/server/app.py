@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import mimetypes
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,6 +19,7 @@ from fastapi.staticfiles import StaticFiles
 
 from ..api import Hit, Index
 from ..errors import ImageError, UnknownItemError
+from .batcher import SimilarBatcher
 
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -50,7 +53,14 @@ def create_app(index_path: str | os.PathLike, *,
                max_pixels: int = DEFAULT_MAX_PIXELS) -> FastAPI:
     """An app serving the index folder ``index_path``."""
     index = Index.open(index_path)
-    app = FastAPI(title="lookalike", summary="Visually similar products",
+    batcher = SimilarBatcher(index)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        batcher.close()
+
+    app = FastAPI(title="lookalike", summary="Visually similar products", lifespan=lifespan,
                   description=f"Index {index.path.name}: {len(index)} items, model {index.model}.")
 
     def row_of(item_id: str) -> int:
@@ -106,9 +116,11 @@ def create_app(index_path: str | os.PathLike, *,
                 ) -> dict[str, Any]:
         """Items that look like this one (itself excluded), best first. Any other query
         parameter filters by attribute: ``?gender=Men``."""
-        row_of(item_id)
-        return _results(index.similar(item_id, k, where=_where(request, index),
-                                      per_product=per_product))
+        row = row_of(item_id)
+        where = _where(request, index)
+        if where is None and not per_product:  # the common case: batched with its neighbours
+            return _results(index.hits(*batcher.similar(row, k)))
+        return _results(index.similar(item_id, k, where=where, per_product=per_product))
 
     @app.post("/search")
     def search(request: Request,
