@@ -57,3 +57,10 @@ Done. Everything is in $OUT/:
 Try:  $BIN/lookalike similar $OUT/index ITEM_ID -k 10 --where gender=Men
       $BIN/lookalike search $OUT/index --image PHOTO.jpg -k 10
 MSG
+if [ "${LOOKALIKE_DEMO_SERVE:-1}" != 0 ]; then
+  PORT=${LOOKALIKE_PORT:-8000}
+  echo
+  echo "== serving the catalogue: open http://127.0.0.1:$PORT/ (Ctrl-C to stop;"
+  echo "   LOOKALIKE_DEMO_SERVE=0 make demo skips this step)"
+  exec "$BIN/lookalike" serve "$OUT/index" --port "$PORT"
+fi
