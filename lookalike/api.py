@@ -19,7 +19,7 @@ from .errors import ImageError, IndexFormatError, UnknownItemError
 from .images import DEFAULT_MAX_PIXELS, ImageSource, load_model_input
 from .neighbors import write_neighbors
 from .search import Where, filter_mask, top_k
-from .store import read_index
+from .store import StoredIndex, flat_index, read_index
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,9 @@ def _plain(v: Any) -> Any:
 class Index:
     """An opened index folder. ``Index.open(path)``, then ``similar``/``search``/``neighbors``."""
 
-    def __init__(self, path: str | os.PathLike, model: str | None = None) -> None:
-        stored = read_index(path)
+    def __init__(self, path: str | os.PathLike, model: str | None = None, *,
+                 stored: StoredIndex | None = None) -> None:
+        stored = stored or read_index(path)
         self.path = stored.path
         self.manifest = stored.manifest
         self.spec = EmbedderSpec.from_dict(self.manifest["embedder"])
@@ -58,6 +59,16 @@ class Index:
         self._products = self.items[PRODUCT_ID].astype("string").to_numpy(dtype=object)
         self._embedder: Embedder | None = None
         self._meta: list[dict[str, Any]] | None = None
+
+    def with_items(self, items: pd.DataFrame, embeddings: np.ndarray) -> Index:
+        """A new Index over other items and vectors (same folder, model and embedder): how a
+        live index changes without touching the one that queries are reading."""
+        emb = np.ascontiguousarray(embeddings, dtype=np.float32)
+        new = Index(self.path, stored=StoredIndex(self.path, self.manifest,
+                                                  items.reset_index(drop=True), emb,
+                                                  flat_index(emb)))
+        new._embedder = self._embedder
+        return new
 
     @classmethod
     def open(cls, path: str | os.PathLike, model: str | None = None) -> Index:

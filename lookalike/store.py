@@ -28,6 +28,7 @@ MANIFEST = "manifest.json"
 ITEMS = "items.parquet"
 EMBEDDINGS = "embeddings.npy"
 FAISS = "index.faiss"
+JOURNAL = "journal"  # changes since the build: one committed JSON file (+ vector) per change
 
 
 @dataclass
@@ -122,6 +123,65 @@ def write_index(out: str | os.PathLike, manifest: dict[str, Any], items: pd.Data
     return out
 
 
+def append_change(path: str | os.PathLike, change: dict[str, Any],
+                  vector: np.ndarray | None = None) -> int:
+    """Record one change of an index folder (``{"op": "add", "item": {...}}`` with its vector,
+    or ``{"op": "delete", "item_id": ...}``) in its journal. The vector is written first and
+    the JSON file last, each under a temporary name renamed into place: a crash leaves either
+    the whole change or none of it. Callers serialise their changes. Returns its number."""
+    folder = Path(path) / JOURNAL
+    folder.mkdir(exist_ok=True)
+    seq = max((int(p.stem) for p in folder.glob("*.json")), default=0) + 1
+    name = f"{seq:012d}"
+    if vector is not None:
+        tmp = folder / f".{name}.npy.tmp"
+        with open(tmp, "wb") as f:
+            np.save(f, np.asarray(vector, dtype=np.float32))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, folder / f"{name}.npy")
+    tmp = folder / f".{name}.json.tmp"
+    with open(tmp, "w") as f:
+        json.dump(change, f, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, folder / f"{name}.json")
+    _fsync_dir(folder)
+    return seq
+
+
+def _replay(path: Path, items: pd.DataFrame, emb: np.ndarray
+            ) -> tuple[pd.DataFrame, np.ndarray, int]:
+    """The built items and vectors with the journal's changes applied, in order."""
+    files = sorted((path / JOURNAL).glob("*.json")) if (path / JOURNAL).is_dir() else []
+    if not files:
+        return items, emb, 0
+    ids = items["item_id"].astype(str).tolist()
+    alive: dict[str, tuple[int, dict[str, Any] | None, np.ndarray | None]] = {
+        i: (r, None, None) for r, i in enumerate(ids)}
+    for f in files:
+        try:
+            change = json.loads(f.read_text())
+            if change["op"] == "add":
+                rec = change["item"]
+                alive[str(rec["item_id"])] = (-1, rec, np.load(f.with_suffix(".npy")))
+            elif change["op"] == "delete":
+                alive.pop(str(change["item_id"]), None)
+            else:
+                raise ValueError(f"unknown op {change['op']!r}")
+        except (OSError, ValueError, KeyError) as e:
+            raise IndexFormatError(f"index {path}: journal entry {f.name} is damaged: {e}") from None
+    base = [r for r, rec, _ in alive.values() if rec is None]
+    added = [(rec, vec) for r, rec, vec in alive.values() if rec is not None]
+    parts = [items.iloc[base]]
+    if added:
+        parts.append(pd.DataFrame([rec for rec, _ in added]))
+    new_items = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].reset_index(
+        drop=True)
+    vectors = [np.asarray(emb[base], dtype=np.float32)] + [vec[None] for _, vec in added]
+    return new_items, np.concatenate(vectors), len(files)
+
+
 def read_index(path: str | os.PathLike) -> StoredIndex:
     """Open an index folder, checking that it is complete and self-consistent."""
     path = Path(path)
@@ -154,4 +214,8 @@ def read_index(path: str | os.PathLike) -> StoredIndex:
         raise IndexFormatError(
             f"index {path} is inconsistent: manifest says {n} items × {dim} dims, found "
             f"{len(items)} items, embeddings {emb.shape}, faiss {index.ntotal} × {index.d}")
+    items, emb, changes = _replay(path, items, emb)
+    if changes:  # items were added or deleted since the build
+        index = flat_index(emb)
+        manifest = {**manifest, "journal": {"changes": changes}}
     return StoredIndex(path, manifest, items, emb, index)

@@ -1,11 +1,14 @@
 """The HTTP API over one index folder (FastAPI; OpenAPI at /docs).
 
-Read-only so far: item metadata and photos by id, similar items by id, similar items for an
-uploaded photo. Every error is JSON ``{"detail": "..."}`` with the status code that names it.
+Item metadata and photos by id, similar items by id or for an uploaded photo, the search page,
+and (with an API key) adding and deleting items while serving. Every error is JSON
+``{"detail": "..."}`` with the status code that names it.
 """
 
 from __future__ import annotations
 
+import hmac
+import json
 import mimetypes
 import os
 from collections.abc import AsyncIterator
@@ -13,13 +16,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi import FastAPI, File, Form, Header, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from ..api import Hit, Index
-from ..errors import ImageError, UnknownItemError
+from ..errors import ImageError, LookalikeError, UnknownItemError
 from .batcher import SimilarBatcher
+from .live import ItemExistsError, LiveIndex
 
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -27,6 +31,7 @@ MAX_K = 100
 OPTIONS = {"k", "per_product"}
 STATIC = Path(__file__).parent / "static"
 MAX_FILTER_VALUES = 100
+API_KEY_ENV = "LOOKALIKE_API_KEY"
 
 
 def _results(hits: list[Hit]) -> dict[str, Any]:
@@ -48,28 +53,51 @@ def _where(request: Request, index: Index) -> dict[str, list[str]] | None:
     return where or None
 
 
+def _read_upload(image: UploadFile, limit: int) -> bytes:
+    data = image.file.read(limit + 1)  # endpoints run in the thread pool, not the event loop
+    if len(data) > limit:
+        raise HTTPException(413, f"upload larger than {limit:,} bytes")
+    if not data:
+        raise HTTPException(415, "the uploaded file is empty, not an image")
+    return data
+
+
+def _image_error(e: ImageError) -> HTTPException:
+    return HTTPException(413 if "too large" in str(e) else 415, str(e))
+
+
 def create_app(index_path: str | os.PathLike, *,
                max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-               max_pixels: int = DEFAULT_MAX_PIXELS) -> FastAPI:
-    """An app serving the index folder ``index_path``."""
-    index = Index.open(index_path)
-    batcher = SimilarBatcher(index)
+               max_pixels: int = DEFAULT_MAX_PIXELS,
+               api_key: str | None = None) -> FastAPI:
+    """An app serving the index folder ``index_path``. Adding and deleting items needs
+    ``api_key`` (default: the LOOKALIKE_API_KEY environment variable) in the X-API-Key
+    header; without a configured key they are refused."""
+    live = LiveIndex(index_path)
+    key = api_key if api_key is not None else os.environ.get(API_KEY_ENV, "")
+    batcher = SimilarBatcher()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         batcher.close()
 
+    first = live.current
     app = FastAPI(title="lookalike", summary="Visually similar products", lifespan=lifespan,
-                  description=f"Index {index.path.name}: {len(index)} items, model {index.model}.")
+                  description=f"Index {first.path.name}: {len(first)} items, model {first.model}.")
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-    def row_of(item_id: str) -> int:
+    def row_of(index: Index, item_id: str) -> int:
         try:
             return index.row(item_id)
         except UnknownItemError as e:
             raise HTTPException(404, str(e)) from None
 
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    def authorise(x_api_key: str | None) -> None:
+        if not key:
+            raise HTTPException(401, f"changes are disabled: the server has no {API_KEY_ENV}")
+        if not x_api_key or not hmac.compare_digest(x_api_key.encode(), key.encode()):
+            raise HTTPException(401, "missing or wrong X-API-Key header")
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
@@ -80,6 +108,7 @@ def create_app(index_path: str | os.PathLike, *,
     def attributes() -> dict[str, list[str]]:
         """The attributes that tell items apart best (at most 4, most telling first) with their
         values, for filters; any attribute can still be used as a filter."""
+        index = live.current
         out = {}
         for a in index.display_attributes(4):
             values = index.items[a].dropna().astype(str)
@@ -91,18 +120,21 @@ def create_app(index_path: str | os.PathLike, *,
     @app.get("/health")
     def health() -> dict[str, Any]:
         """Liveness, and what is being served."""
+        index = live.current
         return {"status": "ok", "items": len(index), "model": index.model}
 
     @app.get("/items/{item_id}")
     def item(item_id: str) -> dict[str, Any]:
         """An item's metadata."""
-        row_of(item_id)
+        index = live.current
+        row_of(index, item_id)
         return {"item_id": item_id, "metadata": index.metadata(item_id)}
 
     @app.get("/items/{item_id}/image", response_class=FileResponse)
     def item_image(item_id: str) -> FileResponse:
         """The item's catalogue photo (looked up by id: no client-supplied paths)."""
-        row_of(item_id)
+        index = live.current
+        row_of(index, item_id)
         path = index.image_path(item_id)
         if not path.is_file():
             raise HTTPException(404, f"item {item_id!r}: its photo is missing on the server")
@@ -116,10 +148,11 @@ def create_app(index_path: str | os.PathLike, *,
                 ) -> dict[str, Any]:
         """Items that look like this one (itself excluded), best first. Any other query
         parameter filters by attribute: ``?gender=Men``."""
-        row = row_of(item_id)
+        index = live.current
+        row = row_of(index, item_id)
         where = _where(request, index)
         if where is None and not per_product:  # the common case: batched with its neighbours
-            return _results(index.hits(*batcher.similar(row, k)))
+            return _results(index.hits(*batcher.similar(index, row, k)))
         return _results(index.similar(item_id, k, where=where, per_product=per_product))
 
     @app.post("/search")
@@ -129,18 +162,52 @@ def create_app(index_path: str | os.PathLike, *,
                k: int = Query(10, ge=1, le=MAX_K), per_product: bool = Query(False)
                ) -> dict[str, Any]:
         """Items that look like an uploaded photo, best first (same filters as /similar)."""
+        index = live.current
         where = _where(request, index)
-        data = image.file.read(max_upload_bytes + 1)  # runs in the thread pool, not the loop
-        if len(data) > max_upload_bytes:
-            raise HTTPException(413, f"upload larger than {max_upload_bytes:,} bytes")
-        if not data:
-            raise HTTPException(415, "the uploaded file is empty, not an image")
+        data = _read_upload(image, max_upload_bytes)
         try:
             hits = index.search(data, k, where=where, per_product=per_product,
                                 max_pixels=max_pixels)
         except ImageError as e:
-            status = 413 if "too large" in str(e) else 415
-            raise HTTPException(status, str(e)) from None
+            raise _image_error(e) from None
         return _results(hits)
+
+    @app.post("/items", status_code=201)
+    def add_item(item_id: Annotated[str, Form(description="The new item's id.")],
+                 image: Annotated[UploadFile, File(description="Its photo.")],
+                 metadata: Annotated[str, Form(description="JSON object of attribute values")]
+                 = "{}",
+                 product_id: Annotated[str | None, Form()] = None,
+                 x_api_key: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        """Add an item (needs the API key). It is searchable as soon as this returns, and
+        recorded in the index folder's journal, so it survives a restart."""
+        authorise(x_api_key)
+        try:
+            meta = json.loads(metadata)
+        except ValueError as e:
+            raise HTTPException(422, f"metadata is not valid JSON: {e}") from None
+        if not isinstance(meta, dict):
+            raise HTTPException(422, "metadata must be a JSON object of attribute values")
+        data = _read_upload(image, max_upload_bytes)
+        try:
+            index = live.add(item_id, data, meta, product_id, max_pixels=max_pixels)
+        except ImageError as e:
+            raise _image_error(e) from None
+        except ItemExistsError as e:
+            raise HTTPException(409, str(e)) from None
+        except LookalikeError as e:
+            raise HTTPException(422, str(e)) from None
+        return {"item_id": item_id, "metadata": index.metadata(item_id)}
+
+    @app.delete("/items/{item_id}")
+    def delete_item(item_id: str, x_api_key: Annotated[str | None, Header()] = None
+                    ) -> dict[str, Any]:
+        """Delete an item (needs the API key); recorded in the journal like an addition."""
+        authorise(x_api_key)
+        try:
+            live.delete(item_id)
+        except UnknownItemError as e:
+            raise HTTPException(404, str(e)) from None
+        return {"deleted": item_id}
 
     return app

@@ -22,18 +22,18 @@ MAX_BATCH = 256
 
 
 class SimilarBatcher:
-    """``similar(row, k)`` → (rows, scores) of the item's nearest others, best first."""
+    """``similar(index, row, k)`` → (rows, scores) of the item's nearest others, best first.
+    Requests against different snapshots of a live index are answered separately."""
 
-    def __init__(self, index: Index, max_batch: int = MAX_BATCH) -> None:
-        self.index = index
+    def __init__(self, max_batch: int = MAX_BATCH) -> None:
         self.max_batch = max_batch
-        self._queue: queue.Queue[tuple[int, int, Future] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[Index, int, int, Future] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="similar-batcher", daemon=True)
         self._thread.start()
 
-    def similar(self, row: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def similar(self, index: Index, row: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         fut: Future = Future()
-        self._queue.put((row, k, fut))
+        self._queue.put((index, row, k, fut))
         return fut.result()
 
     def close(self) -> None:
@@ -55,18 +55,24 @@ class SimilarBatcher:
                     self._queue.put(None)  # stop after this batch
                     break
                 batch.append(item)
-            try:
-                self._answer(batch)
-            except BaseException as e:  # noqa: BLE001 (hand every waiter the failure)
-                for _, _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(e)
+            groups: dict[int, list[tuple[Index, int, int, Future]]] = {}
+            for item in batch:
+                groups.setdefault(id(item[0]), []).append(item)
+            for group in groups.values():
+                try:
+                    self._answer(group)
+                except BaseException as e:  # noqa: BLE001 (hand every waiter the failure)
+                    for *_, fut in group:
+                        if not fut.done():
+                            fut.set_exception(e)
 
-    def _answer(self, batch: list[tuple[int, int, Future]]) -> None:
-        rows = np.array([r for r, _, _ in batch], np.int64)
-        k = min(max(kk for _, kk, _ in batch), len(self.index) - 1)
-        q = np.ascontiguousarray(self.index.embeddings[rows], dtype=np.float32)
-        scores, found = self.index.vector_index.search(q, k + 1)
+    @staticmethod
+    def _answer(batch: list[tuple[Index, int, int, Future]]) -> None:
+        index = batch[0][0]
+        rows = np.array([r for _, r, _, _ in batch], np.int64)
+        k = min(max(kk for _, _, kk, _ in batch), len(index) - 1)
+        q = np.ascontiguousarray(index.embeddings[rows], dtype=np.float32)
+        scores, found = index.vector_index.search(q, k + 1)
         found, scores = drop_self(found, scores, rows)
-        for i, (_, kk, fut) in enumerate(batch):
+        for i, (_, _, kk, fut) in enumerate(batch):
             fut.set_result((found[i, :kk], scores[i, :kk]))
