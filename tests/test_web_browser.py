@@ -69,6 +69,7 @@ def test_photo_search_then_item_page(server: str, width: int, height: int) -> No
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(server + "/")
+            page.wait_for_selector("#filters select")  # filled from /attributes after load
             assert page.locator("#filters select").count() >= 2
             page.set_input_files("#photo", str(photo))
             page.wait_for_selector("#results .card")
@@ -84,12 +85,13 @@ def test_photo_search_then_item_page(server: str, width: int, height: int) -> No
             first = page.locator("#results .card").first
             item_id = first.get_attribute("href").split("/")[-1]
             first.click()
+            page.wait_for_function(  # the item's own similar items replaced the search results
+                "document.getElementById('results-title').textContent === 'Similar items'")
             page.wait_for_function(LOADED, arg=["#item img", 1], timeout=30_000)
             page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
             page.wait_for_function(LOADED, arg=["#results .card img", 10], timeout=30_000)
             assert page.evaluate(BROKEN, "img") == 0
             page.evaluate("window.scrollTo(0, 0)")
-            assert page.locator("#results-title").inner_text() == "Similar items"
             assert item_id in page.locator("#item dl").inner_text()
             assert not page.locator("#query").is_visible()  # the photo search made way
             page.screenshot(path=str(ARTIFACTS / f"web-item-{tag}.png"), full_page=True)
