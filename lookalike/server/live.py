@@ -21,7 +21,7 @@ from PIL import Image
 
 from ..api import Index
 from ..catalog import IMAGE_PATH, ITEM_ID, PRODUCT_ID, ROW
-from ..errors import LookalikeError, UnknownItemError
+from ..errors import LookalikeError
 from ..store import append_change
 
 PHOTOS = "photos"  # photos of added items, inside the index folder
@@ -71,7 +71,8 @@ class LiveIndex:
             return self.current
 
     def delete(self, item_id: str) -> Index:
-        """Remove an item (its photo stays on disk); returns the new snapshot."""
+        """Remove an item (its photo stays on disk); returns the new snapshot. Raises
+        UnknownItemError for an id the index does not have."""
         with self._lock:
             ix = self.current
             row = ix.row(item_id)  # UnknownItemError for an unknown id
@@ -82,4 +83,4 @@ class LiveIndex:
             return self.current
 
 
-__all__ = ["ItemExistsError", "LiveIndex", "UnknownItemError"]
+__all__ = ["ItemExistsError", "LiveIndex"]
