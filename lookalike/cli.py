@@ -278,7 +278,10 @@ def evaluate(indexes: tuple[str, ...], relevances: tuple[str, ...], ks: str, sam
         page = write_report(results, report_dir, by=by, gallery_queries=gallery_queries,
                             settings={"k": ",".join(map(str, k_list)),
                                       "queries": f"sample of {sample}, seed {seed}" if sample
-                                      else "every item", "exclude product": exclude_product})
+                                      else "every item", "exclude product": exclude_product,
+                                      **({"split": f"{split} (test {test_fraction}, val "
+                                                   f"{val_fraction}, seed {split_seed})"}
+                                         if split else {})})
         click.echo(f"report written to {page} and {page.with_suffix('.md')}",
                    err=as_json)
 
