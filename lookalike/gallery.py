@@ -54,7 +54,8 @@ def _thumb(path: Path) -> Image.Image:
     return cell
 
 
-def _describe(meta: dict[str, Any], columns: Sequence[str]) -> list[str]:
+def describe(meta: dict[str, Any], columns: Sequence[str]) -> list[str]:
+    """The values of ``columns`` in ``meta`` as caption lines, empty ones left out."""
     return [str(meta[c]) for c in columns if meta.get(c) not in (None, "")]
 
 
@@ -88,9 +89,9 @@ def contact_sheet(rows: Sequence[Sequence[Cell]]) -> Image.Image:
 
 def render_png(index: Index, rows: list[GalleryRow], out: Path) -> None:
     shown = index.display_attributes(TEXT_LINES - 1)
-    sheet = [[Cell(row.image, [row.title] + _describe(row.metadata, shown), "#d22")]
+    sheet = [[Cell(row.image, [row.title] + describe(row.metadata, shown), "#d22")]
              + [Cell(index.image_path(h.item_id),
-                     [f"#{c} {h.item_id}  {h.score:.3f}"] + _describe(h.metadata, shown))
+                     [f"#{c} {h.item_id}  {h.score:.3f}"] + describe(h.metadata, shown))
                 for c, h in enumerate(row.hits, start=1)]
              for row in rows]
     contact_sheet(sheet).save(out)

@@ -16,13 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from .api import Index
 from .catalog import ITEM_ID
 from .errors import LookalikeError
-from .evaluate import PRODUCT, group_table
-from .gallery import TEXT_LINES, Cell, contact_sheet
+from .evaluate import PRODUCT, Evaluation, group_table
+from .gallery import TEXT_LINES, Cell, contact_sheet, describe
 from .quality import IndexQuality
 from .store import now
 
@@ -106,6 +104,11 @@ def _primary(result: IndexQuality) -> str:
     return next(iter(result.catalog.hits))
 
 
+def _ranking_metric(result: IndexQuality, rel: str) -> str:
+    """The per-query metric that orders queries from best to worst for ``rel``."""
+    return f"mAP@R/{rel}" if rel == PRODUCT else f"mAP@{_k_main(result)}/{rel}"
+
+
 def _k_main(result: IndexQuality) -> int:
     ks = [int(k) for k in _ks(result.metrics, "precision", _primary(result)) if k.isdigit()] or \
         [int(k) for k in _ks(result.metrics, "recall", _primary(result)) if k.isdigit()]
@@ -115,8 +118,8 @@ def _k_main(result: IndexQuality) -> int:
 def _group_frames(results: Sequence[IndexQuality], attr: str) -> tuple[list[str], list[Any]]:
     """Per-group means of the first relevance's main metrics, one frame per index."""
     rel, k = _primary(results[0]), _k_main(results[0])
-    cols = ([f"recall@{k}/{rel}", f"mAP@R/{rel}"] if rel == PRODUCT
-            else [f"precision@{k}/{rel}", f"mAP@{k}/{rel}"])
+    cols = [f"{'recall' if rel == PRODUCT else 'precision'}@{k}/{rel}",
+            _ranking_metric(results[0], rel)]
     parts = []
     for res in results:
         items = res.index.items
@@ -267,15 +270,12 @@ def _pick(values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     return best, worst
 
 
-def _strip_rows(result: IndexQuality, positions: np.ndarray, show_k: int, shown: list[str],
+def _strip_rows(result: IndexQuality, ev: Evaluation, rel: str, score_col: str,
+                positions: np.ndarray, show_k: int, shown: list[str],
                 query_set: bool) -> list[list[Cell]]:
     ix = result.index
-    ev = result.queries.evaluation if query_set else result.catalog
-    rel = result.queries.mapping.name if query_set else _primary(result)
     hits = ev.hits[rel]
     rows, scores = ev.ranking(rel)
-    k = _k_main(result)
-    score_col = f"mAP@{k}/{rel}" if rel != PRODUCT else f"mAP@R/{rel}"
     ids = ix.items[ITEM_ID].astype(str).to_numpy()
     sheet = []
     for p in positions:
@@ -287,7 +287,7 @@ def _strip_rows(result: IndexQuality, positions: np.ndarray, show_k: int, shown:
         else:
             row = int(ev.query_rows[p])
             first = Cell(ix.image_path(ids[row]),
-                         [f"query {ids[row]}"] + _values(ix, row, shown)[:2]
+                         [f"query {ids[row]}"] + describe(ix.metadata(ids[row]), shown)[:2]
                          + [f"{score_col.split('/')[0]} {value:.2f}"], "#333")
         cells = [first]
         for rank, (nb, s) in enumerate(zip(rows[p, :show_k], scores[p, :show_k]), 1):
@@ -295,15 +295,10 @@ def _strip_rows(result: IndexQuality, positions: np.ndarray, show_k: int, shown:
                 break
             cells.append(Cell(ix.image_path(ids[nb]),
                               [f"#{rank} {ids[nb]}  {s:.3f}"]
-                              + _values(ix, int(nb), shown)[:TEXT_LINES - 1],
+                              + describe(ix.metadata(ids[nb]), shown)[:TEXT_LINES - 1],
                               GOOD if hits[p, rank - 1] else BAD))
         sheet.append(cells)
     return sheet
-
-
-def _values(ix: Index, row: int, attributes: Sequence[str]) -> list[str]:
-    return [str(v) for v in (ix.items[a].iat[row] for a in attributes)
-            if not pd.isna(v) and str(v) != ""]
 
 
 def _gallery_images(result: IndexQuality, out_dir: Path, n: int, show_k: int,
@@ -314,15 +309,14 @@ def _gallery_images(result: IndexQuality, out_dir: Path, n: int, show_k: int,
         runs.append((True, result.queries.evaluation))
     for query_set, ev in runs:
         rel = result.queries.mapping.name if query_set else _primary(result)
-        k = _k_main(result)
-        col = f"mAP@{k}/{rel}" if rel != PRODUCT else f"mAP@R/{rel}"
+        col = _ranking_metric(result, rel)
         best, worst = _pick(ev.per_query[col].to_numpy(dtype=float), n)
         for kind, pos in (("best", best), ("worst", worst)):
             if len(pos) == 0:
                 continue
             name = f"{_slug(result.label)}-{'photos' if query_set else 'catalogue'}-{kind}.jpg"
-            contact_sheet(_strip_rows(result, pos, show_k, shown, query_set)).save(
-                out_dir / name, quality=85)
+            sheet = _strip_rows(result, ev, rel, col, pos, show_k, shown, query_set)
+            contact_sheet(sheet).save(out_dir / name, quality=85)
             what = "query photos" if query_set else "catalogue queries"
             made.append((f"{result.label}: {kind} {len(pos)} {what} by {col}", out_dir / name))
     return made
