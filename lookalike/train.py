@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from .api import Index
 from .catalog import PRODUCT_ID
-from .embedders import TRAINED_ONNX, TRAINED_SPEC, EmbedderSpec, export_module
+from .embedders import TRAINED_ONNX, TRAINED_SPEC, EmbedderSpec, export_module, onnx_session
 from .errors import ImageError, LookalikeError
 from .evaluate import evaluate_catalog
 from .images import load_image, to_model_input
@@ -158,13 +158,9 @@ class _Front(nn.Module):
 
 def front_runner(model: DeepRanking, tune: int, folder: Path) -> Callable[[np.ndarray], np.ndarray]:
     """The frozen front as an ONNX Runtime session (5–8× eager PyTorch on a CPU)."""
-    import onnxruntime as ort
-
     path = export_module(_Front(model, tune), model.backbone_spec.input_size,
                          folder / "front.onnx")
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = os.cpu_count() or 1
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    session = onnx_session(path)
     return lambda px: session.run(None, {"pixels": np.ascontiguousarray(px)})[0]
 
 

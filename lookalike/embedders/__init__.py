@@ -14,6 +14,7 @@ import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,6 +34,7 @@ __all__ = [
     "get_spec",
     "is_trained_model",
     "list_embedders",
+    "onnx_session",
 ]
 
 DEFAULT_EMBEDDER = "efficientnet-lite0"
@@ -120,20 +122,25 @@ def export_onnx(name: str, path: Path | None = None) -> Path:
     return export_module(build_torch_model(name), spec.input_size, path)
 
 
+def onnx_session(path: Path, threads: int | None = None) -> Any:
+    """An ONNX Runtime CPU session: ``threads`` (default: all cores) within each operator,
+    full graph optimisation."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
 class Embedder:
     """An ONNX Runtime session for one embedder: uint8 (N, S, S, 3) → float32 (N, dim)."""
 
     def __init__(self, spec: EmbedderSpec, onnx_path: Path, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
         self.spec = spec
         self.onnx_path = onnx_path
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._session = ort.InferenceSession(str(onnx_path), opts,
-                                             providers=["CPUExecutionProvider"])
+        self._session = onnx_session(onnx_path, threads)
 
     @property
     def name(self) -> str:
