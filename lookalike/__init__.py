@@ -7,6 +7,7 @@ from .embed import EmbedResult, embed_images
 from .embedders import create_embedder, list_embedders
 from .errors import CatalogError, ImageError, IndexFormatError, LookalikeError, UnknownItemError
 from .images import load_image
+from .preprocess import Preprocess
 from .quality import evaluate_indexes, read_label_mapping, read_query_set
 from .report import write_report
 from .splits import assign_splits
@@ -23,6 +24,7 @@ __all__ = [
     "Index",
     "IndexFormatError",
     "LookalikeError",
+    "Preprocess",
     "TrainConfig",
     "UnknownItemError",
     "assign_splits",

@@ -18,6 +18,7 @@ from .embedders import DEFAULT_EMBEDDER, Embedder, EmbedderSpec, create_embedder
 from .errors import ImageError, IndexFormatError, UnknownItemError
 from .images import DEFAULT_MAX_PIXELS, ImageSource, load_model_input
 from .neighbors import write_neighbors
+from .preprocess import Preprocess
 from .search import Where, filter_mask, top_k
 from .store import StoredIndex, flat_index, read_index
 
@@ -57,6 +58,8 @@ class Index:
         self._ids = [str(v) for v in self.items[ITEM_ID].tolist()]
         self._row_of = {v: i for i, v in enumerate(self._ids)}
         self._products = self.items[PRODUCT_ID].astype("string").to_numpy(dtype=object)
+        #: the steps every photo went through before embedding; queries get the same
+        self.preprocess = Preprocess.from_dict(self.manifest.get("preprocess"))
         self._embedder: Embedder | None = None
         self._meta: list[dict[str, Any]] | None = None
 
@@ -145,7 +148,8 @@ class Index:
     def embed(self, image: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         """The embedding of one photo, preprocessed as the index's catalogue was."""
         try:
-            pixels = load_model_input(image, self.spec.input_size, max_pixels=max_pixels)
+            pixels = load_model_input(image, self.spec.input_size, max_pixels=max_pixels,
+                                      preprocess=self.preprocess or None)
         except ImageError as e:
             name = f"photo {image}" if isinstance(image, (str, os.PathLike)) else "the photo"
             raise ImageError(f"{name}: {e}") from None

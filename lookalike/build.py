@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .catalog import ITEM_ID, Catalog
 from .embed import embed_images
-from .embedders import DEFAULT_EMBEDDER, Embedder, create_embedder
+from .embedders import DEFAULT_EMBEDDER, Embedder, create_embedder, trained_meta
 from .errors import LookalikeError
 from .images import DEFAULT_MAX_PIXELS
+from .preprocess import DEFAULT_PREPROCESS, Preprocess
 from .store import now, versions, write_index
 
 
@@ -22,6 +23,7 @@ class BuildSummary:
     items: int
     skipped: list[dict[str, Any]]
     timings: dict[str, float]
+    preprocess: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def catalog_rows(self) -> int:
@@ -37,17 +39,26 @@ def build_index(
     workers: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = False,
+    preprocess: Preprocess | str | None = None,
 ) -> BuildSummary:
     """Embed every photo of ``catalog`` and write the index folder ``out`` atomically.
 
     Photos that cannot be read are skipped and listed (item id, catalogue row, reason) in the
-    manifest; every other item keeps its own vector.
+    manifest; every other item keeps its own vector. ``preprocess`` (a :class:`Preprocess` or
+    ``"face,crop,background"``) runs on every photo first, and is recorded in the manifest so
+    that query photos get the same treatment; ``None`` means the steps a trained model was
+    trained with, or :data:`DEFAULT_PREPROCESS`.
     """
     embedder = create_embedder(model) if isinstance(model, str) else model
+    if preprocess is None:
+        pre = default_preprocess(embedder)
+    else:
+        pre = preprocess if isinstance(preprocess, Preprocess) else Preprocess.parse(preprocess)
     paths = [catalog.image_file(i) if i not in catalog.missing else None
              for i in range(len(catalog))]
     result = embed_images(embedder, paths, batch_size=batch_size, workers=workers,
-                          max_pixels=max_pixels, progress=progress, skip=catalog.missing)
+                          max_pixels=max_pixels, progress=progress, skip=catalog.missing,
+                          preprocess=pre)
     if len(result.rows) == 0:
         first = next(iter(result.skipped.items()), (None, "no rows"))
         raise LookalikeError(f"no photo of {catalog.source.name} could be read; "
@@ -62,6 +73,8 @@ def build_index(
         "created": now(),
         "embedder": spec.to_dict(),
         "preprocessing": spec.preprocessing(),
+        "preprocess": {**pre.to_dict(),
+                       "outcomes": {s: dict(c.most_common()) for s, c in result.preprocess.items()}},
         "versions": versions(),
         "counts": {"catalog_rows": len(catalog), "items": len(items), "skipped": len(skipped)},
         "catalog": {"source": str(catalog.source.resolve()),
@@ -72,4 +85,12 @@ def build_index(
         "timings": {k: round(v, 3) for k, v in result.timings.items()},
     }
     path = write_index(out, manifest, items, result.embeddings)
-    return BuildSummary(path, spec.name, len(items), skipped, result.timings)
+    return BuildSummary(path, spec.name, len(items), skipped, result.timings,
+                        manifest["preprocess"]["outcomes"])
+
+
+def default_preprocess(embedder: Embedder) -> Preprocess:
+    """The steps a trained model's photos went through in training, else the default."""
+    if embedder.spec.source:
+        return Preprocess.from_dict(trained_meta(embedder.spec.source).get("preprocess"))
+    return DEFAULT_PREPROCESS

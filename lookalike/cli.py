@@ -19,6 +19,7 @@ from .catalog import read_catalog
 from .embedders import DEFAULT_EMBEDDER, list_embedders
 from .errors import LookalikeError
 from .images import DEFAULT_MAX_PIXELS
+from .preprocess import DEFAULT_PREPROCESS, STEPS, Preprocess
 from .search import parse_where
 
 
@@ -70,6 +71,16 @@ def _print_hits(hits: Sequence[Hit], as_json: bool, columns: Sequence[str]) -> N
         click.echo("  ".join(v[:w].ljust(w) for v, w in zip(line, widths)).rstrip())
 
 
+def _parse_preprocess(ctx: click.Context, param: click.Parameter,
+                      value: str | None) -> Preprocess | None:
+    if value is None:
+        return None
+    try:
+        return Preprocess.parse(value)
+    except LookalikeError as e:
+        raise click.BadParameter(str(e)) from None
+
+
 @cli.command()
 @click.argument("catalog", type=click.Path(dir_okay=False))
 @click.option("--images", type=click.Path(file_okay=False),
@@ -88,27 +99,48 @@ def _print_hits(hits: Sequence[Hit], as_json: bool, columns: Sequence[str]) -> N
 @click.option("--workers", default=None, type=click.IntRange(1), help="Decoding threads.")
 @click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(1),
               help="Skip photos with more pixels than this (decompression bombs).")
+@click.option("--preprocess", "-p", default=None, metavar="STEPS", callback=_parse_preprocess,
+              help=f"Garment focus before embedding: any of {', '.join(STEPS)} (comma-separated) "
+                   "or 'none'; recorded in the index, and search photos get the same. "
+                   f"[default: {DEFAULT_PREPROCESS}; for a trained model, its training steps]")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def build(catalog: str, images: str | None, out: str, model: str, id_column: str,
           image_column: str, product_column: str | None, attributes: str | None,
-          batch_size: int, workers: int | None, max_pixels: int, quiet: bool) -> None:
+          batch_size: int, workers: int | None, max_pixels: int, preprocess: Preprocess | None,
+          quiet: bool) -> None:
     """Embed every photo of CATALOG (CSV or Parquet) and write an index folder."""
     cat = read_catalog(catalog, images, id_column=id_column, image_column=image_column,
                        product_column=product_column,
                        attributes=[a.strip() for a in attributes.split(",") if a.strip()]
                        if attributes is not None else None)
     s = build_index(cat, out, model=model, batch_size=batch_size, workers=workers,
-                    max_pixels=max_pixels, progress=not quiet)
+                    max_pixels=max_pixels, progress=not quiet,
+                    preprocess=preprocess)
     t = s.timings
     click.echo(f"index {s.path}: {s.items} items embedded with {s.model}, "
                f"{len(s.skipped)} skipped, of {s.catalog_rows} catalogue rows")
     click.echo(f"time {t['total_s']:.1f} s ({t['images_per_s']:.0f} images/s; inference "
                f"{t['infer_s']:.1f} s, decoding {t['decode_s']:.1f} s in background threads, "
                f"waiting for decoding {t['wait_for_decode_s']:.1f} s)")
+    for step, seen in s.preprocess.items():
+        click.echo(f"preprocess {step}: " + "; ".join(f"{n} {note}" for note, n in seen.items()))
     for sk in s.skipped[:20]:
         click.echo(f"  skipped {sk['item_id']} (row {sk['row']}): {sk['reason']}", err=True)
     if len(s.skipped) > 20:
         click.echo(f"  … and {len(s.skipped) - 20} more (all listed in manifest.json)", err=True)
+
+
+@cli.command("preview-preprocess")
+@click.argument("photos", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True))
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
+@click.option("--preprocess", "-p", default=",".join(STEPS), show_default=True, metavar="STEPS",
+              callback=_parse_preprocess, help="Steps to show, each alone and then all together.")
+def preview_preprocess_cmd(photos: tuple[str, ...], out: str, preprocess: Preprocess) -> None:
+    """Before/after pictures of the preprocessing steps on PHOTOS."""
+    from .gallery import preview_preprocess
+
+    path = preview_preprocess(photos, preprocess, out)
+    click.echo(f"preview {path}: {len(photos)} photo(s)")
 
 
 @cli.command()
@@ -412,6 +444,7 @@ def info(index: str, as_json: bool) -> None:
     click.echo(f"model {m['embedder']['name']} ({m['embedder']['dim']} dims, "
                f"input {m['embedder']['input_size']}px), index {m['index']['type']}, "
                f"built {m['created']}")
+    click.echo(f"preprocess: {Preprocess.from_dict(m.get('preprocess'))} (search photos get the same)")
     click.echo(f"attributes: {', '.join(m['catalog']['attributes'])}")
     for s in m["skipped"][:20]:
         click.echo(f"  skipped {s['item_id']} (row {s['row']}): {s['reason']}")

@@ -8,45 +8,57 @@ from __future__ import annotations
 
 import os
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from .embedders import Embedder
 from .errors import ImageError
 from .images import DEFAULT_MAX_PIXELS, ImageSource, load_model_input
+from .preprocess import Outcome, Preprocess
 
 
 @dataclass
 class EmbedResult:
     """``embeddings[i]`` belongs to input position ``rows[i]``; ``skipped`` maps the other
-    positions to a reason. ``timings`` holds seconds per stage and ``images_per_s``."""
+    positions to a reason. ``timings`` holds seconds per stage and ``images_per_s``;
+    ``preprocess`` counts, per preprocessing step, the photos by what the step did."""
 
     embeddings: np.ndarray
     rows: np.ndarray
     skipped: dict[int, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    preprocess: dict[str, Counter] = field(default_factory=dict)
 
 
 def _decode_batch(sources: Sequence[ImageSource], positions: Sequence[int], size: int,
-                  max_pixels: int) -> tuple[np.ndarray, list[int], dict[int, str], float]:
+                  max_pixels: int, pre: Preprocess
+                  ) -> tuple[np.ndarray, list[int], dict[int, str], list[Outcome], float]:
     t0 = time.perf_counter()
     out = np.empty((len(sources), size, size, 3), np.uint8)
     ok: list[int] = []
     bad: dict[int, str] = {}
+    outcomes: list[Outcome] = []
+
+    def run(img: Image.Image) -> Image.Image:
+        outcomes.append(pre.apply(img))
+        return outcomes[-1].image
+
     for src, pos in zip(sources, positions):
         try:
-            out[len(ok)] = load_model_input(src, size, max_pixels=max_pixels)
+            out[len(ok)] = load_model_input(src, size, max_pixels=max_pixels,
+                                            preprocess=run if pre else None)
             ok.append(pos)
         except ImageError as e:
             bad[pos] = str(e)
         except Exception as e:  # noqa: BLE001 (a decoder bug must not stop the build)
             bad[pos] = f"could not decode: {type(e).__name__}: {e}"
-    return out[: len(ok)], ok, bad, time.perf_counter() - t0
+    return out[: len(ok)], ok, bad, outcomes, time.perf_counter() - t0
 
 
 def embed_images(
@@ -58,9 +70,12 @@ def embed_images(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = False,
     skip: dict[int, str] | None = None,
+    preprocess: Preprocess | None = None,
 ) -> EmbedResult:
-    """Embed ``sources`` (paths, bytes or PIL images). Positions listed in ``skip`` are not
-    read and are reported with the given reason."""
+    """Embed ``sources`` (paths, bytes or PIL images), each run through ``preprocess`` first.
+    Positions listed in ``skip`` are not read and are reported with the given reason."""
+    pre = preprocess or Preprocess()
+    seen: dict[str, Counter] = {s: Counter() for s in pre.steps}
     skip = dict(skip or {})
     todo = [i for i in range(len(sources)) if i not in skip]
     workers = workers or min(4, os.cpu_count() or 1)
@@ -81,13 +96,16 @@ def embed_images(
             b = next(it, None)
             if b is not None:
                 pending.append(pool.submit(_decode_batch, [sources[i] for i in b], b, size,
-                                           max_pixels))
+                                           max_pixels, pre))
 
         for _ in range(workers + 2):  # decode runs ahead of inference
             submit()
         while pending:
             t0 = time.perf_counter()
-            pixels, ok, bad, dt = pending.popleft().result()
+            pixels, ok, bad, outcomes, dt = pending.popleft().result()
+            for o in outcomes:
+                for step, note in o.notes.items():
+                    seen[step][note] += 1
             wait_s += time.perf_counter() - t0
             submit()
             decode_s += dt
@@ -108,4 +126,5 @@ def embed_images(
         embeddings=emb, rows=np.asarray(rows, dtype=np.int64), skipped=skipped,
         timings={"total_s": total, "decode_s": decode_s, "infer_s": infer_s,
                  "wait_for_decode_s": wait_s, "images": n,
-                 "images_per_s": n / total if total > 0 else 0.0})
+                 "images_per_s": n / total if total > 0 else 0.0},
+        preprocess=seen)

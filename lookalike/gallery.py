@@ -6,8 +6,9 @@ import base64
 import html
 import io
 import os
+import textwrap
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from PIL import Image, ImageDraw, ImageFont
 from .api import Hit, Index
 from .errors import ImageError, LookalikeError
 from .images import load_image
+from .preprocess import Preprocess
 
 THUMB = 160
 TEXT_LINES = 4
@@ -42,9 +44,9 @@ def gallery_rows(index: Index, item_ids: Sequence[object] = (), images: Sequence
     return rows
 
 
-def _thumb(path: Path) -> Image.Image:
+def _thumb(path: Path | Image.Image) -> Image.Image:
     try:
-        img = load_image(path, draft_size=THUMB)
+        img = load_image(path, draft_size=THUMB).copy()
     except ImageError as e:
         img = Image.new("RGB", (THUMB, THUMB), (235, 235, 235))
         ImageDraw.Draw(img).text((6, THUMB // 2), f"unreadable:\n{e}"[:60], fill=(150, 0, 0))
@@ -63,7 +65,7 @@ def describe(meta: dict[str, Any], columns: Sequence[str]) -> list[str]:
 class Cell:
     """One picture of a contact sheet: the photo, caption lines, and its frame colour."""
 
-    image: Path
+    image: Path | Image.Image
     lines: list[str]
     frame: str = "#999"
 
@@ -95,6 +97,38 @@ def render_png(index: Index, rows: list[GalleryRow], out: Path) -> None:
                 for c, h in enumerate(row.hits, start=1)]
              for row in rows]
     contact_sheet(sheet).save(out)
+
+
+def preview_preprocess(photos: Sequence[str | os.PathLike], pre: Preprocess,
+                       out: str | os.PathLike) -> Path:
+    """A PNG with one row per photo: the photo, each step of ``pre`` alone, then all of them
+    together, each captioned with what the step did or why it did nothing."""
+    if not photos:
+        raise LookalikeError("give at least one photo to preview")
+    if not pre:
+        raise LookalikeError("name the steps to preview, e.g. face,crop,background")
+    variants = [replace(pre, steps=(s,)) for s in pre.steps]
+    if len(pre.steps) > 1:
+        variants.append(pre)
+    sheet = []
+    for photo in photos:
+        try:
+            img = load_image(photo)
+        except ImageError as e:
+            raise ImageError(f"photo {photo}: {e}") from None
+        row = [Cell(img, [Path(photo).name[:26], f"{img.width}x{img.height}"], "#d22")]
+        for v in variants:
+            done = v.apply(img)
+            lines = [str(v)] + [textwrap.shorten(f"{s}: {done.notes[s]}", 26, placeholder="…")
+                                for s in v.steps]
+            row.append(Cell(done.image, lines, "#2a2" if any(done.done.values()) else "#999"))
+        sheet.append(row)
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise LookalikeError(f"preview output {out}: use a .png file name")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    contact_sheet(sheet).save(out)
+    return out
 
 
 def _data_uri(path: Path) -> str:

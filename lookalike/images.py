@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -127,7 +128,10 @@ def to_model_input(img: Image.Image, size: int) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def load_model_input(source: ImageSource, size: int, *,
-                     max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode ``source`` and return uint8 (size, size, 3) pixels ready for an embedder."""
-    return to_model_input(load_image(source, max_pixels=max_pixels, draft_size=size), size)
+def load_model_input(source: ImageSource, size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                     preprocess: Callable[[Image.Image], Image.Image] | None = None
+                     ) -> np.ndarray:
+    """Decode ``source``, run ``preprocess`` (e.g. a :class:`~lookalike.preprocess.Preprocess`)
+    on it, and return uint8 (size, size, 3) pixels ready for an embedder."""
+    img = load_image(source, max_pixels=max_pixels, draft_size=size)
+    return to_model_input(preprocess(img) if preprocess else img, size)

@@ -317,7 +317,8 @@ def _run_queries(ix: Index, query_set: Catalog, label_column: str, mapping: Labe
                  ks: Sequence[int], progress: bool) -> QueryRun:
     paths = [query_set.image_file(i) for i in range(len(query_set))]
     skip = dict(query_set.missing)
-    emb = embed_images(ix.embedder, paths, progress=progress, skip=skip)
+    emb = embed_images(ix.embedder, paths, progress=progress, skip=skip,
+                       preprocess=ix.preprocess)
     if len(emb.rows) == 0:
         raise LookalikeError(f"none of the {len(paths)} query photos could be read "
                              f"(first problem: {next(iter(emb.skipped.values()))})")

@@ -107,7 +107,7 @@ def _load_pixels(ix: Index, rows: Sequence[int], size: int, pool: ThreadPoolExec
 
     def one(row: int) -> np.ndarray:
         try:
-            img = load_image(ix.image_path(ids[row]), draft_size=size)
+            img = ix.preprocess(load_image(ix.image_path(ids[row]), draft_size=size))
         except ImageError as e:
             raise LookalikeError(f"item {ids[row]}: its photo can no longer be read: {e}") from None
         if augment_seed is not None:
@@ -498,7 +498,8 @@ def export_trained(out: Path, ix: Index, state: dict[str, torch.Tensor], cfg: Tr
                         ix.spec.mean, ix.spec.std, weights=f"{TRAINED_ONNX} sha256:{digest}",
                         source=str(out.resolve()))
     meta = {"embedder": spec.to_dict(), "backbone": ix.spec.to_dict(), "config": asdict(cfg),
-            "index": str(ix.path), "trained": now(), "best_epoch": best_epoch,
+            "index": str(ix.path), "preprocess": ix.preprocess.to_dict(),
+            "trained": now(), "best_epoch": best_epoch,
             "history": history, "splits": split_counts}
     tmp = out / f".{TRAINED_SPEC}.tmp"
     tmp.write_text(json.dumps(meta, indent=2, default=float))

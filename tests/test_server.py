@@ -7,6 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from lookalike.preprocess import DEFAULT_PREPROCESS
 from lookalike.server import create_app
 
 from .conftest import MODELS, garment, png_bomb
@@ -27,7 +28,8 @@ def jpeg(img: Image.Image) -> bytes:
 def test_health_and_openapi(client: TestClient) -> None:
     r = client.get("/health")
     assert r.status_code == 200 and r.json() == {"status": "ok", "items": 24,
-                                                  "model": "mobilenet-v2"}
+                                                  "model": "mobilenet-v2",
+                                                  "preprocess": list(DEFAULT_PREPROCESS.steps)}
     spec = client.get("/openapi.json").json()
     assert {"/items/{item_id}", "/items/{item_id}/image", "/items/{item_id}/similar",
             "/search", "/health"} <= set(spec["paths"])

@@ -193,3 +193,27 @@ def test_augmented_views_differ_but_keep_the_garment() -> None:
     for v in views:
         red = v[..., 0] - v[..., 1]
         assert red.max() > 100
+
+
+def test_training_keeps_the_index_preprocessing(shop: dict[str, Path], tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lookalike.images import load_model_input
+    from lookalike.train import _load_pixels
+
+    cat = read_catalog(shop["csv"], product_column="product")
+    build_index(cat, tmp_path / "ix", model="mobilenet-v2", preprocess="crop")
+    ix = Index.open(tmp_path / "ix")
+    with ThreadPoolExecutor(2) as pool:  # the branches see the photos as the index did
+        px = _load_pixels(ix, [0, 5], 224, pool)
+    for got, row in zip(px, [0, 5]):
+        path = ix.image_path(ix.items["item_id"].iat[row])
+        assert np.array_equal(got, load_model_input(path, 224, preprocess=ix.preprocess))
+    out = tmp_path / "model"
+    train(tmp_path / "ix", out, TrainConfig(**{**CFG, "epochs": 1}), progress=False,
+          log=lambda _: None)
+    assert json.loads((out / "model.json").read_text())["preprocess"]["steps"] == ["crop"]
+    kept = build_index(cat, tmp_path / "ix2", model=str(out))  # the model's steps by default
+    assert Index.open(kept.path).preprocess.steps == ("crop",)
+    plain = build_index(cat, tmp_path / "ix3", model=str(out), preprocess="none")
+    assert Index.open(plain.path).preprocess.steps == ()

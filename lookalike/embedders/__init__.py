@@ -35,6 +35,7 @@ __all__ = [
     "is_trained_model",
     "list_embedders",
     "onnx_session",
+    "trained_meta",
 ]
 
 DEFAULT_EMBEDDER = "efficientnet-lite0"
@@ -169,14 +170,21 @@ def is_trained_model(name_or_path: str | os.PathLike) -> bool:
     return (Path(name_or_path) / TRAINED_SPEC).is_file()
 
 
-def trained_spec(path: str | os.PathLike) -> EmbedderSpec:
-    """The spec of a trained model folder (``lookalike train``'s output)."""
+def trained_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """A trained model folder's model.json (its spec, training set-up and history)."""
     folder = Path(path)
     try:
         meta = json.loads((folder / TRAINED_SPEC).read_text())
-        spec = EmbedderSpec.from_dict(meta["embedder"])
+        EmbedderSpec.from_dict(meta["embedder"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise LookalikeError(f"{folder} is not a usable trained model ({TRAINED_SPEC}: {e})") from None
+    return meta
+
+
+def trained_spec(path: str | os.PathLike) -> EmbedderSpec:
+    """The spec of a trained model folder (``lookalike train``'s output)."""
+    folder = Path(path)
+    spec = EmbedderSpec.from_dict(trained_meta(folder)["embedder"])
     if not (folder / TRAINED_ONNX).is_file():
         raise LookalikeError(f"trained model {folder} has no {TRAINED_ONNX}")
     return spec

@@ -121,7 +121,8 @@ def create_app(index_path: str | os.PathLike, *,
     def health() -> dict[str, Any]:
         """Liveness, and what is being served."""
         index = live.current
-        return {"status": "ok", "items": len(index), "model": index.model}
+        return {"status": "ok", "items": len(index), "model": index.model,
+                "preprocess": list(index.preprocess.steps)}
 
     @app.get("/items/{item_id}")
     def item(item_id: str) -> dict[str, Any]:
