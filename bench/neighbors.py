@@ -21,8 +21,8 @@ import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
 from lookalike import Index, build_index, read_catalog
+from lookalike.index import flat_index
 from lookalike.neighbors import neighbor_rows
-from lookalike.store import flat_index
 
 DATA = Path(os.environ.get("LOOKALIKE_DATASETS", "../shared/datasets")) / "myntra-9k"
 

@@ -20,7 +20,7 @@ from .images import DEFAULT_MAX_PIXELS, ImageSource, load_model_input
 from .neighbors import write_neighbors
 from .preprocess import Preprocess
 from .search import Where, filter_mask, top_k
-from .store import StoredIndex, flat_index, read_index
+from .store import StoredIndex, read_index, vector_index
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class Index:
         emb = np.ascontiguousarray(embeddings, dtype=np.float32)
         new = Index(self.path, stored=StoredIndex(self.path, self.manifest,
                                                   items.reset_index(drop=True), emb,
-                                                  flat_index(emb)))
+                                                  vector_index(self.manifest, emb)))
         new._embedder = self._embedder
         return new
 
@@ -167,7 +167,7 @@ class Index:
         rows, scores = top_k(
             self.vector_index, vector, k, mask=filter_mask(self.items, where, self.attributes),
             exclude_rows=exclude_rows,
-            products=self._products if per_product else None,
+            products=self._products if per_product else None, embeddings=self.embeddings,
             exclude_products=[self._products[r] for r in exclude_rows] if per_product else ())
         return self.hits(rows, scores)
 

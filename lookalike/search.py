@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import LookalikeError
+from .index import flat_index
 
 Where = Mapping[str, "str | int | float | Sequence[str | int | float]"]
 
@@ -47,6 +48,9 @@ def filter_mask(items: pd.DataFrame, where: Where | None, attributes: Sequence[s
     return mask
 
 
+EXACT_BELOW = 0.2  # filters keeping fewer items than this share are searched exactly
+
+
 def _selector(mask: np.ndarray | None) -> tuple[faiss.SearchParameters | None, np.ndarray | None]:
     if mask is None:
         return None, None
@@ -63,18 +67,30 @@ def top_k(
     exclude_rows: Sequence[int] = (),
     products: np.ndarray | None = None,
     exclude_products: Sequence[object] = (),
+    embeddings: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Rows and scores (best first) of the ``k`` nearest items to one query vector.
 
     ``mask`` limits the candidates; ``exclude_rows`` are never returned; with ``products``
     (the product id of every row) only the best row of each product is kept and
-    ``exclude_products`` are left out.
+    ``exclude_products`` are left out. Given the ``embeddings``, a mask that keeps under
+    :data:`EXACT_BELOW` of the items is searched exactly over those items: an approximate
+    index loses most of its recall on such narrow filters.
     """
     if k < 1:
         raise LookalikeError(f"k must be at least 1, got {k}")
     q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
     if q.shape[1] != index.d:
         raise LookalikeError(f"query vector has {q.shape[1]} dimensions, the index {index.d}")
+    if mask is not None and embeddings is not None and not isinstance(index, faiss.IndexFlat) \
+            and mask.sum() < EXACT_BELOW * len(mask):
+        sub = np.flatnonzero(mask)
+        pos = np.searchsorted(sub, [int(r) for r in exclude_rows])
+        pos = [int(p) for p, r in zip(pos, exclude_rows) if p < len(sub) and sub[p] == int(r)]
+        rows, scores = top_k(flat_index(embeddings[sub]), q, k, exclude_rows=pos,
+                             products=None if products is None else products[sub],
+                             exclude_products=exclude_products)
+        return sub[rows], scores
     n_avail = int(mask.sum()) if mask is not None else index.ntotal
     params, _bits = _selector(mask)
     excluded = {int(r) for r in exclude_rows}

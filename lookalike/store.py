@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import IndexFormatError
+from .index import build_vector_index, make_index, searchable, set_search_params
 
 FORMAT = "lookalike-index"
 FORMAT_VERSION = 1
@@ -37,7 +38,7 @@ class StoredIndex:
     manifest: dict[str, Any]
     items: pd.DataFrame
     embeddings: np.ndarray  # memory-mapped, read-only
-    faiss_index: faiss.Index
+    faiss_index: Any  # a faiss index, or an IVF-PQ one with exact re-ranking (index.Reranked)
 
 
 def versions() -> dict[str, str]:
@@ -74,17 +75,12 @@ def _is_index(path: Path) -> bool:
         return False
 
 
-def flat_index(embeddings: np.ndarray) -> faiss.Index:
-    """Exact inner-product index (cosine on unit vectors)."""
-    index = faiss.IndexFlatIP(embeddings.shape[1])
-    if len(embeddings):
-        index.add(np.ascontiguousarray(embeddings, dtype=np.float32))
-    return index
-
-
 def write_index(out: str | os.PathLike, manifest: dict[str, Any], items: pd.DataFrame,
-                embeddings: np.ndarray) -> Path:
-    """Write an index folder atomically; replaces ``out`` only if it is an index already."""
+                embeddings: np.ndarray, kind: str = "exact",
+                params: dict[str, int] | None = None) -> Path:
+    """Write an index folder atomically; replaces ``out`` only if it is an index already.
+    ``kind`` (exact, hnsw, ivfpq) is the vector index; an approximate one is tuned and its
+    measured recall@10 recorded in the manifest (:func:`lookalike.index.build_vector_index`)."""
     out = Path(out)
     if len(items) != len(embeddings):
         raise ValueError(f"{len(items)} items but {len(embeddings)} embeddings")
@@ -97,10 +93,11 @@ def write_index(out: str | os.PathLike, manifest: dict[str, Any], items: pd.Data
         emb = np.ascontiguousarray(embeddings, dtype=np.float32)
         items.reset_index(drop=True).to_parquet(tmp / ITEMS, index=False)
         np.save(tmp / EMBEDDINGS, emb)
-        faiss.write_index(flat_index(emb), str(tmp / FAISS))
+        index, info = build_vector_index(emb, kind, params)
+        faiss.write_index(index, str(tmp / FAISS))
         manifest = {**manifest, "format": FORMAT, "format_version": FORMAT_VERSION,
                     "files": {"items": ITEMS, "embeddings": EMBEDDINGS, "index": FAISS},
-                    "index": {"type": "flat", "metric": "inner_product"}}
+                    "index": info}
         for name in (ITEMS, EMBEDDINGS, FAISS):
             with open(tmp / name, "rb") as f:
                 os.fsync(f.fileno())
@@ -214,8 +211,24 @@ def read_index(path: str | os.PathLike) -> StoredIndex:
         raise IndexFormatError(
             f"index {path} is inconsistent: manifest says {n} items × {dim} dims, found "
             f"{len(items)} items, embeddings {emb.shape}, faiss {index.ntotal} × {index.d}")
+    kind, params = stored_kind(manifest)
+    set_search_params(index, kind, params)
     items, emb, changes = _replay(path, items, emb)
     if changes:  # items were added or deleted since the build
-        index = flat_index(emb)
+        index = make_index(emb, kind, params)
         manifest = {**manifest, "journal": {"changes": changes}}
-    return StoredIndex(path, manifest, items, emb, index)
+    return StoredIndex(path, manifest, items, emb, searchable(index, emb, kind, params))
+
+
+def stored_kind(manifest: dict[str, Any]) -> tuple[str, dict[str, int]]:
+    """The vector index's kind (exact, hnsw, ivfpq) and parameters, from a manifest."""
+    info = manifest.get("index", {})
+    kind = {"flat": "exact"}.get(info.get("type", "flat"), info.get("type", "flat"))
+    return kind, dict(info.get("params", {}))
+
+
+def vector_index(manifest: dict[str, Any], embeddings: np.ndarray) -> Any:
+    """A new searchable index of the manifest's kind over other ``embeddings`` (a changed
+    live index), built with the stored parameters, not tuned again."""
+    kind, params = stored_kind(manifest)
+    return searchable(make_index(embeddings, kind, params), embeddings, kind, params)
