@@ -7,7 +7,15 @@
    every item; ``--full`` also runs lookalike over every item (about 13 minutes on 2 cores).
 
 Neighbours must be identical; where the order differs, the scores must tie.
+
+3. approximate (``--index-kinds hnsw``, issue 7): clustered synthetic 137,280 × 1280 vectors (1,000
+   centres: uniform random vectors have no neighbourhoods, real embeddings do), every item's
+   top-10 through lookalike's HNSW index (built and tuned to recall@10 >= 0.98 as
+   ``lookalike build --index hnsw`` does) against exact search and sklearn on the same first
+   ``--queries`` items; recall@10 of the approximate lists against the exact ones.
+
 Usage: .venv/bin/python bench/neighbors.py [--index demo-out/index] [--queries 1024] [--full]
+       [--index-kinds hnsw[,ivfpq]] [--ann-only]
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
 from lookalike import Index, build_index, read_catalog
-from lookalike.index import flat_index
+from lookalike.index import build_vector_index, flat_index, searchable
 from lookalike.neighbors import neighbor_rows
 
 DATA = Path(os.environ.get("LOOKALIKE_DATASETS", "../shared/datasets")) / "myntra-9k"
@@ -72,6 +80,52 @@ def synthetic(n: int, d: int, seed: int = 0) -> np.ndarray:
     return x
 
 
+def clustered(n: int, d: int, centres: int = 1000, seed: int = 0) -> np.ndarray:
+    """Unit vectors around ``centres`` random centres (noise as large as the centre)."""
+    rng = np.random.default_rng(seed)
+    c = rng.standard_normal((centres, d), dtype=np.float32)
+    label = rng.integers(0, centres, n)
+    x = np.empty((n, d), np.float32)
+    for i in range(0, n, 8192):
+        b = c[label[i:i + 8192]] + rng.standard_normal((len(label[i:i + 8192]), d),
+                                                       dtype=np.float32)
+        x[i:i + len(b)] = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return x
+
+
+def approximate(x: np.ndarray, k: int, queries: int, kinds: list[str]) -> None:
+    exact_nb, exact_t = lookalike_knn(x, k, queries)
+    sk_nb, sk_t = sklearn_knn(x, k, queries)
+    scale = len(x) / queries
+    print(f"\n{len(x):,} x {x.shape[1]} vectors, k={k}; exact and sklearn timed on the first "
+          f"{queries:,} items (extrapolated when fewer than all), approximate indexes over every "
+          f"item\n")
+    print("| method | build | all items' top-k | total | recall@10 vs exact | vs sklearn |")
+    print("|---|---|---|---|---|---|")
+    note = " (extrapolated)" if scale > 1 else ""
+    print(f"| exact (faiss flat) | 0 s | {exact_t * scale:.1f} s{note} | "
+          f"{exact_t * scale:.1f} s | 1.0000 | {sk_t / exact_t:.1f}x |")
+    print(f"| sklearn NearestNeighbors | – | {sk_t * scale:.1f} s{note} | "
+          f"{sk_t * scale:.1f} s | {recall(sk_nb, exact_nb):.4f} | 1.0x |", flush=True)
+    for kind in kinds:
+        t0 = time.perf_counter()
+        index, info = build_vector_index(x, kind)
+        build_t = time.perf_counter() - t0
+        search = searchable(index, x, kind, info.get("params", {}))
+        t0 = time.perf_counter()
+        nb = neighbor_rows(search, x, k)
+        all_t = time.perf_counter() - t0
+        total = build_t + all_t
+        print(f"| {kind} ({', '.join(f'{a}={b}' for a, b in info['params'].items())}; "
+              f"tuned recall {info['recall@10']:.4f}) | {build_t:.1f} s | {all_t:.1f} s | "
+              f"**{total:.1f} s** | **{recall(nb[:queries], exact_nb):.4f}** | "
+              f"**{sk_t * scale / total:.1f}x** |", flush=True)
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)]))
+
+
 def row(name: str, n_items: int, queries: int, ours: float, theirs: float, same: float,
         bad: int) -> str:
     scale = n_items / queries
@@ -88,8 +142,15 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=137_280)
     ap.add_argument("--dim", type=int, default=4096)
     ap.add_argument("--full", action="store_true", help="also all synthetic items with lookalike")
+    ap.add_argument("--index-kinds", default="hnsw",
+                    help="approximate indexes on clustered 1280-d vectors ('' to skip)")
+    ap.add_argument("--ann-only", action="store_true", help="only the approximate part")
     args = ap.parse_args()
     k = args.k
+    kinds = [s for s in args.index_kinds.split(",") if s]
+    if args.ann_only:
+        approximate(clustered(args.n, 1280), k, args.queries, kinds)
+        return
 
     if not Path(args.index, "manifest.json").exists():
         print(f"building {args.index} from {DATA} …")
@@ -104,6 +165,7 @@ def main() -> None:
     print(row(f"myntra-9k ({x.shape[1]}-d)", len(x), len(x), ours_t, sk_t,
               *agreement(x, ours_nb, sk_nb)),
           flush=True)
+    myntra = x
 
     x = synthetic(args.n, args.dim)
     q = args.queries
@@ -117,6 +179,11 @@ def main() -> None:
         print(f"\nlookalike over all {len(x):,} synthetic items: {t:.1f} s measured "
               f"(first {q} lists identical to the subset run: {same:.4f}); sklearn extrapolated "
               f"{sk_t * len(x) / q:.0f} s → ratio {sk_t * len(x) / q / t:.1f}x")
+    if kinds:
+        del x
+        print("\nmyntra-9k embeddings, approximate:", end="")
+        approximate(myntra, k, len(myntra), kinds)
+        approximate(clustered(args.n, 1280), k, args.queries, kinds)
 
 
 if __name__ == "__main__":

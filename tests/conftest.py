@@ -12,7 +12,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from click.testing import CliRunner, Result
 from PIL import Image, ImageDraw
+
+from lookalike.cli import cli
 
 DATASETS = Path(os.environ.get("LOOKALIKE_DATASETS",
                                Path(__file__).resolve().parents[2] / "shared" / "datasets"))
@@ -168,3 +171,10 @@ def two_indexes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     paths.update(root=root, csv=csv, queries=root / "queries.csv", mapping=root / "map.yaml",
                  triplets=root / "triplets.parquet")
     return paths
+
+
+def build_tiny(catalog: Path, out: Path, *options: str) -> Result:
+    """``lookalike build`` of the tiny catalogue with the cheap embedder."""
+    return CliRunner().invoke(cli, ["build", str(catalog), "-o", str(out), "-q", "--model",
+                                    "color-histogram", "--id-column", "sku", "--image-column",
+                                    "file", *options])

@@ -23,6 +23,8 @@ from lookalike.index import (
 )
 from lookalike.search import top_k
 
+from .conftest import build_tiny
+
 
 def clustered(n: int, d: int, seed: int = 0) -> np.ndarray:
     """Unit vectors around 40 centres: neighbours are meaningful, as with real embeddings."""
@@ -120,9 +122,7 @@ def test_index_folder_with_an_approximate_index(tiny_catalog: Path, tmp_path: Pa
 
 def test_cli_build_index_option_and_info(tiny_catalog: Path, tmp_path: Path) -> None:
     runner = CliRunner()
-    r = runner.invoke(cli, ["build", str(tiny_catalog), "-o", str(tmp_path / "ix"), "-q",
-                            "--model", "color-histogram", "--id-column", "sku",
-                            "--image-column", "file", "--index", "hnsw"])
+    r = build_tiny(tiny_catalog, tmp_path / "ix", "--index", "hnsw")
     assert r.exit_code == 0, r.output
     assert "index hnsw (M=32, efConstruction=80, efSearch=" in r.output
     assert "recall@10 1.0000 against exact search on 24 items" in r.output

@@ -17,7 +17,7 @@ from lookalike.errors import LookalikeError
 from lookalike.images import load_model_input
 from lookalike.preprocess import NEUTRAL, STEPS, Preprocess, detect_faces
 
-from .conftest import MYNTRA, STREET
+from .conftest import MYNTRA, STREET, build_tiny
 
 ALL = Preprocess(STEPS)
 BOX = (60, 90, 170, 230)  # x0, y0, x1, y1 of the object in the synthetic photos
@@ -226,9 +226,7 @@ def test_index_records_the_steps_and_queries_get_them(tiny_catalog: Path, tmp_pa
 
 def test_cli_build_and_preview(tiny_catalog: Path, tmp_path: Path) -> None:
     runner = CliRunner()
-    r = runner.invoke(cli, ["build", str(tiny_catalog), "-o", str(tmp_path / "ix"), "-q",
-                            "--model", "color-histogram", "--id-column", "sku",
-                            "--image-column", "file", "--preprocess", "face,crop"])
+    r = build_tiny(tiny_catalog, tmp_path / "ix", "--preprocess", "face,crop")
     assert r.exit_code == 0, r.output
     assert "preprocess face: 24 no face found" in r.output  # 30 rows, 6 unreadable
     assert Index.open(tmp_path / "ix").preprocess.steps == ("face", "crop")
