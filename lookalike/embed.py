@@ -103,10 +103,10 @@ def embed_images(
         while pending:
             t0 = time.perf_counter()
             pixels, ok, bad, outcomes, dt = pending.popleft().result()
+            wait_s += time.perf_counter() - t0
             for o in outcomes:
                 for step, note in o.notes.items():
                     seen[step][note] += 1
-            wait_s += time.perf_counter() - t0
             submit()
             decode_s += dt
             skipped.update(bad)

@@ -107,6 +107,9 @@ def preview_preprocess(photos: Sequence[str | os.PathLike], pre: Preprocess,
         raise LookalikeError("give at least one photo to preview")
     if not pre:
         raise LookalikeError("name the steps to preview, e.g. face,crop,background")
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise LookalikeError(f"preview output {out}: use a .png file name")
     variants = [replace(pre, steps=(s,)) for s in pre.steps]
     if len(pre.steps) > 1:
         variants.append(pre)
@@ -123,9 +126,6 @@ def preview_preprocess(photos: Sequence[str | os.PathLike], pre: Preprocess,
                                 for s in v.steps]
             row.append(Cell(done.image, lines, "#2a2" if any(done.done.values()) else "#999"))
         sheet.append(row)
-    out = Path(out)
-    if out.suffix.lower() != ".png":
-        raise LookalikeError(f"preview output {out}: use a .png file name")
     out.parent.mkdir(parents=True, exist_ok=True)
     contact_sheet(sheet).save(out)
     return out
