@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .catalog import ITEM_ID, Catalog
+from .catalog import ITEM_ID, PHOTO_DIGEST, Catalog, photo_digest
 from .embed import embed_images
 from .embedders import DEFAULT_EMBEDDER, Embedder, create_embedder, trained_meta
 from .errors import LookalikeError
@@ -73,6 +73,7 @@ def build_index(
                              f"first problem: row {first[0]}: {first[1]}")
     items = catalog.items.iloc[result.rows].reset_index(drop=True)
     items.insert(0, "row", result.rows)
+    items[PHOTO_DIGEST] = [photo_digest(paths[r]) for r in result.rows]
     ids = catalog.items[ITEM_ID]
     skipped = [{"item_id": str(ids.iat[r]), "row": int(r), "reason": reason}
                for r, reason in sorted(result.skipped.items())]

@@ -6,6 +6,7 @@ reported, never dropped silently and never allowed to shift other rows.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,8 @@ ITEM_ID = "item_id"
 PRODUCT_ID = "product_id"
 IMAGE_PATH = "image_path"
 ROW = "row"
-RESERVED = (ROW, ITEM_ID, PRODUCT_ID, IMAGE_PATH)
+PHOTO_DIGEST = "photo_sha1"  # items column of an index: the photo file's digest
+RESERVED = (ROW, ITEM_ID, PRODUCT_ID, IMAGE_PATH, PHOTO_DIGEST)
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,14 @@ class Catalog:
 
     def image_file(self, row: int) -> Path:
         return resolve_image(self.images_root, self.items[IMAGE_PATH].iat[row])
+
+
+def photo_digest(path: str | os.PathLike) -> str | None:
+    """SHA-1 of a photo file's bytes (None if it cannot be read): a changed photo, a new digest."""
+    try:
+        return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def resolve_image(root: Path, rel: str) -> Path:

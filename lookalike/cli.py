@@ -22,6 +22,7 @@ from .images import DEFAULT_MAX_PIXELS
 from .index import KINDS
 from .preprocess import DEFAULT_PREPROCESS, STEPS, Preprocess
 from .search import parse_where
+from .store import journal
 
 
 class _Group(click.Group):
@@ -141,6 +142,36 @@ def build(catalog: str, images: str | None, out: str, model: str, id_column: str
         click.echo(f"  skipped {sk['item_id']} (row {sk['row']}): {sk['reason']}", err=True)
     if len(s.skipped) > 20:
         click.echo(f"  … and {len(s.skipped) - 20} more (all listed in manifest.json)", err=True)
+
+
+@cli.command()
+@_index_arg
+@click.argument("delta", type=click.Path(dir_okay=False, exists=True))
+@click.option("--images", type=click.Path(file_okay=False),
+              help="Folder the delta's image paths are relative to [default: its folder].")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def add(index: str, delta: str, images: str | None, quiet: bool) -> None:
+    """Add the new items of DELTA (a catalogue with the index's columns) to INDEX, and
+    re-embed those whose photo or metadata changed; one atomic change."""
+    from .update import add_items, read_delta
+
+    s = add_items(index, read_delta(Index.open(index), delta, images), progress=not quiet)
+    click.echo(f"index {index}: {len(s.added)} added, {len(s.replaced)} replaced, "
+               f"{len(s.unchanged)} unchanged, {len(s.skipped)} skipped"
+               + (f" (change {s.change})" if s.change else " (nothing changed)"))
+    for item_id, reason in list(s.skipped.items())[:20]:
+        click.echo(f"  skipped {item_id}: {reason}", err=True)
+
+
+@cli.command()
+@_index_arg
+@click.argument("item_ids", nargs=-1, required=True)
+def remove(index: str, item_ids: tuple[str, ...]) -> None:
+    """Remove ITEM_IDS from INDEX (all or none)."""
+    from .update import remove_items
+
+    s = remove_items(index, item_ids)
+    click.echo(f"index {index}: {len(s.removed)} removed (change {s.change})")
 
 
 @cli.command("preview-preprocess")
@@ -459,6 +490,10 @@ def info(index: str, as_json: bool) -> None:
     click.echo(_describe_index(m["index"]))
     click.echo(f"preprocess: {Preprocess.from_dict(m.get('preprocess'))} (search photos get the same)")
     click.echo(f"attributes: {', '.join(m['catalog']['attributes'])}")
+    for n, change in enumerate(journal(index), start=1):
+        counts = ", ".join(f"{v} {k}" for k, v in change.get("counts", {}).items())
+        click.echo(f"change {n}: {change['op']} {counts or '1 item'} "
+                   f"{change.get('time', '')}".rstrip())
     for s in m["skipped"][:20]:
         click.echo(f"  skipped {s['item_id']} (row {s['row']}): {s['reason']}")
 

@@ -147,6 +147,15 @@ def append_change(path: str | os.PathLike, change: dict[str, Any],
     return seq
 
 
+def journal(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The index folder's change log: every committed change since the build, in order
+    (an added batch's item records left out)."""
+    folder = Path(path) / JOURNAL
+    files = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    return [{k: v for k, v in json.loads(f.read_text()).items() if k not in ("items", "item")}
+            for f in files]
+
+
 def _replay(path: Path, items: pd.DataFrame, emb: np.ndarray
             ) -> tuple[pd.DataFrame, np.ndarray, int]:
     """The built items and vectors with the journal's changes applied, in order."""
@@ -159,11 +168,15 @@ def _replay(path: Path, items: pd.DataFrame, emb: np.ndarray
     for f in files:
         try:
             change = json.loads(f.read_text())
-            if change["op"] == "add":
-                rec = change["item"]
-                alive[str(rec["item_id"])] = (-1, rec, np.load(f.with_suffix(".npy")))
+            if change["op"] == "add":  # one item (the server) or a batch (lookalike add)
+                recs = change["items"] if "items" in change else [change["item"]]
+                vecs = np.load(f.with_suffix(".npy")).reshape(len(recs), -1)
+                for rec, vec in zip(recs, vecs):
+                    alive.pop(str(rec["item_id"]), None)  # a replaced item moves to the end
+                    alive[str(rec["item_id"])] = (-1, rec, vec)
             elif change["op"] == "delete":
-                alive.pop(str(change["item_id"]), None)
+                for item_id in change.get("item_ids", [change.get("item_id")]):
+                    alive.pop(str(item_id), None)
             else:
                 raise ValueError(f"unknown op {change['op']!r}")
         except (OSError, ValueError, KeyError) as e:
@@ -175,7 +188,7 @@ def _replay(path: Path, items: pd.DataFrame, emb: np.ndarray
         parts.append(pd.DataFrame([rec for rec, _ in added]))
     new_items = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].reset_index(
         drop=True)
-    vectors = [np.asarray(emb[base], dtype=np.float32)] + [vec[None] for _, vec in added]
+    vectors = [np.asarray(emb[base], dtype=np.float32)] + [vec.reshape(1, -1) for _, vec in added]
     return new_items, np.concatenate(vectors), len(files)
 
 
