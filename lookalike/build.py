@@ -14,7 +14,7 @@ from .errors import LookalikeError
 from .images import DEFAULT_MAX_PIXELS
 from .index import KINDS
 from .preprocess import DEFAULT_PREPROCESS, Preprocess
-from .store import now, versions, write_index
+from .store import now, read_manifest, versions, write_index
 
 
 @dataclass
@@ -25,6 +25,7 @@ class BuildSummary:
     skipped: list[dict[str, Any]]
     timings: dict[str, float]
     preprocess: dict[str, dict[str, int]] = field(default_factory=dict)
+    index: dict[str, Any] = field(default_factory=dict)  # the manifest's vector index entry
 
     @property
     def catalog_rows(self) -> int:
@@ -95,7 +96,7 @@ def build_index(
     }
     path = write_index(out, manifest, items, result.embeddings, index, index_params)
     return BuildSummary(path, spec.name, len(items), skipped, result.timings,
-                        manifest["preprocess"]["outcomes"])
+                        manifest["preprocess"]["outcomes"], read_manifest(path)["index"])
 
 
 def default_preprocess(embedder: Embedder) -> Preprocess:

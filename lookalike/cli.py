@@ -135,7 +135,7 @@ def build(catalog: str, images: str | None, out: str, model: str, id_column: str
     click.echo(f"time {t['total_s']:.1f} s ({t['images_per_s']:.0f} images/s; inference "
                f"{t['infer_s']:.1f} s, decoding {t['decode_s']:.1f} s in background threads, "
                f"waiting for decoding {t['wait_for_decode_s']:.1f} s)")
-    click.echo(_describe_index(Index.open(s.path).manifest["index"]))
+    click.echo(_describe_index(s.index))
     for step, seen in s.preprocess.items():
         click.echo(f"preprocess {step}: " + "; ".join(f"{n} {note}" for note, n in seen.items()))
     for sk in s.skipped[:20]:

@@ -93,9 +93,8 @@ class Reranked:
         scores = np.full((len(q), k), -np.inf, np.float32)
         rows = np.full((len(q), k), -1, np.int64)
         for i, c in enumerate(cand):
-            c = c[c >= 0]
-            s = np.asarray(self.embeddings[np.sort(c)] @ q[i], dtype=np.float32)
-            c = np.sort(c)
+            c = np.sort(c[c >= 0])  # ascending rows read a memory-mapped file in order
+            s = np.asarray(self.embeddings[c] @ q[i], dtype=np.float32)
             best = np.argsort(-s, kind="stable")[:k]
             rows[i, :len(best)], scores[i, :len(best)] = c[best], s[best]
         return scores, rows

@@ -68,9 +68,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
+    """An index folder's manifest.json, as written (no consistency checks: see read_index)."""
+    return json.loads((Path(path) / MANIFEST).read_text())
+
+
 def _is_index(path: Path) -> bool:
     try:
-        return json.loads((path / MANIFEST).read_text()).get("format") == FORMAT
+        return read_manifest(path).get("format") == FORMAT
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -147,19 +152,23 @@ def append_change(path: str | os.PathLike, change: dict[str, Any],
     return seq
 
 
+def _journal_files(path: str | os.PathLike) -> list[Path]:
+    """The committed journal entries of an index folder, oldest first."""
+    folder = Path(path) / JOURNAL
+    return sorted(folder.glob("*.json")) if folder.is_dir() else []
+
+
 def journal(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The index folder's change log: every committed change since the build, in order
     (an added batch's item records left out)."""
-    folder = Path(path) / JOURNAL
-    files = sorted(folder.glob("*.json")) if folder.is_dir() else []
     return [{k: v for k, v in json.loads(f.read_text()).items() if k not in ("items", "item")}
-            for f in files]
+            for f in _journal_files(path)]
 
 
 def _replay(path: Path, items: pd.DataFrame, emb: np.ndarray
             ) -> tuple[pd.DataFrame, np.ndarray, int]:
     """The built items and vectors with the journal's changes applied, in order."""
-    files = sorted((path / JOURNAL).glob("*.json")) if (path / JOURNAL).is_dir() else []
+    files = _journal_files(path)
     if not files:
         return items, emb, 0
     ids = items["item_id"].astype(str).tolist()
@@ -224,12 +233,12 @@ def read_index(path: str | os.PathLike) -> StoredIndex:
         raise IndexFormatError(
             f"index {path} is inconsistent: manifest says {n} items × {dim} dims, found "
             f"{len(items)} items, embeddings {emb.shape}, faiss {index.ntotal} × {index.d}")
+    items, emb, changes = _replay(path, items, emb)
+    if changes:  # items were added or deleted since the build: the stored index is stale
+        manifest = {**manifest, "journal": {"changes": changes}}
+        return StoredIndex(path, manifest, items, emb, vector_index(manifest, emb))
     kind, params = stored_kind(manifest)
     set_search_params(index, kind, params)
-    items, emb, changes = _replay(path, items, emb)
-    if changes:  # items were added or deleted since the build
-        index = make_index(emb, kind, params)
-        manifest = {**manifest, "journal": {"changes": changes}}
     return StoredIndex(path, manifest, items, emb, searchable(index, emb, kind, params))
 
 

@@ -9,6 +9,7 @@ before the call; ``Index.open`` applies every committed entry in order.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +60,7 @@ def add_items(index_path: str | os.PathLike, delta: Catalog, *, batch_size: int 
         raise LookalikeError(f"the delta {delta.source.name} lacks the index's attribute "
                              f"column(s) {', '.join(missing_attrs)}")
     ids = delta.items[ITEM_ID].astype(str).tolist()
-    dupes = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) < len(ids) else []
+    dupes = sorted(i for i, n in Counter(ids).items() if n > 1)
     if dupes:
         raise LookalikeError(f"the delta lists item id(s) more than once: {', '.join(dupes[:10])}")
     paths = [delta.image_file(r) for r in range(len(delta))]
