@@ -16,7 +16,8 @@ from .build import BuildSummary, build_index
 from .catalog import IMAGE_PATH, ITEM_ID, PRODUCT_ID, Catalog, resolve_image
 from .embedders import DEFAULT_EMBEDDER, Embedder, EmbedderSpec, create_embedder
 from .errors import ImageError, IndexFormatError, UnknownItemError
-from .images import DEFAULT_MAX_PIXELS, ImageSource, load_model_input
+from .images import DEFAULT_MAX_PIXELS, ImageSource, is_uri, load_model_input
+from .milvus import Filter, MilvusSearch, MilvusVectors
 from .neighbors import write_neighbors
 from .preprocess import Preprocess
 from .search import Where, filter_mask, top_k
@@ -52,8 +53,10 @@ class Index:
                                    f"not {model!r}; rebuild it or open it without a model")
         self.items = stored.items
         self.embeddings = stored.embeddings
-        #: the faiss index over ``embeddings`` (row i = ``items`` row i)
+        #: the faiss index over ``embeddings`` (row i = ``items`` row i), or the Milvus search
         self.vector_index = stored.faiss_index
+        #: the Milvus collection the vectors live in (None: they are in the folder)
+        self.backend = stored.backend
         self.attributes: list[str] = list(self.manifest["catalog"]["attributes"])
         self._ids = [str(v) for v in self.items[ITEM_ID].tolist()]
         self._row_of = {v: i for i, v in enumerate(self._ids)}
@@ -63,13 +66,20 @@ class Index:
         self._embedder: Embedder | None = None
         self._meta: list[dict[str, Any]] | None = None
 
-    def with_items(self, items: pd.DataFrame, embeddings: np.ndarray) -> Index:
+    def with_items(self, items: pd.DataFrame, embeddings: np.ndarray | None) -> Index:
         """A new Index over other items and vectors (same folder, model and embedder): how a
-        live index changes without touching the one that queries are reading."""
-        emb = np.ascontiguousarray(embeddings, dtype=np.float32)
-        new = Index(self.path, stored=StoredIndex(self.path, self.manifest,
-                                                  items.reset_index(drop=True), emb,
-                                                  vector_index(self.manifest, emb)))
+        live index changes without touching the one that queries are reading. With the
+        Milvus backend the collection already holds the vectors (``embeddings`` unused)."""
+        items = items.reset_index(drop=True)
+        if self.backend is not None:
+            ids = items[ITEM_ID].astype(str).tolist()
+            stored = StoredIndex(self.path, self.manifest, items, MilvusVectors(self.backend, ids),
+                                 MilvusSearch(self.backend, ids), self.backend)
+        else:
+            emb = np.ascontiguousarray(embeddings, dtype=np.float32)
+            stored = StoredIndex(self.path, self.manifest, items, emb,
+                                 vector_index(self.manifest, emb))
+        new = Index(self.path, stored=stored)
         new._embedder = self._embedder
         return new
 
@@ -94,8 +104,9 @@ class Index:
         return self.spec.name
 
     @property
-    def images_root(self) -> Path:
-        return Path(self.manifest["catalog"]["images_root"])
+    def images_root(self) -> Path | str:
+        root = self.manifest["catalog"]["images_root"]
+        return root if is_uri(root) else Path(root)
 
     def row(self, item_id: object) -> int:
         try:
@@ -127,7 +138,7 @@ class Index:
         useful = [a for a in self.attributes if 1 < counts[a] <= max(2, len(self) // 2)]
         return sorted(useful, key=lambda a: -counts[a])[:n]
 
-    def image_path(self, item_id: object) -> Path:
+    def image_path(self, item_id: object) -> Path | str:
         return resolve_image(self.images_root, self.items[IMAGE_PATH].iat[self.row(item_id)])
 
     def vector(self, item_id: object) -> np.ndarray:
@@ -164,10 +175,14 @@ class Index:
                       per_product: bool = False, exclude: Sequence[object] = ()) -> list[Hit]:
         """Nearest items to an embedding (cosine similarity, best first)."""
         exclude_rows = [self._row_of[str(e)] for e in exclude if str(e) in self._row_of]
+        mask = filter_mask(self.items, where, self.attributes)  # also checks the attributes
+        milvus = self.backend is not None  # Milvus filters itself, on its own copy
         rows, scores = top_k(
-            self.vector_index, vector, k, mask=filter_mask(self.items, where, self.attributes),
-            exclude_rows=exclude_rows,
-            products=self._products if per_product else None, embeddings=self.embeddings,
+            self.vector_index, vector, k, mask=mask, exclude_rows=exclude_rows,
+            products=self._products if per_product else None,
+            embeddings=None if milvus else self.embeddings,
+            selector=Filter(self.backend.expression(where), mask.mean())
+            if milvus and mask is not None else None,
             exclude_products=[self._products[r] for r in exclude_rows] if per_product else ())
         return self.hits(rows, scores)
 

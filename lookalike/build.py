@@ -7,13 +7,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .catalog import ITEM_ID, PHOTO_DIGEST, Catalog, photo_digest
+from .catalog import ITEM_ID, PHOTO_DIGEST, Catalog
 from .embed import embed_images
 from .embedders import DEFAULT_EMBEDDER, Embedder, create_embedder, trained_meta
 from .errors import LookalikeError
 from .images import DEFAULT_MAX_PIXELS
 from .index import KINDS
+from .milvus import BACKENDS
 from .preprocess import DEFAULT_PREPROCESS, Preprocess
+from .ray_engine import ENGINES, embed_on_ray
 from .store import now, read_manifest, versions, write_index
 
 
@@ -44,6 +46,11 @@ def build_index(
     preprocess: Preprocess | str | None = None,
     index: str = "exact",
     index_params: dict[str, int] | None = None,
+    engine: str = "local",
+    address: str | None = None,
+    actors: int | None = None,
+    backend: str = "faiss",
+    milvus_uri: str | None = None,
 ) -> BuildSummary:
     """Embed every photo of ``catalog`` and write the index folder ``out`` atomically.
 
@@ -54,10 +61,21 @@ def build_index(
     trained with, or :data:`DEFAULT_PREPROCESS`. ``index`` is the vector index: ``exact``
     (faiss flat), or ``hnsw`` / ``ivfpq`` (approximate: tuned to recall@10 ≥ 0.98 against
     exact search on a sample, the recall recorded in the manifest); ``index_params``
-    overrides their parameters.
+    overrides their parameters. ``engine="ray"`` embeds on the Ray cluster at ``address``
+    (or a local one) with ``actors`` ONNX Runtime workers; the vectors equal the local ones.
+    ``backend="milvus"`` stores the vectors and attributes in a new collection at
+    ``milvus_uri`` (a Milvus server, or a local file for milvus-lite) that then serves the
+    searches; the folder keeps the manifest and the items table.
     """
     if index not in KINDS:
         raise LookalikeError(f"unknown index type {index!r}; choose one of {', '.join(KINDS)}")
+    if engine not in ENGINES:
+        raise LookalikeError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    if backend not in BACKENDS:
+        raise LookalikeError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if (backend == "milvus") != bool(milvus_uri):
+        raise LookalikeError("--backend milvus needs --milvus-uri (a Milvus server URI or a "
+                             "local file for milvus-lite), and --milvus-uri needs it")
     embedder = create_embedder(model) if isinstance(model, str) else model
     if preprocess is None:
         pre = default_preprocess(embedder)
@@ -65,16 +83,21 @@ def build_index(
         pre = preprocess if isinstance(preprocess, Preprocess) else Preprocess.parse(preprocess)
     paths = [catalog.image_file(i) if i not in catalog.missing else None
              for i in range(len(catalog))]
-    result = embed_images(embedder, paths, batch_size=batch_size, workers=workers,
-                          max_pixels=max_pixels, progress=progress, skip=catalog.missing,
-                          preprocess=pre)
+    if engine == "ray":
+        result = embed_on_ray(embedder, paths, address=address, batch_size=batch_size,
+                              actors=actors, max_pixels=max_pixels, skip=catalog.missing,
+                              preprocess=pre, progress=progress)
+    else:
+        result = embed_images(embedder, paths, batch_size=batch_size, workers=workers,
+                              max_pixels=max_pixels, progress=progress, skip=catalog.missing,
+                              preprocess=pre)
     if len(result.rows) == 0:
         first = next(iter(result.skipped.items()), (None, "no rows"))
         raise LookalikeError(f"no photo of {catalog.source.name} could be read; "
                              f"first problem: row {first[0]}: {first[1]}")
     items = catalog.items.iloc[result.rows].reset_index(drop=True)
     items.insert(0, "row", result.rows)
-    items[PHOTO_DIGEST] = [photo_digest(paths[r]) for r in result.rows]
+    items[PHOTO_DIGEST] = result.digests
     ids = catalog.items[ITEM_ID]
     skipped = [{"item_id": str(ids.iat[r]), "row": int(r), "reason": reason}
                for r, reason in sorted(result.skipped.items())]
@@ -92,9 +115,11 @@ def build_index(
                     "columns": catalog.columns, "attributes": list(catalog.attributes),
                     "has_products": catalog.columns.get("product") is not None},
         "skipped": skipped,
+        "engine": {"name": engine, **({"address": address or "local"} if engine == "ray" else {})},
         "timings": {k: round(v, 3) for k, v in result.timings.items()},
     }
-    path = write_index(out, manifest, items, result.embeddings, index, index_params)
+    path = write_index(out, manifest, items, result.embeddings, index, index_params,
+                       milvus_uri=milvus_uri)
     return BuildSummary(path, spec.name, len(items), skipped, result.timings,
                         manifest["preprocess"]["outcomes"], read_manifest(path)["index"])
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import CatalogError
+from .errors import CatalogError, ImageError
+from .images import is_uri, join_location, read_bytes
 
 ITEM_ID = "item_id"
 PRODUCT_ID = "product_id"
@@ -33,7 +34,7 @@ class Catalog:
     """
 
     source: Path
-    images_root: Path
+    images_root: Path | str  # a local folder, or a filesystem URI (s3://bucket/photos)
     items: pd.DataFrame
     attributes: tuple[str, ...]
     columns: dict[str, str | None]
@@ -42,21 +43,21 @@ class Catalog:
     def __len__(self) -> int:
         return len(self.items)
 
-    def image_file(self, row: int) -> Path:
+    def image_file(self, row: int) -> Path | str:
         return resolve_image(self.images_root, self.items[IMAGE_PATH].iat[row])
 
 
-def photo_digest(path: str | os.PathLike) -> str | None:
+def photo_digest(location: str | os.PathLike) -> str | None:
     """SHA-1 of a photo file's bytes (None if it cannot be read): a changed photo, a new digest."""
     try:
-        return hashlib.sha1(Path(path).read_bytes()).hexdigest()
-    except OSError:
+        return hashlib.sha1(read_bytes(location)).hexdigest()
+    except ImageError:
         return None
 
 
-def resolve_image(root: Path, rel: str) -> Path:
-    p = Path(rel)
-    return p if p.is_absolute() else root / p
+def resolve_image(root: Path | str, rel: str) -> Path | str:
+    """A catalogue's image path under its images root (a folder or a URI)."""
+    return join_location(root, rel)
 
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -110,8 +111,9 @@ def read_catalog(
     product_column: str | None = None,
     attributes: list[str] | None = None,
 ) -> Catalog:
-    """Read and validate a catalogue; image paths are relative to ``images``
-    (default: the catalogue's folder)."""
+    """Read and validate a catalogue; image paths are relative to ``images`` (default: the
+    catalogue's folder), which may be a filesystem URI (``s3://bucket/photos``): then photos
+    are not looked for here, and one that is missing is reported when it is read."""
     path = Path(path)
     text_cols = [c for c in (id_column, image_column, product_column) if c]
     df = _read_table(path, text_cols)
@@ -162,20 +164,22 @@ def read_catalog(
     no_product = items[PRODUCT_ID].isna()
     items.loc[no_product, PRODUCT_ID] = items.loc[no_product, ITEM_ID]
 
-    root = Path(images) if images is not None else path.parent
-    if not root.is_dir():
+    remote = is_uri(images)
+    root: Path | str = str(images) if remote else Path(images) if images is not None \
+        else path.parent
+    if not remote and not Path(root).is_dir():
         raise CatalogError(f"image folder not found: {root} (--images)")
     missing: dict[int, str] = {}
     for i, rel in enumerate(items[IMAGE_PATH].tolist()):
         if pd.isna(rel) or not str(rel).strip():
             missing[i] = f"no image path (column {image_column!r} is empty)"
-        elif not resolve_image(root, rel).is_file():
+        elif not remote and not is_uri(rel) and not Path(resolve_image(root, rel)).is_file():
             missing[i] = f"image file missing: {resolve_image(root, rel)}"
     if len(missing) == len(items):
         first = next(iter(missing.values()))
         raise CatalogError(f"none of the {len(items)} images of {path.name} can be found "
                            f"under {root} (first: {first}); check --images and --image-column")
-    return Catalog(source=path, images_root=root.resolve(), items=items,
+    return Catalog(source=path, images_root=root if remote else Path(root).resolve(), items=items,
                    attributes=tuple(attributes),
                    columns={"id": id_column, "image": image_column, "product": product_column},
                    missing=missing)

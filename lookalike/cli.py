@@ -20,9 +20,11 @@ from .embedders import DEFAULT_EMBEDDER, list_embedders
 from .errors import LookalikeError
 from .images import DEFAULT_MAX_PIXELS
 from .index import KINDS
+from .milvus import BACKENDS
 from .preprocess import DEFAULT_PREPROCESS, STEPS, Preprocess
+from .ray_engine import ENGINES
 from .search import parse_where
-from .store import journal
+from .store import journal, read_manifest
 
 
 class _Group(click.Group):
@@ -73,12 +75,15 @@ def _print_hits(hits: Sequence[Hit], as_json: bool, columns: Sequence[str]) -> N
         click.echo("  ".join(v[:w].ljust(w) for v, w in zip(line, widths)).rstrip())
 
 
-def _describe_index(info: dict[str, Any]) -> str:
+def _describe_index(manifest: dict[str, Any]) -> str:
+    info, backend = manifest["index"], manifest.get("backend")
+    where = (f" in Milvus collection {backend['collection']} at {backend['uri']} "
+             f"({backend['index_type']})" if backend else "")
     if "recall@10" not in info:
-        return f"index {info['type']} (exact)"
+        return f"index {info['type']} (exact){where}"
     params = ", ".join(f"{k}={v}" for k, v in info["params"].items())
-    return (f"index {info['type']} ({params}): recall@10 {info['recall@10']:.4f} against exact "
-            f"search on {info['recall_queries']} items")
+    return (f"index {info['type']}{where} ({params}): recall@10 {info['recall@10']:.4f} "
+            f"against exact search on {info['recall_queries']} items")
 
 
 def _parse_preprocess(ctx: click.Context, param: click.Parameter,
@@ -94,7 +99,8 @@ def _parse_preprocess(ctx: click.Context, param: click.Parameter,
 @cli.command()
 @click.argument("catalog", type=click.Path(dir_okay=False))
 @click.option("--images", type=click.Path(file_okay=False),
-              help="Folder the image paths are relative to [default: the catalogue's folder].")
+              help="Folder or filesystem URI (s3://…, gs://…, file://…) the image paths are "
+                   "relative to [default: the catalogue's folder].")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
               help="Index folder to write (replaced atomically if it is an index).")
 @click.option("--model", "-m", default=DEFAULT_EMBEDDER, show_default=True,
@@ -116,26 +122,50 @@ def _parse_preprocess(ctx: click.Context, param: click.Parameter,
 @click.option("--index", "index_kind", type=click.Choice(KINDS), default="exact", show_default=True,
               help="Vector index: exact (faiss flat), or approximate hnsw / ivfpq, tuned to "
                    "recall@10 >= 0.98 against exact search (the measured recall is recorded).")
+@click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True,
+              help="Where photos are embedded: this process (decoding threads + ONNX Runtime), "
+                   "or Ray Data batches on a Ray cluster.")
+@click.option("--address", default=None, metavar="ADDRESS",
+              help="Ray cluster for --engine ray (ray://HOST:10001, HOST:6379 or 'auto') "
+                   "[default: a local Ray instance on this machine's cores].")
+@click.option("--actors", default=None, type=click.IntRange(1),
+              help="Ray workers per stage (decoding, inference) [default: the cluster's CPUs].")
+@click.option("--backend", type=click.Choice(BACKENDS), default="faiss", show_default=True,
+              help="Where the vectors live: faiss files in the index folder, or a Milvus "
+                   "collection (with the filterable attributes) that serves the searches.")
+@click.option("--milvus-uri", default=None, metavar="URI", envvar="LOOKALIKE_MILVUS_URI",
+              help="Milvus for --backend milvus: a server or cluster (http://HOST:19530; "
+                   "token from $MILVUS_TOKEN) or a local file path, run with milvus-lite.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def build(catalog: str, images: str | None, out: str, model: str, id_column: str,
           image_column: str, product_column: str | None, attributes: str | None,
           batch_size: int, workers: int | None, max_pixels: int, preprocess: Preprocess | None,
-          index_kind: str, quiet: bool) -> None:
+          index_kind: str, engine: str, address: str | None, actors: int | None,
+          backend: str, milvus_uri: str | None, quiet: bool) -> None:
     """Embed every photo of CATALOG (CSV or Parquet) and write an index folder."""
     cat = read_catalog(catalog, images, id_column=id_column, image_column=image_column,
                        product_column=product_column,
                        attributes=[a.strip() for a in attributes.split(",") if a.strip()]
                        if attributes is not None else None)
+    if address and engine != "ray":
+        raise click.BadParameter("--address is for --engine ray", param_hint="--address")
     s = build_index(cat, out, model=model, batch_size=batch_size, workers=workers,
                     max_pixels=max_pixels, progress=not quiet,
-                    preprocess=preprocess, index=index_kind)
+                    preprocess=preprocess, index=index_kind, engine=engine, address=address,
+                    actors=actors, backend=backend,
+                    milvus_uri=milvus_uri if backend == "milvus" else None)
     t = s.timings
     click.echo(f"index {s.path}: {s.items} items embedded with {s.model}, "
                f"{len(s.skipped)} skipped, of {s.catalog_rows} catalogue rows")
-    click.echo(f"time {t['total_s']:.1f} s ({t['images_per_s']:.0f} images/s; inference "
-               f"{t['infer_s']:.1f} s, decoding {t['decode_s']:.1f} s in background threads, "
-               f"waiting for decoding {t['wait_for_decode_s']:.1f} s)")
-    click.echo(_describe_index(s.index))
+    if engine == "ray":
+        click.echo(f"time {t['total_s']:.1f} s ({t['images_per_s']:.0f} images/s on Ray, "
+                   f"{t['actors']:.0f} workers per stage; summed over workers: inference "
+                   f"{t['infer_s']:.1f} s, decoding {t['decode_s']:.1f} s)")
+    else:
+        click.echo(f"time {t['total_s']:.1f} s ({t['images_per_s']:.0f} images/s; inference "
+                   f"{t['infer_s']:.1f} s, decoding {t['decode_s']:.1f} s in background "
+                   f"threads, waiting for decoding {t['wait_for_decode_s']:.1f} s)")
+    click.echo(_describe_index(read_manifest(s.path)))
     for step, seen in s.preprocess.items():
         click.echo(f"preprocess {step}: " + "; ".join(f"{n} {note}" for note, n in seen.items()))
     for sk in s.skipped[:20]:
@@ -487,7 +517,7 @@ def info(index: str, as_json: bool) -> None:
     click.echo(f"{index}: {c['items']} items, {c['skipped']} skipped of {c['catalog_rows']} rows")
     click.echo(f"model {m['embedder']['name']} ({m['embedder']['dim']} dims, "
                f"input {m['embedder']['input_size']}px), built {m['created']}")
-    click.echo(_describe_index(m["index"]))
+    click.echo(_describe_index(m))
     click.echo(f"preprocess: {Preprocess.from_dict(m.get('preprocess'))} (search photos get the same)")
     click.echo(f"attributes: {', '.join(m['catalog']['attributes'])}")
     for n, change in enumerate(journal(index), start=1):

@@ -6,6 +6,7 @@ reason, so a bad photo can never shift another item's vector.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections import Counter, deque
@@ -19,7 +20,7 @@ from tqdm import tqdm
 
 from .embedders import Embedder
 from .errors import ImageError
-from .images import DEFAULT_MAX_PIXELS, ImageSource, load_model_input
+from .images import DEFAULT_MAX_PIXELS, ImageSource, load_model_input, read_bytes
 from .preprocess import Outcome, Preprocess
 
 
@@ -27,38 +28,65 @@ from .preprocess import Outcome, Preprocess
 class EmbedResult:
     """``embeddings[i]`` belongs to input position ``rows[i]``; ``skipped`` maps the other
     positions to a reason. ``timings`` holds seconds per stage and ``images_per_s``;
-    ``preprocess`` counts, per preprocessing step, the photos by what the step did."""
+    ``preprocess`` counts, per preprocessing step, the photos by what the step did;
+    ``digests[i]`` is the SHA-1 of photo ``rows[i]``'s file (None for in-memory photos)."""
 
     embeddings: np.ndarray
     rows: np.ndarray
     skipped: dict[int, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     preprocess: dict[str, Counter] = field(default_factory=dict)
+    digests: list[str | None] = field(default_factory=list)
 
 
-def _decode_batch(sources: Sequence[ImageSource], positions: Sequence[int], size: int,
-                  max_pixels: int, pre: Preprocess
-                  ) -> tuple[np.ndarray, list[int], dict[int, str], list[Outcome], float]:
+@dataclass
+class Decoded:
+    """A batch of photos decoded for the model: ``pixels[i]`` is position ``ok[i]``, with its
+    file's ``digests[i]`` and the preprocessing ``notes[i]`` (step → what it did)."""
+
+    pixels: np.ndarray
+    ok: list[int]
+    bad: dict[int, str]
+    notes: list[dict[str, str]]
+    digests: list[str | None]
+    seconds: float
+
+
+def decode_batch(sources: Sequence[ImageSource], positions: Sequence[int], size: int,
+                 max_pixels: int, pre: Preprocess) -> Decoded:
+    """Read (local path, filesystem URI, bytes or PIL image), decode and preprocess photos
+    into uint8 (n, size, size, 3); a photo that fails is reported with its reason."""
     t0 = time.perf_counter()
     out = np.empty((len(sources), size, size, 3), np.uint8)
     ok: list[int] = []
     bad: dict[int, str] = {}
-    outcomes: list[Outcome] = []
+    notes: list[dict[str, str]] = []
+    digests: list[str | None] = []
+    outcome: list[Outcome] = []
 
     def run(img: Image.Image) -> Image.Image:
-        outcomes.append(pre.apply(img))
-        return outcomes[-1].image
+        outcome.append(pre.apply(img))
+        return outcome[-1].image
 
     for src, pos in zip(sources, positions):
+        outcome.clear()
         try:
+            digest = None
+            if isinstance(src, (str, os.PathLike)):
+                src = read_bytes(src)
+                digest = hashlib.sha1(src).hexdigest()
             out[len(ok)] = load_model_input(src, size, max_pixels=max_pixels,
                                             preprocess=run if pre else None)
-            ok.append(pos)
         except ImageError as e:
             bad[pos] = str(e)
+            continue
         except Exception as e:  # noqa: BLE001 (a decoder bug must not stop the build)
             bad[pos] = f"could not decode: {type(e).__name__}: {e}"
-    return out[: len(ok)], ok, bad, outcomes, time.perf_counter() - t0
+            continue
+        ok.append(pos)
+        digests.append(digest)
+        notes.append(dict(outcome[0].notes) if outcome else {})
+    return Decoded(out[: len(ok)], ok, bad, notes, digests, time.perf_counter() - t0)
 
 
 def embed_images(
@@ -84,6 +112,7 @@ def embed_images(
     decode_s = infer_s = wait_s = 0.0
     chunks: list[np.ndarray] = []
     rows: list[int] = []
+    digests: list[str | None] = []
     skipped = dict(skip)
     batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
     bar = tqdm(total=len(sources), unit="img", disable=not progress, desc=embedder.name)
@@ -95,28 +124,27 @@ def embed_images(
         def submit() -> None:
             b = next(it, None)
             if b is not None:
-                pending.append(pool.submit(_decode_batch, [sources[i] for i in b], b, size,
+                pending.append(pool.submit(decode_batch, [sources[i] for i in b], b, size,
                                            max_pixels, pre))
 
         for _ in range(workers + 2):  # decode runs ahead of inference
             submit()
         while pending:
             t0 = time.perf_counter()
-            pixels, ok, bad, outcomes, dt = pending.popleft().result()
+            d = pending.popleft().result()
             wait_s += time.perf_counter() - t0
-            for o in outcomes:
-                for step, note in o.notes.items():
-                    seen[step][note] += 1
+            count_notes(seen, d.notes)
             submit()
-            decode_s += dt
-            skipped.update(bad)
+            decode_s += d.seconds
+            skipped.update(d.bad)
             t0 = time.perf_counter()
-            if ok:
-                chunks.append(embedder(pixels))
-                rows.extend(ok)
+            if d.ok:
+                chunks.append(embedder(d.pixels))
+                rows.extend(d.ok)
+                digests.extend(d.digests)
             infer_s += time.perf_counter() - t0
-            bar.update(len(ok) + len(bad))
-            if bad:
+            bar.update(len(d.ok) + len(d.bad))
+            if d.bad:
                 bar.set_postfix(skipped=len(skipped))
     bar.close()
     total = time.perf_counter() - t_start
@@ -127,4 +155,11 @@ def embed_images(
         timings={"total_s": total, "decode_s": decode_s, "infer_s": infer_s,
                  "wait_for_decode_s": wait_s, "images": n,
                  "images_per_s": n / total if total > 0 else 0.0},
-        preprocess=seen)
+        preprocess=seen, digests=digests)
+
+
+def count_notes(seen: dict[str, Counter], notes: Sequence[dict[str, str]]) -> None:
+    """Add photos' preprocessing notes to the per-step counts."""
+    for n in notes:
+        for step, note in n.items():
+            seen[step][note] += 1

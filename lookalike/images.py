@@ -2,6 +2,8 @@
 
 EXIF orientation, grayscale/RGBA/P/CMYK/16-bit → RGB, PNG, WebP, GIF (first frame),
 JPEG draft-mode downscaling for large photos, and a pixel limit against decompression bombs.
+A photo is a local path or a filesystem URI (``file://``, ``s3://``, ``gs://``, ``hdfs://``
+through pyarrow; any other fsspec protocol when fsspec is installed).
 """
 
 from __future__ import annotations
@@ -25,9 +27,71 @@ DEFAULT_MAX_PIXELS = 89_478_485
 BACKGROUND = (255, 255, 255)  # transparent pixels become white, like a shop page
 
 
+def is_uri(location: object) -> bool:
+    """True for ``scheme://…`` (a photo on a filesystem other than the local one)."""
+    return isinstance(location, str) and "://" in location[:32]
+
+
+def join_location(root: str | os.PathLike, rel: str) -> str | Path:
+    """``rel`` under ``root`` (a folder or a URI); an absolute path or URI stays as it is."""
+    if is_uri(rel) or Path(rel).is_absolute():
+        return rel if is_uri(rel) else Path(rel)
+    if is_uri(root):
+        return f"{str(root).rstrip('/')}/{rel}"
+    return Path(root) / rel
+
+
+def _uri_bytes(uri: str) -> bytes:
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+
+    try:
+        fs, path = pafs.FileSystem.from_uri(uri)
+    except (pa.ArrowException, ValueError):  # a protocol pyarrow lacks: try fsspec
+        try:
+            import fsspec
+        except ImportError:
+            raise ImageError(f"cannot read {uri}: unknown filesystem (install fsspec and its "
+                             "driver for this protocol)") from None
+        try:
+            with fsspec.open(uri, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise ImageError(f"image file missing: {uri}") from None
+        except (OSError, ValueError, ImportError) as e:
+            raise ImageError(f"cannot read {uri}: {e}") from None
+    try:
+        if fs.get_file_info(path).type != pafs.FileType.File:
+            raise ImageError(f"image file missing: {uri}")
+        with fs.open_input_stream(path) as f:
+            return f.read()
+    except (OSError, pa.ArrowException) as e:
+        raise ImageError(f"cannot read {uri}: {e}") from None
+
+
+def read_bytes(location: str | os.PathLike) -> bytes:
+    """The bytes of a photo file: a local path or a filesystem URI. Raises
+    :class:`ImageError` naming the file when it is missing, unreadable or empty."""
+    if is_uri(location):
+        data = _uri_bytes(str(location))
+    else:
+        p = Path(location)
+        if not p.is_file():
+            raise ImageError(f"image file missing: {p}")
+        try:
+            data = p.read_bytes()
+        except OSError as e:
+            raise ImageError(f"cannot read {p}: {e}") from None
+    if not data:
+        raise ImageError("empty file (0 bytes)")
+    return data
+
+
 def _open(source: ImageSource) -> Image.Image:
     if isinstance(source, Image.Image):
         return source
+    if is_uri(source):
+        source = read_bytes(source)
     if isinstance(source, (str, os.PathLike)):
         p = Path(source)
         if not p.is_file():

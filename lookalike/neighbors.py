@@ -11,6 +11,7 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -57,6 +58,21 @@ def neighbor_rows(index: faiss.Index, embeddings: np.ndarray, k: int, *,
     """The (N, k) rows of every item's neighbours, best first, the item itself excluded."""
     return np.concatenate([nbr for _, nbr, _ in neighbor_blocks(index, embeddings, k,
                                                                 block_size=block_size)])
+
+
+def neighbor_agreement(a: Any, b: Any, k: int = 10) -> float:
+    """How far two opened indexes of the same items agree (an approximate index, another
+    engine or backend against exact search): the mean share of each item's top-k neighbour
+    ids that both give."""
+    def by_id(ix: Any) -> dict[str, set[str]]:
+        own = ix.items["item_id"].astype(str).to_numpy()
+        rows = neighbor_rows(ix.vector_index, ix.embeddings, k)
+        return {i: set(own[r[r >= 0]]) for i, r in zip(own, rows)}
+
+    na, nb = by_id(a), by_id(b)
+    if na.keys() != nb.keys():
+        raise LookalikeError(f"the two indexes hold different items ({len(na)} and {len(nb)})")
+    return float(np.mean([len(na[i] & nb[i]) / k for i in na]))
 
 
 class _Writer:

@@ -68,6 +68,7 @@ def top_k(
     products: np.ndarray | None = None,
     exclude_products: Sequence[object] = (),
     embeddings: np.ndarray | None = None,
+    selector: object = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Rows and scores (best first) of the ``k`` nearest items to one query vector.
 
@@ -75,7 +76,9 @@ def top_k(
     (the product id of every row) only the best row of each product is kept and
     ``exclude_products`` are left out. Given the ``embeddings``, a mask that keeps under
     :data:`EXACT_BELOW` of the items is searched exactly over those items: an approximate
-    index loses most of its recall on such narrow filters.
+    index loses most of its recall on such narrow filters. ``selector`` is what the index
+    filters with instead of the mask (a Milvus filter expression); the mask still counts the
+    candidates.
     """
     if k < 1:
         raise LookalikeError(f"k must be at least 1, got {k}")
@@ -92,7 +95,7 @@ def top_k(
                              exclude_products=exclude_products)
         return sub[rows], scores
     n_avail = int(mask.sum()) if mask is not None else index.ntotal
-    params, _bits = _selector(mask)
+    params, _bits = (selector, None) if selector is not None else _selector(mask)
     excluded = {int(r) for r in exclude_rows}
     skip_products = set(exclude_products)
     fetch = min(n_avail, k + len(excluded) + (k if products is not None else 0))

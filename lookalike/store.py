@@ -1,4 +1,5 @@
-"""The index folder: manifest.json, items.parquet, embeddings.npy, index.faiss.
+"""The index folder: manifest.json, items.parquet, embeddings.npy, index.faiss, or, with
+the Milvus backend, manifest.json and items.parquet beside a Milvus collection.
 
 A folder is written next to its destination under a temporary name and renamed into place
 only when every file is complete, so a crash mid-build never leaves a half index that loads.
@@ -7,6 +8,7 @@ only when every file is complete, so a crash mid-build never leaves a half index
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -20,9 +22,11 @@ import faiss
 import numpy as np
 import pandas as pd
 
+from . import milvus
 from .errors import IndexFormatError
 from .index import build_vector_index, make_index, searchable, set_search_params
 
+log = logging.getLogger(__name__)
 FORMAT = "lookalike-index"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -37,8 +41,10 @@ class StoredIndex:
     path: Path
     manifest: dict[str, Any]
     items: pd.DataFrame
-    embeddings: np.ndarray  # memory-mapped, read-only
-    faiss_index: Any  # a faiss index, or an IVF-PQ one with exact re-ranking (index.Reranked)
+    embeddings: np.ndarray  # memory-mapped, read-only (Milvus: read from the collection)
+    faiss_index: Any  # a faiss index, an IVF-PQ one with exact re-ranking (index.Reranked),
+    # or the Milvus collection (milvus.MilvusSearch): all answer search(q, k, params)
+    backend: Any = None  # the Milvus collection (milvus.MilvusStore) the vectors live in
 
 
 def versions() -> dict[str, str]:
@@ -82,10 +88,12 @@ def _is_index(path: Path) -> bool:
 
 def write_index(out: str | os.PathLike, manifest: dict[str, Any], items: pd.DataFrame,
                 embeddings: np.ndarray, kind: str = "exact",
-                params: dict[str, int] | None = None) -> Path:
+                params: dict[str, int] | None = None, milvus_uri: str | None = None) -> Path:
     """Write an index folder atomically; replaces ``out`` only if it is an index already.
     ``kind`` (exact, hnsw, ivfpq) is the vector index; an approximate one is tuned and its
-    measured recall@10 recorded in the manifest (:func:`lookalike.index.build_vector_index`)."""
+    measured recall@10 recorded in the manifest (:func:`lookalike.index.build_vector_index`).
+    With ``milvus_uri`` the vectors go to a new Milvus collection instead (the folder names
+    it; a replaced folder's collection is dropped once the new folder is in place)."""
     out = Path(out)
     if len(items) != len(embeddings):
         raise ValueError(f"{len(items)} items but {len(embeddings)} embeddings")
@@ -94,16 +102,28 @@ def write_index(out: str | os.PathLike, manifest: dict[str, Any], items: pd.Data
                                "overwrite it (choose another --out or remove it)")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    old_backend = read_manifest(out).get("backend") if _is_index(out) else None
+    new_backend: dict[str, Any] | None = None
     try:
         emb = np.ascontiguousarray(embeddings, dtype=np.float32)
-        items.reset_index(drop=True).to_parquet(tmp / ITEMS, index=False)
-        np.save(tmp / EMBEDDINGS, emb)
-        index, info = build_vector_index(emb, kind, params)
-        faiss.write_index(index, str(tmp / FAISS))
+        items = items.reset_index(drop=True)
+        items.to_parquet(tmp / ITEMS, index=False)
+        if milvus_uri:
+            new_backend = milvus.create(milvus_uri, milvus.collection_name(out), items, emb,
+                                        manifest["catalog"]["attributes"], kind, params)
+            info = {"type": "flat" if kind == "exact" else kind, "metric": "inner_product",
+                    **{k: new_backend[k] for k in ("params", "recall@10", "recall_queries",
+                                                   "recall_target")}}
+            files = [ITEMS]
+            manifest = {**manifest, "backend": new_backend}
+        else:
+            np.save(tmp / EMBEDDINGS, emb)
+            index, info = build_vector_index(emb, kind, params)
+            faiss.write_index(index, str(tmp / FAISS))
+            files = [ITEMS, EMBEDDINGS, FAISS]
         manifest = {**manifest, "format": FORMAT, "format_version": FORMAT_VERSION,
-                    "files": {"items": ITEMS, "embeddings": EMBEDDINGS, "index": FAISS},
-                    "index": info}
-        for name in (ITEMS, EMBEDDINGS, FAISS):
+                    "files": dict(zip(("items", "embeddings", "index"), files)), "index": info}
+        for name in files:
             with open(tmp / name, "rb") as f:
                 os.fsync(f.fileno())
         with open(tmp / MANIFEST, "w") as f:  # the manifest last: it marks a complete folder
@@ -121,7 +141,15 @@ def write_index(out: str | os.PathLike, manifest: dict[str, Any], items: pd.Data
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if new_backend:
+            milvus.MilvusStore(new_backend).drop()
         raise
+    if old_backend and old_backend.get("type") == "milvus":
+        try:  # the replaced folder's collection: nothing refers to it any more
+            milvus.MilvusStore(old_backend).drop()
+        except Exception as e:  # noqa: BLE001 (another Milvus, unreachable: leave it)
+            log.warning("could not drop the replaced index's Milvus collection %s: %s",
+                        old_backend.get("collection"), e)
     return out
 
 
@@ -165,9 +193,10 @@ def journal(path: str | os.PathLike) -> list[dict[str, Any]]:
             for f in _journal_files(path)]
 
 
-def _replay(path: Path, items: pd.DataFrame, emb: np.ndarray
-            ) -> tuple[pd.DataFrame, np.ndarray, int]:
-    """The built items and vectors with the journal's changes applied, in order."""
+def _replay(path: Path, items: pd.DataFrame, emb: np.ndarray | None
+            ) -> tuple[pd.DataFrame, np.ndarray | None, int]:
+    """The built items and vectors with the journal's changes applied, in order (without
+    ``emb``, the items alone: a Milvus collection holds the vectors)."""
     files = _journal_files(path)
     if not files:
         return items, emb, 0
@@ -179,7 +208,8 @@ def _replay(path: Path, items: pd.DataFrame, emb: np.ndarray
             change = json.loads(f.read_text())
             if change["op"] == "add":  # one item (the server) or a batch (lookalike add)
                 recs = change["items"] if "items" in change else [change["item"]]
-                vecs = np.load(f.with_suffix(".npy")).reshape(len(recs), -1)
+                vecs = np.load(f.with_suffix(".npy")).reshape(len(recs), -1) \
+                    if emb is not None else [None] * len(recs)
                 for rec, vec in zip(recs, vecs):
                     alive.pop(str(rec["item_id"]), None)  # a replaced item moves to the end
                     alive[str(rec["item_id"])] = (-1, rec, vec)
@@ -197,6 +227,8 @@ def _replay(path: Path, items: pd.DataFrame, emb: np.ndarray
         parts.append(pd.DataFrame([rec for rec, _ in added]))
     new_items = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].reset_index(
         drop=True)
+    if emb is None:
+        return new_items, None, len(files)
     vectors = [np.asarray(emb[base], dtype=np.float32)] + [vec.reshape(1, -1) for _, vec in added]
     return new_items, np.concatenate(vectors), len(files)
 
@@ -220,10 +252,13 @@ def read_index(path: str | os.PathLike) -> StoredIndex:
     if manifest.get("format_version", 0) > FORMAT_VERSION:
         raise IndexFormatError(f"{path} was written by a newer lookalike (format version "
                                f"{manifest['format_version']} > {FORMAT_VERSION}); upgrade")
-    for name in (ITEMS, EMBEDDINGS, FAISS):
+    backend = manifest.get("backend")
+    for name in (ITEMS,) if backend else (ITEMS, EMBEDDINGS, FAISS):
         if not (path / name).is_file():
             raise IndexFormatError(f"index {path} is incomplete: {name} is missing")
     items = pd.read_parquet(path / ITEMS)
+    if backend:
+        return _open_milvus(path, manifest, items)
     emb = np.load(path / EMBEDDINGS, mmap_mode="r")
     index = faiss.read_index(str(path / FAISS))
     dim = manifest["embedder"]["dim"]
@@ -240,6 +275,22 @@ def read_index(path: str | os.PathLike) -> StoredIndex:
     kind, params = stored_kind(manifest)
     set_search_params(index, kind, params)
     return StoredIndex(path, manifest, items, emb, searchable(index, emb, kind, params))
+
+
+def _open_milvus(path: Path, manifest: dict[str, Any], items: pd.DataFrame) -> StoredIndex:
+    if manifest["backend"].get("type") != "milvus":
+        raise IndexFormatError(f"index {path}: unknown backend {manifest['backend'].get('type')!r}")
+    store = milvus.MilvusStore(manifest["backend"])
+    if not store.client.has_collection(store.collection):
+        raise IndexFormatError(f"index {path}: its Milvus collection {store.collection!r} is "
+                               f"gone from {store.uri}; rebuild the index")
+    store.client.load_collection(store.collection)
+    items, _, changes = _replay(path, items, None)
+    if changes:
+        manifest = {**manifest, "journal": {"changes": changes}}
+    ids = items["item_id"].astype(str).tolist()
+    return StoredIndex(path, manifest, items, milvus.MilvusVectors(store, ids),
+                       milvus.MilvusSearch(store, ids), store)
 
 
 def stored_kind(manifest: dict[str, Any]) -> tuple[str, dict[str, int]]:

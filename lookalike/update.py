@@ -3,7 +3,10 @@ remove items by id.
 
 Each call is one journal entry (store.append_change): the vectors first, the JSON that commits
 them last, each renamed into place. A process killed in the middle leaves the index as it was
-before the call; ``Index.open`` applies every committed entry in order.
+before the call; ``Index.open`` applies every committed entry in order. With the Milvus backend
+an add writes the collection before its commit and a remove deletes after it: either way a
+vector whose id the items table lacks is never returned, and running the call again completes
+it.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pandas as pd
 
 from .api import Index, _plain
 from .catalog import (
@@ -27,6 +32,7 @@ from .catalog import (
 )
 from .embed import embed_images
 from .errors import LookalikeError, UnknownItemError
+from .images import is_uri
 from .store import append_change, now
 
 
@@ -82,17 +88,19 @@ def add_items(index_path: str | os.PathLike, delta: Catalog, *, batch_size: int 
         r = todo[pos]
         item = delta.items.iloc[r]
         records.append({ROW: -1, ITEM_ID: ids[r], PRODUCT_ID: str(item[PRODUCT_ID]),
-                        IMAGE_PATH: str(Path(paths[r]).resolve()),
+                        IMAGE_PATH: _absolute(paths[r]),
                         **{a: _plain(item[a]) for a in ix.attributes},
                         PHOTO_DIGEST: digests[r]})
         (out.replaced if ids[r] in ix else out.added).append(ids[r])
     for pos, reason in emb.skipped.items():
         out.skipped[ids[todo[pos]]] = reason
     if records:
+        if ix.backend is not None:  # Milvus first: vectors of ids the table lacks are ignored
+            ix.backend.upsert(pd.DataFrame(records), emb.embeddings)
         out.change = append_change(ix.path, {
             "op": "add", "items": records, "time": now(),
             "counts": {"added": len(out.added), "replaced": len(out.replaced)}},
-            emb.embeddings)
+            emb.embeddings if ix.backend is None else None)
     return out
 
 
@@ -109,7 +117,13 @@ def remove_items(index_path: str | os.PathLike, item_ids: Sequence[object]) -> U
     if wanted:
         out.change = append_change(ix.path, {"op": "delete", "item_ids": wanted, "time": now(),
                                              "counts": {"removed": len(wanted)}})
+        if ix.backend is not None:  # after the commit: a vector left behind is never returned
+            ix.backend.delete(wanted)
     return out
+
+
+def _absolute(location: Path | str) -> str:
+    return str(location) if is_uri(location) else str(Path(location).resolve())
 
 
 def _unchanged(ix: Index, item_id: str, delta: Catalog, r: int, digest: str | None) -> bool:

@@ -178,3 +178,25 @@ def build_tiny(catalog: Path, out: Path, *options: str) -> Result:
     return CliRunner().invoke(cli, ["build", str(catalog), "-o", str(out), "-q", "--model",
                                     "color-histogram", "--id-column", "sku", "--image-column",
                                     "file", *options])
+
+
+SLICE = 2000  # items of myntra-9k in the scale-out agreement tests
+
+
+@pytest.fixture(scope="session")
+def myntra_slice(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A seeded 2,000-item slice of myntra-9k and its local exact index (efficientnet-lite0):
+    the reference the Ray engine and the Milvus backend are compared with."""
+    from lookalike.build import build_index
+    from lookalike.catalog import read_catalog
+
+    if not MYNTRA.is_dir():
+        pytest.skip(f"sample data not found at {MYNTRA}")
+    root = tmp_path_factory.mktemp("myntra-slice")
+    df = pd.read_csv(MYNTRA / "catalog.csv")
+    df = df.iloc[np.sort(np.random.default_rng(7).permutation(len(df))[:SLICE])]
+    csv = root / "catalog.csv"
+    df.to_csv(csv, index=False)
+    build_index(read_catalog(csv, MYNTRA), root / "exact")
+    return {"csv": csv, "exact": root / "exact"}
+

@@ -123,16 +123,17 @@ def export_onnx(name: str, path: Path | None = None) -> Path:
     return export_module(build_torch_model(name), spec.input_size, path)
 
 
-def onnx_session(path: Path, threads: int | None = None) -> Any:
-    """An ONNX Runtime CPU session: ``threads`` (default: all cores) within each operator,
-    full graph optimisation."""
+def onnx_session(path: Path | bytes, threads: int | None = None) -> Any:
+    """An ONNX Runtime CPU session for a model file (or its bytes): ``threads`` (default: all
+    cores) within each operator, full graph optimisation."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or (os.cpu_count() or 1)
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
 
 class Embedder:

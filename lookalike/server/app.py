@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, File, Form, Header, HTTPException, Query, Request, UploadFile
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from ..api import Hit, Index
 from ..errors import ImageError, LookalikeError, UnknownItemError
+from ..images import is_uri, read_bytes
 from .batcher import SimilarBatcher
 from .live import ItemExistsError, LiveIndex
 
@@ -132,11 +133,19 @@ def create_app(index_path: str | os.PathLike, *,
         return {"item_id": item_id, "metadata": index.metadata(item_id)}
 
     @app.get("/items/{item_id}/image", response_class=FileResponse)
-    def item_image(item_id: str) -> FileResponse:
+    def item_image(item_id: str) -> Response:
         """The item's catalogue photo (looked up by id: no client-supplied paths)."""
         index = live.current
         row_of(index, item_id)
         path = index.image_path(item_id)
+        if is_uri(path):  # photos on another filesystem: read and passed on
+            try:
+                data = read_bytes(path)
+            except ImageError:
+                raise HTTPException(404, f"item {item_id!r}: its photo cannot be read") from None
+            media = mimetypes.guess_type(str(path))[0] or "application/octet-stream"
+            return Response(data, media_type=media)
+        path = Path(path)
         if not path.is_file():
             raise HTTPException(404, f"item {item_id!r}: its photo is missing on the server")
         media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"

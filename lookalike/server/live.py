@@ -64,9 +64,13 @@ class LiveIndex:
             rec = {ROW: -1, ITEM_ID: item_id, PRODUCT_ID: str(product_id or item_id),
                    IMAGE_PATH: str((folder / name).resolve()),
                    **{a: metadata.get(a) for a in ix.attributes}}
-            append_change(ix.path, {"op": "add", "item": rec}, vector)
+            if ix.backend is not None:  # Milvus holds the vectors: written before the commit
+                ix.backend.upsert(pd.DataFrame([rec]), vector[None])
+            append_change(ix.path, {"op": "add", "item": rec},
+                          vector if ix.backend is None else None)
             items = pd.concat([ix.items, pd.DataFrame([rec])], ignore_index=True)
-            embeddings = np.vstack([np.asarray(ix.embeddings, np.float32), vector[None]])
+            embeddings = None if ix.backend is not None else \
+                np.vstack([np.asarray(ix.embeddings, np.float32), vector[None]])
             self.current = ix.with_items(items, embeddings)
             return self.current
 
@@ -77,9 +81,12 @@ class LiveIndex:
             ix = self.current
             row = ix.row(item_id)  # UnknownItemError for an unknown id
             append_change(ix.path, {"op": "delete", "item_id": str(item_id)})
+            if ix.backend is not None:
+                ix.backend.delete([str(item_id)])
             keep = np.ones(len(ix), bool)
             keep[row] = False
-            self.current = ix.with_items(ix.items[keep], np.asarray(ix.embeddings)[keep])
+            self.current = ix.with_items(
+                ix.items[keep], None if ix.backend is not None else np.asarray(ix.embeddings)[keep])
             return self.current
 
 
