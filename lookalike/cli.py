@@ -129,7 +129,8 @@ def _parse_preprocess(ctx: click.Context, param: click.Parameter,
               help="Ray cluster for --engine ray (ray://HOST:10001, HOST:6379 or 'auto') "
                    "[default: a local Ray instance on this machine's cores].")
 @click.option("--actors", default=None, type=click.IntRange(1),
-              help="Ray workers per stage (decoding, inference) [default: the cluster's CPUs].")
+              help="Ray workers per stage (decoding, inference) [default: one per 2 CPUs of the "
+                   "cluster].")
 @click.option("--backend", type=click.Choice(BACKENDS), default="faiss", show_default=True,
               help="Where the vectors live: faiss files in the index folder, or a Milvus "
                    "collection (with the filterable attributes) that serves the searches.")

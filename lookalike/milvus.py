@@ -203,7 +203,7 @@ def create(uri: str, name: str, items: pd.DataFrame, embeddings: np.ndarray,
         t0 = time.perf_counter()
         store.upsert(items, embeddings)
         c.load_collection(name)
-        info["insert_s"] = round(time.perf_counter() - t0, 3)
+        store.info["insert_s"] = round(time.perf_counter() - t0, 3)
         searcher = MilvusSearch(store, items[ITEM_ID].astype(str).tolist())
         got, queries = measure_recall(searcher, embeddings)
         knob = SEARCH_KNOB.get(index_type)
