@@ -1,6 +1,7 @@
 """Scale-out engines side by side on a myntra-9k slice: the local engine against the Ray
-engine (embedding throughput, identical vectors), and the faiss folder against a Milvus
-collection on milvus-lite (insert, single-query latency, top-10 agreement with exact).
+engine (embedding throughput, identical vectors), the faiss folder against a Milvus
+collection on milvus-lite (insert, single-query latency, top-10 agreement with exact), and
+float32 against float16 vector storage (size on disk, agreement).
 
     .venv/bin/python bench/scaleout.py [--items 2000] [--queries 1000]
 """
@@ -24,6 +25,7 @@ from lookalike import Index
 from lookalike.build import build_index
 from lookalike.catalog import read_catalog
 from lookalike.neighbors import neighbor_agreement
+from lookalike.store import write_index
 
 MYNTRA = Path(os.environ.get("DATASETS", ROOT.parent / "shared" / "datasets")) / "myntra-9k"
 
@@ -94,6 +96,25 @@ def main() -> None:
         print(f"| {name} | {p50:.2f} | {p99:.2f} | {qps:.0f} |")
     print(f"Milvus / faiss p50 latency: "
           f"{lat['Milvus HNSW, milvus-lite'][0] / lat['faiss exact, in process'][0]:.1f}x")
+
+    print("\n| --index | --vectors | embeddings.npy + index.faiss | recall@10 at build | "
+          "top-10 agreement with float32 exact |")
+    print("|---|---|---|---|---|")
+    manifest = {k: v for k, v in a.manifest.items() if k not in ("index", "files")}
+    emb = np.asarray(a.embeddings)
+    for kind in ("exact", "hnsw", "ivfpq"):
+        sizes = {}
+        for vectors in ("float32", "float16"):
+            out = work / f"{kind}-{vectors}"
+            write_index(out, manifest, a.items, emb, kind,
+                        {"fp16": 1} if vectors == "float16" else None)
+            ix = Index.open(out)
+            sizes[vectors] = sum((out / f).stat().st_size for f in ("embeddings.npy",
+                                                                     "index.faiss"))
+            recall = ix.manifest["index"].get("recall@10", 1.0)
+            print(f"| {kind} | {vectors} | {sizes[vectors] / 2**20:.1f} MiB | {recall} | "
+                  f"{neighbor_agreement(ix, a):.4f} |")
+        print(f"float16 / float32 size, {kind}: {sizes['float16'] / sizes['float32']:.2f}")
 
 
 if __name__ == "__main__":

@@ -19,11 +19,12 @@ from .catalog import read_catalog
 from .embedders import DEFAULT_EMBEDDER, list_embedders
 from .errors import LookalikeError
 from .images import DEFAULT_MAX_PIXELS
-from .index import KINDS
+from .index import KINDS, VECTOR_TYPES
 from .milvus import BACKENDS
 from .preprocess import DEFAULT_PREPROCESS, STEPS, Preprocess
 from .ray_engine import ENGINES
 from .search import parse_where
+from .store import compact as compact_index
 from .store import journal, read_manifest
 
 
@@ -122,6 +123,9 @@ def _parse_preprocess(ctx: click.Context, param: click.Parameter,
 @click.option("--index", "index_kind", type=click.Choice(KINDS), default="exact", show_default=True,
               help="Vector index: exact (faiss flat), or approximate hnsw / ivfpq, tuned to "
                    "recall@10 >= 0.98 against exact search (the measured recall is recorded).")
+@click.option("--vectors", type=click.Choice(VECTOR_TYPES), default="float32", show_default=True,
+              help="How the folder stores the vectors: float16 halves embeddings.npy and the "
+                   "exact/HNSW index (its recall against float32 is measured and recorded).")
 @click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True,
               help="Where photos are embedded: this process (decoding threads + ONNX Runtime), "
                    "or Ray Data batches on a Ray cluster.")
@@ -141,8 +145,8 @@ def _parse_preprocess(ctx: click.Context, param: click.Parameter,
 def build(catalog: str, images: str | None, out: str, model: str, id_column: str,
           image_column: str, product_column: str | None, attributes: str | None,
           batch_size: int, workers: int | None, max_pixels: int, preprocess: Preprocess | None,
-          index_kind: str, engine: str, address: str | None, actors: int | None,
-          backend: str, milvus_uri: str | None, quiet: bool) -> None:
+          index_kind: str, vectors: str, engine: str, address: str | None,
+          actors: int | None, backend: str, milvus_uri: str | None, quiet: bool) -> None:
     """Embed every photo of CATALOG (CSV or Parquet) and write an index folder."""
     cat = read_catalog(catalog, images, id_column=id_column, image_column=image_column,
                        product_column=product_column,
@@ -153,7 +157,7 @@ def build(catalog: str, images: str | None, out: str, model: str, id_column: str
     s = build_index(cat, out, model=model, batch_size=batch_size, workers=workers,
                     max_pixels=max_pixels, progress=not quiet,
                     preprocess=preprocess, index=index_kind, engine=engine, address=address,
-                    actors=actors, backend=backend,
+                    actors=actors, backend=backend, vectors=vectors,
                     milvus_uri=milvus_uri if backend == "milvus" else None)
     t = s.timings
     click.echo(f"index {s.path}: {s.items} items embedded with {s.model}, "
@@ -173,6 +177,16 @@ def build(catalog: str, images: str | None, out: str, model: str, id_column: str
         click.echo(f"  skipped {sk['item_id']} (row {sk['row']}): {sk['reason']}", err=True)
     if len(s.skipped) > 20:
         click.echo(f"  … and {len(s.skipped) - 20} more (all listed in manifest.json)", err=True)
+
+
+@cli.command()
+@_index_arg
+def compact(index: str) -> None:
+    """Fold INDEX's change journal into a fresh copy of the folder (same items and vectors,
+    approximate index rebuilt and its recall measured again); the change log is kept."""
+    n = compact_index(index)
+    click.echo(f"index {index}: {n} change(s) folded in" if n else
+               f"index {index}: no changes to fold in")
 
 
 @cli.command()

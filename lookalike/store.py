@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -87,15 +88,21 @@ def _is_index(path: Path) -> bool:
 
 
 def write_index(out: str | os.PathLike, manifest: dict[str, Any], items: pd.DataFrame,
-                embeddings: np.ndarray, kind: str = "exact",
-                params: dict[str, int] | None = None, milvus_uri: str | None = None) -> Path:
+                embeddings: np.ndarray | None, kind: str = "exact",
+                params: dict[str, int] | None = None, milvus_uri: str | None = None, *,
+                carry: Sequence[str] = (), still_valid: Callable[[], bool] | None = None
+                ) -> Path:
     """Write an index folder atomically; replaces ``out`` only if it is an index already.
     ``kind`` (exact, hnsw, ivfpq) is the vector index; an approximate one is tuned and its
     measured recall@10 recorded in the manifest (:func:`lookalike.index.build_vector_index`).
     With ``milvus_uri`` the vectors go to a new Milvus collection instead (the folder names
-    it; a replaced folder's collection is dropped once the new folder is in place)."""
+    it; a replaced folder's collection is dropped once the new folder is in place); a manifest
+    that names a collection already (``backend``) keeps it, and no vectors are written.
+    ``carry`` names folders of the replaced index to keep (hard-linked); ``still_valid`` is
+    asked just before the swap, and the write is abandoned when it says no."""
     out = Path(out)
-    if len(items) != len(embeddings):
+    keep_backend = None if milvus_uri else manifest.get("backend")
+    if embeddings is not None and len(items) != len(embeddings):
         raise ValueError(f"{len(items)} items but {len(embeddings)} embeddings")
     if out.exists() and not (out.is_dir() and (_is_index(out) or not any(out.iterdir()))):
         raise IndexFormatError(f"{out} exists and is not a lookalike index; refusing to "
@@ -105,10 +112,12 @@ def write_index(out: str | os.PathLike, manifest: dict[str, Any], items: pd.Data
     old_backend = read_manifest(out).get("backend") if _is_index(out) else None
     new_backend: dict[str, Any] | None = None
     try:
-        emb = np.ascontiguousarray(embeddings, dtype=np.float32)
         items = items.reset_index(drop=True)
         items.to_parquet(tmp / ITEMS, index=False)
-        if milvus_uri:
+        if keep_backend:  # the collection holds the vectors already
+            info, files = manifest["index"], [ITEMS]
+        elif milvus_uri:
+            emb = np.ascontiguousarray(embeddings, dtype=np.float32)
             new_backend = milvus.create(milvus_uri, milvus.collection_name(out), items, emb,
                                         manifest["catalog"]["attributes"], kind, params)
             info = {"type": "flat" if kind == "exact" else kind, "metric": "inner_product",
@@ -117,8 +126,12 @@ def write_index(out: str | os.PathLike, manifest: dict[str, Any], items: pd.Data
             files = [ITEMS]
             manifest = {**manifest, "backend": new_backend}
         else:
-            np.save(tmp / EMBEDDINGS, emb)
+            emb = np.ascontiguousarray(embeddings, dtype=np.float32)
             index, info = build_vector_index(emb, kind, params)
+            # --vectors float16: the stored copy at half the size (search and re-ranking
+            # read it; the index holds its own float16 copy or PQ codes)
+            np.save(tmp / EMBEDDINGS, emb.astype(np.float16) if info.get("params", {}).get("fp16")
+                    else emb)
             faiss.write_index(index, str(tmp / FAISS))
             files = [ITEMS, EMBEDDINGS, FAISS]
         manifest = {**manifest, "format": FORMAT, "format_version": FORMAT_VERSION,
@@ -130,7 +143,13 @@ def write_index(out: str | os.PathLike, manifest: dict[str, Any], items: pd.Data
             json.dump(manifest, f, indent=2, default=str)
             f.flush()
             os.fsync(f.fileno())
+        for name in carry:
+            if (out / name).is_dir():
+                shutil.copytree(out / name, tmp / name, copy_function=os.link)
         os.chmod(tmp, 0o755)
+        if still_valid is not None and not still_valid():
+            raise IndexFormatError(f"index {out} changed while it was being rewritten; "
+                                   "nothing was replaced, run it again")
         old = None
         if out.exists():
             old = out.parent / f".{out.name}.old-{os.getpid()}"
@@ -144,7 +163,7 @@ def write_index(out: str | os.PathLike, manifest: dict[str, Any], items: pd.Data
         if new_backend:
             milvus.MilvusStore(new_backend).drop()
         raise
-    if old_backend and old_backend.get("type") == "milvus":
+    if old_backend and old_backend.get("type") == "milvus" and old_backend != keep_backend:
         try:  # the replaced folder's collection: nothing refers to it any more
             milvus.MilvusStore(old_backend).drop()
         except Exception as e:  # noqa: BLE001 (another Milvus, unreachable: leave it)
@@ -188,9 +207,34 @@ def _journal_files(path: str | os.PathLike) -> list[Path]:
 
 def journal(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The index folder's change log: every committed change since the build, in order
-    (an added batch's item records left out)."""
-    return [{k: v for k, v in json.loads(f.read_text()).items() if k not in ("items", "item")}
-            for f in _journal_files(path)]
+    (an added batch's item records left out), compacted ones first (the manifest's
+    ``history``)."""
+    return read_manifest(path).get("history", []) + [
+        {k: v for k, v in json.loads(f.read_text()).items() if k not in ("items", "item")}
+        for f in _journal_files(path)]
+
+
+def compact(path: str | os.PathLike) -> int:
+    """Fold the journal into the folder: the current items and vectors written as a new build
+    (an approximate index rebuilt with its parameters and its recall measured again; with
+    Milvus only the items table), the change log moved into the manifest's ``history``, the
+    server's added photos kept. Atomic like a build; refused if a change lands meanwhile.
+    Returns the number of changes folded in."""
+    path = Path(path)
+    entries = _journal_files(path)  # listed first: a change landing after it is noticed
+    stored = read_index(path)
+    if not entries:
+        return 0
+    log_ = journal(path)
+    m = {k: v for k, v in stored.manifest.items() if k not in ("journal", "files")}
+    m["counts"] = {**m["counts"], "items": len(stored.items)}
+    m["history"] = log_ + [{"op": "compact", "time": now(),
+                            "counts": {"changes": len(entries), "items": len(stored.items)}}]
+    kind, params = stored_kind(stored.manifest)
+    emb = None if stored.backend else np.asarray(stored.embeddings, dtype=np.float32)
+    write_index(path, m, stored.items, emb, kind, params, carry=("photos",),
+                still_valid=lambda: _journal_files(path) == entries)
+    return len(entries)
 
 
 def _replay(path: Path, items: pd.DataFrame, emb: np.ndarray | None

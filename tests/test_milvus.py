@@ -98,6 +98,12 @@ def test_add_remove_and_live_changes_go_through_milvus(pair: dict[str, Path],
     assert "P2-0" not in _ids(after.similar("L1", 23))
     assert client(str(pair["db"])).get_collection_stats(coll)["row_count"] == 23
     assert _ids(Index.open(pair["milvus"]).similar("L1", 3)) == _ids(after.similar("L1", 3))
+    r = runner.invoke(cli, ["compact", str(pair["milvus"])])  # items table only: same collection
+    assert r.exit_code == 0 and "4 change(s) folded in" in r.output, r.output
+    compacted = Index.open(pair["milvus"])
+    assert compacted.backend.collection == coll and client(str(pair["db"])).has_collection(coll)
+    assert _ids(compacted.similar("L1", 5)) == _ids(after.similar("L1", 5))
+    assert not (pair["milvus"] / "journal").exists()
 
 
 def test_rebuild_replaces_the_collection_and_bad_options_are_refused(

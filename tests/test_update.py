@@ -86,6 +86,38 @@ def test_remove_is_all_or_nothing_and_info_lists_changes(split: dict[str, Path])
     assert len(Index.open(split["ix"])) == 12 + 6 - 2
 
 
+def test_compact_folds_the_journal_in_and_keeps_the_log(split: dict[str, Path],
+                                                       tmp_path: Path) -> None:
+    from lookalike.server.live import LiveIndex
+
+    build_index(read_catalog(split["base"], **OPTS), split["ix"], model="color-histogram",
+                index="hnsw")
+    add_items(split["ix"], read_delta(Index.open(split["ix"]), split["delta"]))
+    remove_items(split["ix"], ["P3-1"])
+    live = LiveIndex(split["ix"])  # a server-added photo lives in the folder's photos/
+    live.add("L1", (split["root"] / "photos" / "P2-0.jpg").read_bytes(), {"type": "Shirts"},
+             max_pixels=10**8)
+    before = Index.open(split["ix"])
+    runner = CliRunner()
+    r = runner.invoke(cli, ["compact", str(split["ix"])])
+    assert r.exit_code == 0 and "3 change(s) folded in" in r.output, r.output
+    assert not (split["ix"] / "journal").exists()
+    after = Index.open(split["ix"])
+    assert after.items["item_id"].tolist() == before.items["item_id"].tolist()
+    assert _neighbours(after) == _neighbours(before)
+    assert after.manifest["index"]["type"] == "hnsw" and after.manifest["counts"]["items"] == 18
+    assert Path(after.image_path("L1")).is_file()  # the photo came along
+    assert after.search(after.image_path("L1"), 1)[0].score > 0.999
+    info = runner.invoke(cli, ["info", str(split["ix"])]).output
+    assert "change 1: add 6 added" in info and "change 2: delete 1 removed" in info
+    assert "change 4: compact 3 changes, 18 items" in info
+    remove_items(split["ix"], ["P5-0"])  # it takes changes again
+    assert "change 5: delete 1 removed" in runner.invoke(cli, ["info", str(split["ix"])]).output
+    r = runner.invoke(cli, ["compact", str(split["ix"])])
+    assert "1 change(s) folded in" in r.output
+    assert "no changes to fold in" in runner.invoke(cli, ["compact", str(split["ix"])]).output
+
+
 KILLER = """
 import os, signal, sys
 import lookalike.store as store
