@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from .embed import EmbedResult, count_notes, decode_batch
 from .embedders import Embedder, onnx_session
@@ -162,9 +163,11 @@ def embed_on_ray(
         logging.getLogger("ray.data").setLevel(logging.INFO if progress else logging.WARNING)
         model = ray.put(embedder.onnx_path.read_bytes())
         size = embedder.spec.input_size
-        ds = ray.data.from_items(
-            [{"pos": i, "path": str(sources[i])} for i in todo],
-            override_num_blocks=max(1, min(len(todo) // batch_size, 4 * cpus)) if todo else 1)
+        # the work list as Arrow blocks (compact at millions of photos), a few per CPU
+        chunks = np.array_split(np.asarray(todo, np.int64),
+                                max(1, min(len(todo) // batch_size, 4 * cpus)))
+        ds = ray.data.from_arrow([pa.table({"pos": c, "path": [str(sources[i]) for i in c]})
+                                  for c in chunks if len(c)] or [pa.table({"pos": [], "path": []})])
         ds = ds.map_batches(_Decode, fn_constructor_args=(size, max_pixels, pre.to_dict()),
                             batch_size=batch_size, num_cpus=0.5,
                             compute=ray.data.ActorPoolStrategy(size=actors))
