@@ -60,7 +60,7 @@ def build_index(
     ``"face,crop,background"``) runs on every photo first, and is recorded in the manifest so
     that query photos get the same treatment; ``None`` means the steps a trained model was
     trained with, or :data:`DEFAULT_PREPROCESS`. ``index`` is the vector index: ``exact``
-    (faiss flat), or ``hnsw`` / ``ivfpq`` (approximate: tuned to recall@10 ≥ 0.98 against
+    (faiss flat), or ``hnsw`` / ``ivf`` / ``ivfpq`` (approximate: tuned to recall@10 ≥ 0.98 against
     exact search on a sample, the recall recorded in the manifest); ``index_params``
     overrides their parameters. ``engine="ray"`` embeds on the Ray cluster at ``address``
     (or a local one) with ``actors`` ONNX Runtime workers; the vectors equal the local ones.

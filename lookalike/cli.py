@@ -121,7 +121,7 @@ def _parse_preprocess(ctx: click.Context, param: click.Parameter,
                    "or 'none'; recorded in the index, and search photos get the same. "
                    f"[default: {DEFAULT_PREPROCESS}; for a trained model, its training steps]")
 @click.option("--index", "index_kind", type=click.Choice(KINDS), default="exact", show_default=True,
-              help="Vector index: exact (faiss flat), or approximate hnsw / ivfpq, tuned to "
+              help="Vector index: exact (faiss flat), or approximate hnsw / ivf / ivfpq, tuned to "
                    "recall@10 >= 0.98 against exact search (the measured recall is recorded).")
 @click.option("--vectors", type=click.Choice(VECTOR_TYPES), default="float32", show_default=True,
               help="How the folder stores the vectors: float16 halves embeddings.npy and the "

@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import LookalikeError
 
-KINDS = ("exact", "hnsw", "ivfpq")
+KINDS = ("exact", "hnsw", "ivf", "ivfpq")
 VECTOR_TYPES = ("float32", "float16")  # how an index folder stores its vectors
 RECALL_TARGET = 0.98  # recall@10 an approximate index is tuned to reach
 RECALL_QUERIES = 1000  # items that query the index when its recall is measured
@@ -28,8 +28,10 @@ def default_params(kind: str, n: int, d: int) -> dict[str, int]:
         return {}
     if kind == "hnsw":
         return {"M": 32, "efConstruction": 80, "efSearch": 32}
+    nlist = max(1, min(round(4 * math.sqrt(n)), n // 39))  # faiss wants 39 points per list
+    if kind == "ivf":
+        return {"nlist": nlist, "nprobe": max(1, nlist // 32)}
     if kind == "ivfpq":
-        nlist = max(1, min(round(4 * math.sqrt(n)), n // 39))  # faiss wants 39 points per list
         m = next(m for m in (d // 8, d // 16, d // 32, d // 4, d // 2, d, 1)
                  if m >= 1 and d % m == 0)  # sub-quantizers: 8 dimensions per code byte
         nbits = max(1, min(8, int(math.log2(max(2, n // 39)))))  # 39 points per centroid
@@ -45,7 +47,8 @@ def flat_index(embeddings: np.ndarray) -> faiss.Index:
 
 def make_index(embeddings: np.ndarray, kind: str, params: dict[str, int]) -> faiss.Index:
     """A faiss index of ``kind`` over ``embeddings`` (inner product = cosine on unit rows);
-    ``params["fp16"]`` keeps the exact and HNSW indexes' vectors as float16 (half the memory)."""
+    ``params["fp16"]`` keeps the exact, HNSW and IVF indexes' vectors as float16 (half the
+    memory)."""
     x = np.ascontiguousarray(embeddings, dtype=np.float32)
     n, d = x.shape
     fp16 = faiss.ScalarQuantizer.QT_fp16
@@ -57,10 +60,16 @@ def make_index(embeddings: np.ndarray, kind: str, params: dict[str, int]) -> fai
             if params.get("fp16") else faiss.IndexHNSWFlat(d, params["M"],
                                                            faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = params["efConstruction"]
-    elif kind == "ivfpq":
+    elif kind in ("ivf", "ivfpq"):
         quantizer = faiss.IndexFlatIP(d)
-        index = faiss.IndexIVFPQ(quantizer, d, params["nlist"], params["m"], params["nbits"],
-                                 faiss.METRIC_INNER_PRODUCT)
+        ip = faiss.METRIC_INNER_PRODUCT
+        if kind == "ivfpq":
+            index = faiss.IndexIVFPQ(quantizer, d, params["nlist"], params["m"], params["nbits"],
+                                     ip)
+        elif params.get("fp16"):
+            index = faiss.IndexIVFScalarQuantizer(quantizer, d, params["nlist"], fp16, ip)
+        else:
+            index = faiss.IndexIVFFlat(quantizer, d, params["nlist"], ip)
         index.own_fields = True
         quantizer.this.disown()
         if n:
@@ -77,7 +86,7 @@ def make_index(embeddings: np.ndarray, kind: str, params: dict[str, int]) -> fai
 def set_search_params(index: faiss.Index, kind: str, params: dict[str, int]) -> None:
     if kind == "hnsw":
         faiss.downcast_index(index).hnsw.efSearch = params["efSearch"]
-    elif kind == "ivfpq":
+    elif kind in ("ivf", "ivfpq"):
         faiss.downcast_index(index).nprobe = params["nprobe"]
 
 
@@ -152,6 +161,7 @@ def build_vector_index(embeddings: np.ndarray, kind: str = "exact",
     if kind == "exact" and not p.get("fp16"):
         return index, info  # recall 1 by construction; float16 vectors are measured
     knobs = {"exact": [], "hnsw": [("efSearch", MAX_EF_SEARCH)],
+             "ivf": [("nprobe", p.get("nlist", 1))],
              "ivfpq": [("nprobe", p.get("nlist", 1)), ("rerank", 64)]}[kind]
 
     def recall() -> tuple[float, int]:

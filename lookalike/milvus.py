@@ -1,7 +1,7 @@
 """Milvus as the vector store of an index folder (``lookalike build --backend milvus``).
 
 The folder keeps its manifest, items table and journal; the vectors and the filterable
-attributes live in a Milvus collection (FLAT, HNSW or IVF_PQ index there), which answers the
+attributes live in a Milvus collection (FLAT, HNSW, IVF_FLAT or IVF_PQ index there), which answers the
 searches, filters and deletes. ``uri`` is a Milvus server or cluster (``http://host:19530``)
 or a local file path, which runs milvus-lite in this process (one process per file).
 :class:`MilvusSearch` answers ``search`` like a faiss index over the items' rows, and
@@ -28,9 +28,10 @@ from .errors import IndexFormatError, LookalikeError
 from .index import RECALL_TARGET, default_params, measure_recall
 
 BACKENDS = ("faiss", "milvus")
-INDEX_TYPES = {"exact": "FLAT", "hnsw": "HNSW", "ivfpq": "IVF_PQ"}
-SEARCH_KNOB = {"HNSW": "ef", "IVF_PQ": "nprobe"}
-MAX_TOPK = 16384  # Milvus's limit on results per query
+INDEX_TYPES = {"exact": "FLAT", "hnsw": "HNSW", "ivf": "IVF_FLAT", "ivfpq": "IVF_PQ"}
+SEARCH_KNOB = {"HNSW": "ef", "IVF_FLAT": "nprobe", "IVF_PQ": "nprobe"}
+MAX_TOPK = 16384  # Milvus's limit on results per query (and on HNSW ef)
+MAX_NPROBE = 65536  # Milvus's limit on IVF nprobe
 TEXT_MAX = 65535  # VARCHAR length limit of the attribute fields
 BATCH = 1000  # rows per insert / get
 _clients: dict[str, Any] = {}
@@ -141,7 +142,7 @@ class MilvusStore:
         if kind in SEARCH_KNOB:
             b = breadth or self.info["params"][SEARCH_KNOB[kind]]
             params[SEARCH_KNOB[kind]] = min(MAX_TOPK, max(b, k)) if kind == "HNSW" \
-                else min(b, self.info["params"].get("nlist", b))
+                else min(b, MAX_NPROBE)
         res = self.client.search(self.collection, data=np.asarray(queries, np.float32).tolist(),
                                  limit=min(k, MAX_TOPK), filter=expression,
                                  search_params={"metric_type": "IP", "params": params})
@@ -173,7 +174,8 @@ def create(uri: str, name: str, items: pd.DataFrame, embeddings: np.ndarray,
                              f"{', '.join(INDEX_TYPES)}")
     if kind == "ivfpq" and is_lite(uri):
         raise LookalikeError("milvus-lite cannot build IVF_PQ (it accepts the index and fails "
-                             "in the background); use --index hnsw or exact, or a Milvus server")
+                             "in the background); use --index hnsw, ivf or exact, or a Milvus "
+                             "server")
     n, d = embeddings.shape
     p = {**default_params(kind, n, d), **(params or {})}
     fields = field_names(attributes)
@@ -187,6 +189,7 @@ def create(uri: str, name: str, items: pd.DataFrame, embeddings: np.ndarray,
         schema.add_field(f, DataType.VARCHAR, max_length=TEXT_MAX)
     index_type = INDEX_TYPES[kind]
     build = {"HNSW": {"M": p.get("M"), "efConstruction": p.get("efConstruction")},
+             "IVF_FLAT": {"nlist": p.get("nlist")},
              "IVF_PQ": {"nlist": p.get("nlist"), "m": p.get("m"), "nbits": p.get("nbits")},
              "FLAT": {}}[index_type]
     index_params = c.prepare_index_params()
@@ -207,7 +210,9 @@ def create(uri: str, name: str, items: pd.DataFrame, embeddings: np.ndarray,
         searcher = MilvusSearch(store, items[ITEM_ID].astype(str).tolist())
         got, queries = measure_recall(searcher, embeddings)
         knob = SEARCH_KNOB.get(index_type)
-        limit = 4096 if index_type == "HNSW" else p.get("nlist", 1)
+        # Milvus may cluster into other than the nlist asked (milvus-lite does), so nprobe
+        # is bounded by the items, not by nlist
+        limit = 4096 if index_type == "HNSW" else min(MAX_NPROBE, max(n, 1))
         while knob and got < target and store.info["params"][knob] < limit:
             store.info["params"][knob] = min(limit, store.info["params"][knob] * 2)
             got, queries = measure_recall(searcher, embeddings)

@@ -51,11 +51,16 @@ def filter_mask(items: pd.DataFrame, where: Where | None, attributes: Sequence[s
 EXACT_BELOW = 0.2  # filters keeping fewer items than this share are searched exactly
 
 
-def _selector(mask: np.ndarray | None) -> tuple[faiss.SearchParameters | None, np.ndarray | None]:
+def _selector(mask: np.ndarray | None, index: object
+              ) -> tuple[faiss.SearchParameters | None, np.ndarray | None]:
     if mask is None:
         return None, None
     bits = np.packbits(mask, bitorder="little")  # keep alive while faiss reads it
-    return faiss.SearchParameters(sel=faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bits))), bits
+    sel = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bits))
+    if isinstance(index, faiss.Index) and isinstance(faiss.downcast_index(index), faiss.IndexIVF):
+        # an IVF index takes its own parameter type, which carries its nprobe too
+        return faiss.SearchParametersIVF(sel=sel, nprobe=faiss.downcast_index(index).nprobe), bits
+    return faiss.SearchParameters(sel=sel), bits
 
 
 def top_k(
@@ -95,7 +100,7 @@ def top_k(
                              exclude_products=exclude_products)
         return sub[rows], scores
     n_avail = int(mask.sum()) if mask is not None else index.ntotal
-    params, _bits = (selector, None) if selector is not None else _selector(mask)
+    params, _bits = (selector, None) if selector is not None else _selector(mask, index)
     excluded = {int(r) for r in exclude_rows}
     skip_products = set(exclude_products)
     fetch = min(n_avail, k + len(excluded) + (k if products is not None else 0))

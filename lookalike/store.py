@@ -93,7 +93,7 @@ def write_index(out: str | os.PathLike, manifest: dict[str, Any], items: pd.Data
                 carry: Sequence[str] = (), still_valid: Callable[[], bool] | None = None
                 ) -> Path:
     """Write an index folder atomically; replaces ``out`` only if it is an index already.
-    ``kind`` (exact, hnsw, ivfpq) is the vector index; an approximate one is tuned and its
+    ``kind`` (exact, hnsw, ivf, ivfpq) is the vector index; an approximate one is tuned and its
     measured recall@10 recorded in the manifest (:func:`lookalike.index.build_vector_index`).
     With ``milvus_uri`` the vectors go to a new Milvus collection instead (the folder names
     it; a replaced folder's collection is dropped once the new folder is in place); a manifest
@@ -338,7 +338,7 @@ def _open_milvus(path: Path, manifest: dict[str, Any], items: pd.DataFrame) -> S
 
 
 def stored_kind(manifest: dict[str, Any]) -> tuple[str, dict[str, int]]:
-    """The vector index's kind (exact, hnsw, ivfpq) and parameters, from a manifest."""
+    """The vector index's kind (exact, hnsw, ivf, ivfpq) and parameters, from a manifest."""
     info = manifest.get("index", {})
     kind = {"flat": "exact"}.get(info.get("type", "flat"), info.get("type", "flat"))
     return kind, dict(info.get("params", {}))

@@ -80,3 +80,31 @@ def test_model_input_shape_and_draft(tmp_path: Path) -> None:
     ref = np.asarray(Image.open(tmp_path / "big.jpg").convert("RGB").resize((224, 224),
                                                                            Image.BILINEAR))
     assert np.abs(x.astype(int) - ref).mean() < 3  # draft decoding changes little
+
+
+def test_photos_are_read_through_filesystem_uris(tmp_path: Path) -> None:
+    from lookalike.images import read_bytes
+
+    garment((10, 20, 200), "shirt").save(tmp_path / "a.png")
+    uri = (tmp_path / "a.png").as_uri()  # file:///…, through pyarrow's filesystem layer
+    assert read_bytes(uri) == (tmp_path / "a.png").read_bytes()
+    assert np.array_equal(load_model_input(uri, 32), load_model_input(tmp_path / "a.png", 32))
+    fsspec = pytest.importorskip("fsspec")
+    with fsspec.open("memory://shop/b.png", "wb") as f:  # a protocol only fsspec knows
+        f.write((tmp_path / "a.png").read_bytes())
+    assert load_image("memory://shop/b.png").size == (96, 96)
+    with pytest.raises(ImageError, match=r"image file missing: file://.*/nope\.png"):
+        read_bytes((tmp_path / "nope.png").as_uri())
+    with pytest.raises(ImageError, match="image file missing: memory://shop/nope.png"):
+        read_bytes("memory://shop/nope.png")
+    with pytest.raises(ImageError, match="cannot read nosuchfs://x/a.png"):
+        read_bytes("nosuchfs://x/a.png")
+
+
+def test_a_catalogue_with_a_uri_image_root(tmp_path: Path) -> None:
+    from lookalike import read_catalog
+
+    (tmp_path / "c.csv").write_text("id,image_path,colour\n1,a.png,red\n2,,blue\n")
+    cat = read_catalog(tmp_path / "c.csv", "s3://bucket/photos/")  # nothing is fetched here
+    assert cat.image_file(0) == "s3://bucket/photos/a.png"
+    assert list(cat.missing) == [1] and "no image path" in cat.missing[1]

@@ -39,7 +39,7 @@ def vectors() -> np.ndarray:
     return clustered(6000, 64)
 
 
-@pytest.mark.parametrize("kind", ["hnsw", "ivfpq"])
+@pytest.mark.parametrize("kind", ["hnsw", "ivf", "ivfpq"])
 def test_approximate_index_is_tuned_to_the_recall_target(vectors: np.ndarray, kind: str) -> None:
     index, info = build_vector_index(vectors, kind)
     assert info["type"] == kind and info["recall@10"] >= 0.98 and info["recall_queries"] == 1000
@@ -58,11 +58,11 @@ def test_parameters_scale_with_the_catalogue() -> None:
     small, big = default_params("ivfpq", 2_000, 1280), default_params("ivfpq", 1_000_000, 1280)
     assert small["nlist"] < big["nlist"] == 4000 and 1280 % big["m"] == 0
     assert default_params("ivfpq", 30, 512)["nlist"] == 1  # too few items for more lists
-    with pytest.raises(LookalikeError, match="'annoy'.*exact, hnsw, ivfpq"):
+    with pytest.raises(LookalikeError, match="'annoy'.*exact, hnsw, ivf, ivfpq"):
         default_params("annoy", 10, 8)
 
 
-@pytest.mark.parametrize("kind", ["hnsw", "ivfpq"])
+@pytest.mark.parametrize("kind", ["hnsw", "ivf", "ivfpq"])
 @pytest.mark.parametrize("share", [0.005, 0.5])
 def test_filters_on_an_approximate_index(vectors: np.ndarray, kind: str, share: float) -> None:
     """A narrow filter is searched exactly (HNSW alone finds about a third of the true
@@ -90,7 +90,7 @@ def test_reranked_scores_are_exact(vectors: np.ndarray) -> None:
     assert np.allclose(scores, np.einsum("qd,qkd->qk", vectors[:5], vectors[rows]), atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["hnsw", "ivfpq"])
+@pytest.mark.parametrize("kind", ["hnsw", "ivf", "ivfpq"])
 def test_index_folder_with_an_approximate_index(tiny_catalog: Path, tmp_path: Path,
                                                 kind: str) -> None:
     cat = read_catalog(tiny_catalog, id_column="sku", image_column="file",
@@ -133,7 +133,7 @@ def test_cli_build_index_option_and_info(tiny_catalog: Path, tmp_path: Path) -> 
     assert bad.exit_code != 0 and "annoy" in bad.output
 
 
-@pytest.mark.parametrize("kind", ["exact", "hnsw", "ivfpq"])
+@pytest.mark.parametrize("kind", ["exact", "hnsw", "ivf", "ivfpq"])
 def test_float16_vectors_halve_the_folder_and_keep_the_neighbours(vectors: np.ndarray,
                                                                   kind: str) -> None:
     index, info = build_vector_index(vectors, kind, {"fp16": 1})

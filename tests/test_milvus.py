@@ -119,6 +119,15 @@ def test_rebuild_replaces_the_collection_and_bad_options_are_refused(
                      str(pair["db"]), "--index", "ivfpq")
     assert res.exit_code != 0 and "milvus-lite cannot build IVF_PQ" in res.output
     assert read_manifest(pair["milvus"])["backend"]["collection"] == new["collection"]
+    res = build_tiny(pair["catalog"], pair["milvus"], "--backend", "milvus", "--milvus-uri",
+                     str(pair["db"]), "--index", "ivf", "--product-column", "product")
+    assert res.exit_code == 0, res.output
+    new = read_manifest(pair["milvus"])["backend"]
+    assert new["index_type"] == "IVF_FLAT" and read_manifest(pair["milvus"])["index"][
+        "recall@10"] >= 0.98
+    a, b = Index.open(pair["local"]), Index.open(pair["milvus"])
+    for item in ("P1-0", "P4-2", "odd-3"):
+        assert _ids(b.similar(item, 5)) == _ids(a.similar(item, 5))
     res = build_tiny(pair["catalog"], pair["milvus"], "--backend", "milvus")
     assert res.exit_code != 0 and "--backend milvus needs --milvus-uri" in res.output
     client(str(pair["db"])).drop_collection(new["collection"])
