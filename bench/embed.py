@@ -6,6 +6,9 @@
   preprocessing   end-to-end again with garment-focus steps (--preprocess, repeatable;
                   default: lookalike's default steps and all three), each as a share of
                   end-to-end without them (issue 6: at least 0.70)
+  int8            the model statically quantized (calibrated on 256 catalogue photos, as
+                  `lookalike build --precision int8` does): model-only and end-to-end, with
+                  their ratios to fp32 and the cosine of each photo's two vectors
 
 Usage: .venv/bin/python bench/embed.py [--model efficientnet-lite0] [--n 0] [--eager-n 1024]
        [--preprocess face,crop,background ...]
@@ -76,6 +79,18 @@ def main() -> None:
             model(x[i:i + bs])
         eager_rate = rate(m, time.perf_counter() - t0)
 
+    from lookalike.quantize import quantize
+
+    calib = [paths[i] for i in np.random.default_rng(0).permutation(n)[:256]]
+    int8 = quantize(emb, calib)
+    int8(pixels[:bs])  # warm-up
+    t0 = time.perf_counter()
+    out8 = np.concatenate([int8(pixels[i:i + bs]) for i in range(0, n, bs)])
+    pure8_rate = rate(n, time.perf_counter() - t0)
+    e2e8 = embed_images(int8, paths, batch_size=bs)
+    e2e8_rate = rate(len(e2e8.rows), e2e8.timings["total_s"])
+    cos = np.sum(out * out8, axis=1) / np.linalg.norm(out8, axis=1)
+
     pre_rows = []
     for pre in choices:
         r = embed_images(emb, paths, batch_size=bs, preprocess=pre)
@@ -84,7 +99,9 @@ def main() -> None:
 
     rows = [("end-to-end (decode + ONNX Runtime)", e2e_rate),
             ("pure inference (ONNX Runtime, pre-decoded)", pure_rate),
-            ("eager PyTorch (pre-decoded)", eager_rate)] + [r[:2] for r in pre_rows]
+            ("eager PyTorch (pre-decoded)", eager_rate),
+            ("int8 end-to-end", e2e8_rate), ("int8 pure inference", pure8_rate)] + \
+        [r[:2] for r in pre_rows]
     print(f"\n| {'path':50} | images/s | / end-to-end |")
     print(f"|{'-' * 52}|----------|--------------|")
     for name, r in rows:
@@ -95,6 +112,9 @@ def main() -> None:
           f"{t['wait_for_decode_s']:.1f} s")
     print(f"end-to-end / pure inference = {e2e_rate / pure_rate:.2f}  (target >= 0.80)")
     print(f"end-to-end / eager PyTorch  = {e2e_rate / eager_rate:.2f}  (target >= 4)")
+    print(f"int8 / fp32: end-to-end {e2e8_rate / e2e_rate:.2f}x (target >= 1.9), pure "
+          f"inference {pure8_rate / pure_rate:.2f}x; cosine to fp32 mean {cos.mean():.4f}, "
+          f"min {cos.min():.4f} (target mean >= 0.99)")
     for name, r, t in pre_rows:
         print(f"{name}: {r / e2e_rate:.2f} of end-to-end (target >= 0.70); decoding and "
               f"preprocessing {t['decode_s']:.1f} s in background threads, waiting for them "

@@ -20,6 +20,7 @@ from .images import DEFAULT_MAX_PIXELS, ImageSource, is_uri, load_model_input
 from .milvus import Filter, MilvusSearch, MilvusVectors
 from .neighbors import write_neighbors
 from .preprocess import Preprocess
+from .quantize import INT8_MODEL
 from .search import Where, filter_mask, top_k
 from .store import StoredIndex, read_index, vector_index
 
@@ -146,6 +147,12 @@ class Index:
 
     @property
     def embedder(self) -> Embedder:
+        if self._embedder is None and self.spec.precision == "int8":
+            model = self.path / self.manifest.get("precision", {}).get("model", INT8_MODEL)
+            if not model.is_file():
+                raise IndexFormatError(f"index {self.path} was embedded with an int8 model, "
+                                       f"and its {model.name} is missing; rebuild the index")
+            self._embedder = Embedder(self.spec, model)
         if self._embedder is None:
             self._embedder = create_embedder(self.spec.source or self.spec.name)
             if self._embedder.spec != self.spec:

@@ -3,18 +3,31 @@
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .catalog import ITEM_ID, PHOTO_DIGEST, Catalog
 from .embed import embed_images
 from .embedders import DEFAULT_EMBEDDER, Embedder, create_embedder, trained_meta
 from .errors import LookalikeError
-from .images import DEFAULT_MAX_PIXELS
+from .images import DEFAULT_MAX_PIXELS, ImageSource
 from .index import KINDS, VECTOR_TYPES
 from .milvus import BACKENDS
 from .preprocess import DEFAULT_PREPROCESS, Preprocess
+from .quantize import (
+    CHECK_PHOTOS,
+    INT8_MODEL,
+    MIN_AGREEMENT,
+    MIN_MEAN_COSINE,
+    PRECISIONS,
+    check,
+    quantize,
+)
 from .ray_engine import ENGINES, embed_on_ray
 from .store import now, read_manifest, versions, write_index
 
@@ -28,6 +41,7 @@ class BuildSummary:
     timings: dict[str, float]
     preprocess: dict[str, dict[str, int]] = field(default_factory=dict)
     index: dict[str, Any] = field(default_factory=dict)  # the manifest's vector index entry
+    precision: dict[str, Any] = field(default_factory=dict)  # int8: calibration and check
 
     @property
     def catalog_rows(self) -> int:
@@ -52,6 +66,11 @@ def build_index(
     backend: str = "faiss",
     milvus_uri: str | None = None,
     vectors: str = "float32",
+    precision: str = "fp32",
+    calibration_size: int = 256,
+    calibration_seed: int = 0,
+    calibration: Sequence[ImageSource] | None = None,
+    strict: bool = False,
 ) -> BuildSummary:
     """Embed every photo of ``catalog`` and write the index folder ``out`` atomically.
 
@@ -69,6 +88,10 @@ def build_index(
     searches; the folder keeps the manifest and the items table. ``vectors="float16"`` stores
     the vectors (``embeddings.npy`` and the exact or HNSW index) at half the size; its recall
     against float32 exact search is measured and recorded like an approximate index's.
+    ``precision="int8"`` embeds with a statically quantized copy of the model, calibrated on
+    ``calibration_size`` of the catalogue's photos (seeded; or the ``calibration`` photos
+    given) and kept in the folder for queries; it is compared with fp32 on other photos, and
+    below the thresholds the build warns, or with ``strict`` refuses.
     """
     if index not in KINDS:
         raise LookalikeError(f"unknown index type {index!r}; choose one of {', '.join(KINDS)}")
@@ -92,6 +115,13 @@ def build_index(
         pre = preprocess if isinstance(preprocess, Preprocess) else Preprocess.parse(preprocess)
     paths = [catalog.image_file(i) if i not in catalog.missing else None
              for i in range(len(catalog))]
+    quant: dict[str, Any] = {}
+    if precision not in PRECISIONS:
+        raise LookalikeError(f"unknown precision {precision!r}; choose one of "
+                             f"{', '.join(PRECISIONS)}")
+    if precision == "int8":
+        embedder, quant = _int8(embedder, paths, pre, calibration_size, calibration_seed,
+                                calibration, strict)
     if engine == "ray":
         result = embed_on_ray(embedder, paths, address=address, batch_size=batch_size,
                               actors=actors, max_pixels=max_pixels, skip=catalog.missing,
@@ -127,11 +157,38 @@ def build_index(
         "engine": {"name": engine, **({"address": address or "local"} if engine == "ray" else {})},
         "timings": {k: round(v, 3) for k, v in result.timings.items()},
     }
+    if quant:
+        manifest["precision"] = quant
     params = {**(index_params or {}), **({"fp16": 1} if vectors == "float16" else {})}
     path = write_index(out, manifest, items, result.embeddings, index, params or None,
-                       milvus_uri=milvus_uri)
+                       milvus_uri=milvus_uri,
+                       extra_files={INT8_MODEL: embedder.onnx_path} if quant else None)
     return BuildSummary(path, spec.name, len(items), skipped, result.timings,
-                        manifest["preprocess"]["outcomes"], read_manifest(path)["index"])
+                        manifest["preprocess"]["outcomes"], read_manifest(path)["index"], quant)
+
+
+def _int8(fp32: Embedder, paths: list[Any], pre: Preprocess, size: int, seed: int,
+          given: Sequence[ImageSource] | None, strict: bool) -> tuple[Embedder, dict[str, Any]]:
+    """The int8 model for a build, its calibration and its check against fp32."""
+    usable = [i for i, p in enumerate(paths) if p is not None]
+    order = [usable[i] for i in np.random.default_rng(seed).permutation(len(usable))]
+    calib = list(given) if given is not None else [paths[i] for i in order[:size]]
+    rest = order[size:] if given is None and len(order) > size else order
+    int8 = quantize(fp32, calib, preprocess=pre)
+    result = check(fp32, int8, [paths[i] for i in rest[:CHECK_PHOTOS]], preprocess=pre)
+    info = {"precision": "int8", "model": INT8_MODEL,
+            "calibration": {"photos": len(calib), "seed": seed,
+                            "source": "given" if given is not None else "catalogue"},
+            "check": result.to_dict()}
+    if not result.ok:
+        msg = (f"the int8 model is far from fp32 ({result}; thresholds: mean cosine "
+               f">= {MIN_MEAN_COSINE}, agreement >= {MIN_AGREEMENT})")
+        if strict:
+            raise LookalikeError(f"{msg}; refused (--strict). Calibrate on more or more "
+                                 "typical photos, or build in fp32")
+        warnings.warn(msg, stacklevel=3)
+        info["warning"] = msg
+    return int8, info
 
 
 def default_preprocess(embedder: Embedder) -> Preprocess:

@@ -11,6 +11,7 @@ or a local file path, which runs milvus-lite in this process (one process per fi
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -35,6 +36,7 @@ MAX_NPROBE = 65536  # Milvus's limit on IVF nprobe
 TEXT_MAX = 65535  # VARCHAR length limit of the attribute fields
 BATCH = 1000  # rows per insert / get
 _clients: dict[str, Any] = {}
+log = logging.getLogger(__name__)
 
 
 def is_lite(uri: str) -> bool:
@@ -63,6 +65,17 @@ def client(uri: str) -> Any:
             raise LookalikeError(f"could not open Milvus at {uri}: {type(e).__name__}: {e}") \
                 from None
     return _clients[uri]
+
+
+def close_clients() -> None:
+    """Close every Milvus connection of this process (and milvus-lite's file locks); the next
+    use opens them again."""
+    while _clients:
+        _, c = _clients.popitem()
+        try:
+            c.close()
+        except Exception as e:  # noqa: BLE001 (closing is best effort)
+            log.debug("closing a Milvus client: %s", e)
 
 
 def field_names(attributes: Sequence[str]) -> dict[str, str]:

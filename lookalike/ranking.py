@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .embedders import EmbedderSpec, build_torch_model, get_spec
+from .embedders import EmbedderSpec, build_torch_model, get_spec, normalise_pixels
 
 DEFAULT_DIM = 512
 FILTERS = 96
@@ -66,7 +66,7 @@ class DeepRanking(nn.Module):
         self.dim = dim
 
     def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
-        return (pixels.permute(0, 3, 1, 2).float() - self.mean) * self.inv_std
+        return normalise_pixels(pixels, self.mean, self.inv_std)
 
     def backbone_features(self, x: torch.Tensor) -> torch.Tensor:
         """Unit pooled backbone features of normalised NCHW pixels (= the index's vectors)."""

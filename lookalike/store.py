@@ -90,15 +90,16 @@ def _is_index(path: Path) -> bool:
 def write_index(out: str | os.PathLike, manifest: dict[str, Any], items: pd.DataFrame,
                 embeddings: np.ndarray | None, kind: str = "exact",
                 params: dict[str, int] | None = None, milvus_uri: str | None = None, *,
-                carry: Sequence[str] = (), still_valid: Callable[[], bool] | None = None
-                ) -> Path:
+                carry: Sequence[str] = (), still_valid: Callable[[], bool] | None = None,
+                extra_files: dict[str, Path] | None = None) -> Path:
     """Write an index folder atomically; replaces ``out`` only if it is an index already.
     ``kind`` (exact, hnsw, ivf, ivfpq) is the vector index; an approximate one is tuned and its
     measured recall@10 recorded in the manifest (:func:`lookalike.index.build_vector_index`).
     With ``milvus_uri`` the vectors go to a new Milvus collection instead (the folder names
     it; a replaced folder's collection is dropped once the new folder is in place); a manifest
     that names a collection already (``backend``) keeps it, and no vectors are written.
-    ``carry`` names folders of the replaced index to keep (hard-linked); ``still_valid`` is
+    ``carry`` names folders of the replaced index to keep (hard-linked);
+    ``extra_files`` are copied in under the given names (an int8 model); ``still_valid`` is
     asked just before the swap, and the write is abandoned when it says no."""
     out = Path(out)
     keep_backend = None if milvus_uri else manifest.get("backend")
@@ -136,7 +137,11 @@ def write_index(out: str | os.PathLike, manifest: dict[str, Any], items: pd.Data
             files = [ITEMS, EMBEDDINGS, FAISS]
         manifest = {**manifest, "format": FORMAT, "format_version": FORMAT_VERSION,
                     "files": dict(zip(("items", "embeddings", "index"), files)), "index": info}
-        for name in files:
+        if extra_files:
+            manifest["files"]["extra"] = sorted(extra_files)
+        for name, src in (extra_files or {}).items():
+            shutil.copyfile(src, tmp / name)
+        for name in [*files, *(extra_files or {})]:
             with open(tmp / name, "rb") as f:
                 os.fsync(f.fileno())
         with open(tmp / MANIFEST, "w") as f:  # the manifest last: it marks a complete folder
@@ -233,6 +238,7 @@ def compact(path: str | os.PathLike) -> int:
     kind, params = stored_kind(stored.manifest)
     emb = None if stored.backend else np.asarray(stored.embeddings, dtype=np.float32)
     write_index(path, m, stored.items, emb, kind, params, carry=("photos",),
+                extra_files={n: path / n for n in stored.manifest["files"].get("extra", [])},
                 still_valid=lambda: _journal_files(path) == entries)
     return len(entries)
 

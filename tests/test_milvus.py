@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from lookalike import Index
 from lookalike.cli import cli
-from lookalike.milvus import client
+from lookalike.milvus import client, close_clients
 from lookalike.neighbors import neighbor_agreement
 from lookalike.server.live import LiveIndex
 from lookalike.store import read_manifest
@@ -23,6 +23,14 @@ from .conftest import MYNTRA, build_tiny, garment
 pytest.importorskip("pymilvus")
 pytest.importorskip("milvus_lite")
 pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_milvus() -> None:
+    """No Milvus connection outlives these tests: their gRPC threads would be running when
+    later tests fork (Ray's start-up is where that hurt)."""
+    yield
+    close_clients()
 
 
 def _ids(hits: list) -> list[str]:

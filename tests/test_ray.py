@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from lookalike import Index
+from lookalike.milvus import close_clients
 from lookalike.neighbors import neighbor_agreement
 from lookalike.store import read_index
 
@@ -22,7 +23,12 @@ pytestmark = pytest.mark.timeout(600)  # a stuck Ray worker fails the test, not 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray() -> None:
     os.environ["RAY_AUTH_MODE"] = "disabled"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    close_clients()  # no gRPC threads of a Milvus client while Ray forks its processes
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    except Exception:  # noqa: BLE001 (a slow machine: Ray's start-up can time out once)
+        ray.shutdown()
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

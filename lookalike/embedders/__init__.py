@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from ..errors import LookalikeError
 from . import efficientnet, histogram, mobilenet
@@ -34,6 +35,7 @@ __all__ = [
     "get_spec",
     "is_trained_model",
     "list_embedders",
+    "normalise_pixels",
     "onnx_session",
     "trained_meta",
 ]
@@ -45,7 +47,7 @@ _FAMILIES: dict[str, tuple[list[EmbedderSpec], Callable[[EmbedderSpec], nn.Modul
     "color-histogram": (histogram.SPECS, histogram.build),
 }
 _SPECS = {s.name: s for specs, _ in _FAMILIES.values() for s in specs}
-EXPORT_VERSION = 1  # bump when the exported graph changes
+EXPORT_VERSION = 2  # bump when the exported graph changes (2: normalisation as a 1x1 conv)
 
 
 def list_embedders() -> list[str]:
@@ -60,6 +62,17 @@ def get_spec(name: str) -> EmbedderSpec:
                              f"{', '.join(list_embedders())}") from None
 
 
+def normalise_pixels(pixels: torch.Tensor, mean: torch.Tensor, inv_std: torch.Tensor
+                     ) -> torch.Tensor:
+    """uint8 NHWC pixels → ``(pixel - mean) * inv_std`` NCHW floats, computed as one 1×1
+    per-channel convolution: the same numbers as the subtraction and multiplication, but one
+    fast op in the exported graph, which an int8 graph quantizes exactly (its input is the raw
+    pixel) instead of spending a third of its time on element-wise float ops."""
+    x = pixels.permute(0, 3, 1, 2).float()
+    w = inv_std.reshape(3, 1, 1, 1)
+    return F.conv2d(x, w, (-mean * inv_std).reshape(3), groups=3)
+
+
 class _PixelsToEmbedding(nn.Module):
     """uint8 NHWC pixels → normalised NCHW → backbone → mean pool → L2 normalise."""
 
@@ -70,9 +83,7 @@ class _PixelsToEmbedding(nn.Module):
         self.register_buffer("inv_std", 1.0 / torch.tensor(spec.std).view(1, 3, 1, 1))
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = pixels.permute(0, 3, 1, 2).float()
-        x = (x - self.mean) * self.inv_std
-        f = self.backbone(x).mean(dim=(2, 3))
+        f = self.backbone(normalise_pixels(pixels, self.mean, self.inv_std)).mean(dim=(2, 3))
         return f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 

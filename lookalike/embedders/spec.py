@@ -24,6 +24,7 @@ class EmbedderSpec:
     weights: str  # the weights' file name (or a trained model's digest): different weights, different model
     resize: str = "squash"  # whole photo to a square, bilinear
     source: str = ""  # a trained model's folder (empty for the registered embedders)
+    precision: str = "fp32"  # or "int8": a statically quantized copy of the same graph
 
     def preprocessing(self) -> dict[str, Any]:
         return {"input_size": self.input_size, "resize": self.resize, "pixels": "uint8 RGB",

@@ -1,0 +1,88 @@
+"""int8 models: quantization end to end, the guard against a broken calibration, and the
+uint8-input graph normalising exactly like the float path."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from lookalike import Index, LookalikeError, build_index, read_catalog
+from lookalike.cli import cli
+from lookalike.embedders import build_torch_model, create_embedder, get_spec, normalise_pixels
+
+from .conftest import MYNTRA
+
+MODEL = "efficientnet-lite0"  # built for int8 (ReLU6, no squeeze-excite): quantizes in seconds
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """80 real catalogue photos (synthetic flat shapes quantize atypically badly)."""
+    if not MYNTRA.is_dir():
+        pytest.skip(f"sample data not found at {MYNTRA}")
+    path = tmp_path_factory.mktemp("q") / "catalog.csv"
+    pd.read_csv(MYNTRA / "catalog.csv").iloc[::120].head(80).to_csv(path, index=False)
+    return path
+
+
+def test_int8_build_end_to_end(photos: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    base = ["build", str(photos), "--images", str(MYNTRA), "-q", "--model", MODEL]
+    fp32 = runner.invoke(cli, [*base, "-o", str(tmp_path / "fp32")])
+    assert fp32.exit_code == 0, fp32.output
+    r = runner.invoke(cli, [*base, "-o", str(tmp_path / "int8"), "--precision", "int8",
+                            "--calibration-size", "48"])
+    assert r.exit_code == 0, r.output
+    assert "int8 model calibrated on 48 photos; against fp32 on 32: mean cosine" in r.output
+    m = json.loads((tmp_path / "int8" / "manifest.json").read_text())
+    assert m["embedder"]["precision"] == "int8" and m["precision"]["calibration"] == {
+        "photos": 48, "seed": 0, "source": "catalogue"}
+    assert m["precision"]["check"]["mean_cosine"] >= 0.99 and "warning" not in m["precision"]
+    assert (tmp_path / "int8" / "model-int8.onnx").is_file()
+    a, b = Index.open(tmp_path / "fp32"), Index.open(tmp_path / "int8")
+    cos = np.sum(np.asarray(a.embeddings) * np.asarray(b.embeddings), axis=1)
+    assert cos.mean() >= 0.99  # the same photos, the two models: close vectors
+    assert b.embedder.spec.precision == "int8"  # queries go through the folder's int8 model
+    item = str(b.items["item_id"].iat[5])
+    photo = b.image_path(item)
+    assert b.search(photo, 1)[0].item_id == item and b.search(photo, 1)[0].score > 0.999
+    np.testing.assert_allclose(b.embed(photo), b.vector(item), atol=1e-5)
+
+
+def test_strict_refuses_a_broken_calibration(tiny_catalog: Path, tmp_path: Path) -> None:
+    cat = read_catalog(tiny_catalog, id_column="sku", image_column="file")
+    black = [Image.new("RGB", (96, 96))] * 4  # nothing like the catalogue: ranges all wrong
+    with pytest.raises(LookalikeError, match=r"far from fp32.*refused \(--strict\)"):
+        build_index(cat, tmp_path / "strict", model=MODEL, precision="int8",
+                    calibration=black, strict=True)
+    assert not (tmp_path / "strict").exists()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        s = build_index(cat, tmp_path / "warned", model=MODEL, precision="int8",
+                        calibration=black)
+    assert any("far from fp32" in str(w.message) for w in caught)
+    assert "far from fp32" in s.precision["warning"]
+    assert s.precision["calibration"]["source"] == "given"
+
+
+def test_uint8_graph_normalises_like_the_float_path() -> None:
+    spec = get_spec(MODEL)
+    model = build_torch_model(MODEL)
+    pixels = torch.randint(0, 256, (3, spec.input_size, spec.input_size, 3), dtype=torch.uint8)
+    mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
+    inv_std = 1.0 / torch.tensor(spec.std).view(1, 3, 1, 1)
+    float_path = (pixels.permute(0, 3, 1, 2).float() - mean) * inv_std
+    assert torch.allclose(normalise_pixels(pixels, mean, inv_std), float_path, atol=1e-5)
+    with torch.no_grad():
+        f = model.backbone(float_path).mean(dim=(2, 3))
+        want = (f / f.norm(dim=1, keepdim=True)).numpy()
+    got = create_embedder(MODEL)(pixels.numpy())  # the exported ONNX graph, uint8 in
+    np.testing.assert_allclose(got, want, atol=1e-4)
