@@ -9,8 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .catalog import ITEM_ID, PHOTO_DIGEST, Catalog
 from .embed import embed_images
 from .embedders import DEFAULT_EMBEDDER, Embedder, create_embedder, trained_meta
@@ -19,15 +17,7 @@ from .images import DEFAULT_MAX_PIXELS, ImageSource
 from .index import KINDS, VECTOR_TYPES
 from .milvus import BACKENDS
 from .preprocess import DEFAULT_PREPROCESS, Preprocess
-from .quantize import (
-    CHECK_PHOTOS,
-    INT8_MODEL,
-    MIN_AGREEMENT,
-    MIN_MEAN_COSINE,
-    PRECISIONS,
-    check,
-    quantize,
-)
+from .quantize import INT8_MODEL, PRECISIONS, quantize_catalogue
 from .ray_engine import ENGINES, embed_on_ray
 from .store import now, read_manifest, versions, write_index
 
@@ -169,25 +159,15 @@ def build_index(
 
 def _int8(fp32: Embedder, paths: list[Any], pre: Preprocess, size: int, seed: int,
           given: Sequence[ImageSource] | None, strict: bool) -> tuple[Embedder, dict[str, Any]]:
-    """The int8 model for a build, its calibration and its check against fp32."""
-    usable = [i for i, p in enumerate(paths) if p is not None]
-    order = [usable[i] for i in np.random.default_rng(seed).permutation(len(usable))]
-    calib = list(given) if given is not None else [paths[i] for i in order[:size]]
-    rest = order[size:] if given is None and len(order) > size else order
-    int8 = quantize(fp32, calib, preprocess=pre)
-    result = check(fp32, int8, [paths[i] for i in rest[:CHECK_PHOTOS]], preprocess=pre)
-    info = {"precision": "int8", "model": INT8_MODEL,
-            "calibration": {"photos": len(calib), "seed": seed,
-                            "source": "given" if given is not None else "catalogue"},
-            "check": result.to_dict()}
-    if not result.ok:
-        msg = (f"the int8 model is far from fp32 ({result}; thresholds: mean cosine "
-               f">= {MIN_MEAN_COSINE}, agreement >= {MIN_AGREEMENT})")
+    """The int8 model for a build, with its calibration and check; warns or (strict) refuses
+    when it strays from fp32."""
+    int8, info = quantize_catalogue(fp32, paths, preprocess=pre, size=size, seed=seed,
+                                    given=given)
+    if "warning" in info:
         if strict:
-            raise LookalikeError(f"{msg}; refused (--strict). Calibrate on more or more "
-                                 "typical photos, or build in fp32")
-        warnings.warn(msg, stacklevel=3)
-        info["warning"] = msg
+            raise LookalikeError(f"{info['warning']}; refused (--strict). Calibrate on more "
+                                 "or more typical photos, or build in fp32")
+        warnings.warn(info["warning"], stacklevel=3)
     return int8, info
 
 

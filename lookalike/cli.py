@@ -14,15 +14,15 @@ import numpy as np
 from tqdm import tqdm
 
 from .api import Hit, Index
-from .build import build_index
+from .build import build_index, default_preprocess
 from .catalog import read_catalog
-from .embedders import DEFAULT_EMBEDDER, list_embedders
+from .embedders import DEFAULT_EMBEDDER, create_embedder, list_embedders
 from .errors import LookalikeError
 from .images import DEFAULT_MAX_PIXELS
 from .index import KINDS, VECTOR_TYPES
 from .milvus import BACKENDS
 from .preprocess import DEFAULT_PREPROCESS, STEPS, Preprocess
-from .quantize import PRECISIONS
+from .quantize import PRECISIONS, quantize_catalogue
 from .ray_engine import ENGINES
 from .search import parse_where
 from .store import compact as compact_index
@@ -197,6 +197,40 @@ def build(catalog: str, images: str | None, out: str, model: str, id_column: str
         click.echo(f"  skipped {sk['item_id']} (row {sk['row']}): {sk['reason']}", err=True)
     if len(s.skipped) > 20:
         click.echo(f"  … and {len(s.skipped) - 20} more (all listed in manifest.json)", err=True)
+
+
+@cli.command()
+@click.argument("catalog", type=click.Path(dir_okay=False))
+@click.option("--images", type=click.Path(file_okay=False),
+              help="Folder or URI the image paths are relative to [default: the catalogue's "
+                   "folder].")
+@click.option("--model", "-m", default=DEFAULT_EMBEDDER, show_default=True,
+              help="Embedder name or trained model folder to quantize.")
+@click.option("--id-column", default="id", show_default=True)
+@click.option("--image-column", default="image_path", show_default=True)
+@click.option("--calibration-size", default=256, show_default=True, type=click.IntRange(1))
+@click.option("--calibration-seed", default=0, show_default=True, type=int)
+@click.option("--preprocess", "-p", default=None, metavar="STEPS", callback=_parse_preprocess,
+              help="Garment-focus steps the photos go through (as in build).")
+def quantize(catalog: str, images: str | None, model: str, id_column: str, image_column: str,
+             calibration_size: int, calibration_seed: int, preprocess: Preprocess | None
+             ) -> None:
+    """Make the int8 model of MODEL, calibrated on CATALOG's photos, and compare it with fp32
+    (cached: a later build --precision int8 with the same calibration reuses it)."""
+    cat = read_catalog(catalog, images, id_column=id_column, image_column=image_column,
+                       attributes=[])
+    fp32 = create_embedder(model)
+    pre = preprocess if preprocess is not None else default_preprocess(fp32)
+    paths = [cat.image_file(i) if i not in cat.missing else None for i in range(len(cat))]
+    int8, info = quantize_catalogue(fp32, paths, preprocess=pre, size=calibration_size,
+                                    seed=calibration_seed)
+    c = info["check"]
+    click.echo(f"int8 model of {fp32.name}: {int8.onnx_path}")
+    click.echo(f"calibrated on {info['calibration']['photos']} photos; against fp32 on "
+               f"{c['photos']}: mean cosine {c['mean_cosine']:.4f} (min {c['min_cosine']:.4f}), "
+               f"top-10 agreement {c['top10_agreement']:.4f}")
+    if "warning" in info:
+        click.echo(f"warning: {info['warning']}", err=True)
 
 
 @cli.command()

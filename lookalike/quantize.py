@@ -127,3 +127,28 @@ def check(fp32: Embedder, int8: Embedder, photos: Sequence[ImageSource], *,
         ta, tb = top(a), top(b)
         agreement = float(np.mean([len(set(p) & set(q)) / k for p, q in zip(ta, tb)]))
     return Check(len(a), float(cos.mean()), float(cos.min()), agreement)
+
+
+def quantize_catalogue(fp32: Embedder, paths: Sequence[ImageSource | None], *,
+                       preprocess: Preprocess | None = None, size: int = 256, seed: int = 0,
+                       given: Sequence[ImageSource] | None = None
+                       ) -> tuple[Embedder, dict[str, Any]]:
+    """Quantize ``fp32`` on a seeded sample of ``size`` of a catalogue's photos (``None``
+    entries, missing photos, are left out; or on the ``given`` photos) and check it on up to
+    :data:`CHECK_PHOTOS` others. Returns the int8 embedder and the manifest's ``precision``
+    entry (calibration, check, and a ``warning`` when below the thresholds)."""
+    usable = [i for i, p in enumerate(paths) if p is not None]
+    order = [usable[i] for i in np.random.default_rng(seed).permutation(len(usable))]
+    calib = list(given) if given is not None else [paths[i] for i in order[:size]]
+    rest = order[size:] if given is None and len(order) > size else order
+    int8 = quantize(fp32, calib, preprocess=preprocess)
+    result = check(fp32, int8, [paths[i] for i in rest[:CHECK_PHOTOS]], preprocess=preprocess)
+    info: dict[str, Any] = {
+        "precision": "int8", "model": INT8_MODEL,
+        "calibration": {"photos": len(calib), "seed": seed,
+                        "source": "given" if given is not None else "catalogue"},
+        "check": result.to_dict()}
+    if not result.ok:
+        info["warning"] = (f"the int8 model is far from fp32 ({result}; thresholds: mean "
+                           f"cosine >= {MIN_MEAN_COSINE}, agreement >= {MIN_AGREEMENT})")
+    return int8, info

@@ -38,9 +38,17 @@ def test_int8_build_end_to_end(photos: Path, tmp_path: Path) -> None:
     base = ["build", str(photos), "--images", str(MYNTRA), "-q", "--model", MODEL]
     fp32 = runner.invoke(cli, [*base, "-o", str(tmp_path / "fp32")])
     assert fp32.exit_code == 0, fp32.output
+    q = runner.invoke(cli, ["quantize", str(photos), "--images", str(MYNTRA), "--model", MODEL,
+                            "--calibration-size", "48"])
+    assert q.exit_code == 0, q.output
+    assert "calibrated on 48 photos; against fp32 on 32: mean cosine" in q.output
+    cached = Path(q.output.split("int8 model of efficientnet-lite0: ")[1].split()[0])
+    made = cached.stat().st_mtime_ns
     r = runner.invoke(cli, [*base, "-o", str(tmp_path / "int8"), "--precision", "int8",
                             "--calibration-size", "48"])
     assert r.exit_code == 0, r.output
+    assert cached.stat().st_mtime_ns == made  # the build reused the quantized model
+    assert (tmp_path / "int8" / "model-int8.onnx").read_bytes() == cached.read_bytes()
     assert "int8 model calibrated on 48 photos; against fp32 on 32: mean cosine" in r.output
     m = json.loads((tmp_path / "int8" / "manifest.json").read_text())
     assert m["embedder"]["precision"] == "int8" and m["precision"]["calibration"] == {
