@@ -101,9 +101,6 @@ class Reranked:
 
     def search(self, q: np.ndarray, k: int, params: Any = None) -> tuple[np.ndarray, np.ndarray]:
         fetch = min(self.ntotal, k * self.rerank)
-        if params is not None:  # IVF wants its own parameter type to carry a selector
-            params = faiss.SearchParametersIVF(sel=params.sel,
-                                               nprobe=faiss.downcast_index(self.index).nprobe)
         _, cand = self.index.search(q, fetch, params=params)
         scores = np.full((len(q), k), -np.inf, np.float32)
         rows = np.full((len(q), k), -1, np.int64)

@@ -23,6 +23,7 @@ import numpy as np
 from .embedders import Embedder, cache_dir
 from .errors import LookalikeError
 from .images import ImageSource, load_model_input
+from .index import exact_neighbors
 from .preprocess import Preprocess
 
 PRECISIONS = ("fp32", "int8")
@@ -119,13 +120,10 @@ def check(fp32: Embedder, int8: Embedder, photos: Sequence[ImageSource], *,
     k = min(10, len(a) - 1)
     agreement = 1.0
     if k >= 1:
-        def top(x: np.ndarray) -> np.ndarray:
-            s = x @ x.T
-            np.fill_diagonal(s, -np.inf)
-            return np.argsort(-s, axis=1)[:, :k]
+        def top(x: np.ndarray) -> list[set[int]]:  # each photo's k nearest, itself left out
+            return [set(r[r != i][:k]) for i, r in enumerate(exact_neighbors(x, x, k + 1))]
 
-        ta, tb = top(a), top(b)
-        agreement = float(np.mean([len(set(p) & set(q)) / k for p, q in zip(ta, tb)]))
+        agreement = float(np.mean([len(p & q) / k for p, q in zip(top(a), top(b))]))
     return Check(len(a), float(cos.mean()), float(cos.min()), agreement)
 
 

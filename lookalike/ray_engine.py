@@ -3,9 +3,9 @@ as the local engine, run as Ray Data batches.
 
 The photos are read by the workers themselves (a local folder every node can see, or any
 filesystem URI: ``s3://``, ``gs://``, ``hdfs://``, ``file://``); the ONNX model travels to the
-workers as bytes, so a node needs lookalike installed but no model cache. Decoding runs as
-tasks, inference in a pool of actors that each hold one ONNX Runtime session; the driver
-collects the vectors in catalogue order, so the result equals the local engine's.
+workers as bytes, so a node needs lookalike installed but no model cache. Decoding runs in
+one pool of actors, inference in another whose actors each hold one ONNX Runtime session;
+the driver collects the vectors in catalogue order, so the result equals the local engine's.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import LookalikeError
-from .index import flat_index
+from .index import Reranked, flat_index
 
 Where = Mapping[str, "str | int | float | Sequence[str | int | float]"]
 
@@ -57,9 +57,10 @@ def _selector(mask: np.ndarray | None, index: object
         return None, None
     bits = np.packbits(mask, bitorder="little")  # keep alive while faiss reads it
     sel = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bits))
-    if isinstance(index, faiss.Index) and isinstance(faiss.downcast_index(index), faiss.IndexIVF):
+    inner = index.index if isinstance(index, Reranked) else index  # IVF-PQ under re-ranking
+    if isinstance(inner, faiss.Index) and isinstance(faiss.downcast_index(inner), faiss.IndexIVF):
         # an IVF index takes its own parameter type, which carries its nprobe too
-        return faiss.SearchParametersIVF(sel=sel, nprobe=faiss.downcast_index(index).nprobe), bits
+        return faiss.SearchParametersIVF(sel=sel, nprobe=faiss.downcast_index(inner).nprobe), bits
     return faiss.SearchParameters(sel=sel), bits
 
 

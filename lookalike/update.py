@@ -16,7 +16,9 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from .api import Index, _plain
@@ -95,12 +97,10 @@ def add_items(index_path: str | os.PathLike, delta: Catalog, *, batch_size: int 
     for pos, reason in emb.skipped.items():
         out.skipped[ids[todo[pos]]] = reason
     if records:
-        if ix.backend is not None:  # Milvus first: vectors of ids the table lacks are ignored
-            ix.backend.upsert(pd.DataFrame(records), emb.embeddings)
-        out.change = append_change(ix.path, {
+        out.change = commit_add(ix, {
             "op": "add", "items": records, "time": now(),
             "counts": {"added": len(out.added), "replaced": len(out.replaced)}},
-            emb.embeddings if ix.backend is None else None)
+            emb.embeddings)
     return out
 
 
@@ -115,11 +115,30 @@ def remove_items(index_path: str | os.PathLike, item_ids: Sequence[object]) -> U
                                + "; nothing was removed")
     out = UpdateSummary(removed=wanted)
     if wanted:
-        out.change = append_change(ix.path, {"op": "delete", "item_ids": wanted, "time": now(),
-                                             "counts": {"removed": len(wanted)}})
-        if ix.backend is not None:  # after the commit: a vector left behind is never returned
-            ix.backend.delete(wanted)
+        out.change = commit_delete(ix, {"op": "delete", "item_ids": wanted, "time": now(),
+                                        "counts": {"removed": len(wanted)}}, wanted)
     return out
+
+
+def commit_add(ix: Index, change: dict[str, Any], vectors: np.ndarray) -> int:
+    """Commit added items (``change["items"]``, or the server's single ``change["item"]``)
+    with their vectors, one row each: into the journal, or with Milvus into the collection
+    first (an id the items table lacks is never returned), then the journal. Returns the
+    journal entry's number."""
+    if ix.backend is None:
+        return append_change(ix.path, change, vectors)
+    records = change["items"] if "items" in change else [change["item"]]
+    ix.backend.upsert(pd.DataFrame(records), vectors)
+    return append_change(ix.path, change)
+
+
+def commit_delete(ix: Index, change: dict[str, Any], item_ids: Sequence[str]) -> int:
+    """Commit removed items: the journal entry first, then with Milvus the collection's
+    delete (a vector left behind by a crash between them is never returned)."""
+    seq = append_change(ix.path, change)
+    if ix.backend is not None:
+        ix.backend.delete(item_ids)
+    return seq
 
 
 def _absolute(location: Path | str) -> str:

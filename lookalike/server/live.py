@@ -22,7 +22,7 @@ from PIL import Image
 from ..api import Index
 from ..catalog import IMAGE_PATH, ITEM_ID, PRODUCT_ID, ROW
 from ..errors import LookalikeError
-from ..store import append_change
+from ..update import commit_add, commit_delete
 
 PHOTOS = "photos"  # photos of added items, inside the index folder
 
@@ -64,10 +64,7 @@ class LiveIndex:
             rec = {ROW: -1, ITEM_ID: item_id, PRODUCT_ID: str(product_id or item_id),
                    IMAGE_PATH: str((folder / name).resolve()),
                    **{a: metadata.get(a) for a in ix.attributes}}
-            if ix.backend is not None:  # Milvus holds the vectors: written before the commit
-                ix.backend.upsert(pd.DataFrame([rec]), vector[None])
-            append_change(ix.path, {"op": "add", "item": rec},
-                          vector if ix.backend is None else None)
+            commit_add(ix, {"op": "add", "item": rec}, vector[None])
             items = pd.concat([ix.items, pd.DataFrame([rec])], ignore_index=True)
             embeddings = None if ix.backend is not None else \
                 np.vstack([np.asarray(ix.embeddings, np.float32), vector[None]])
@@ -80,9 +77,7 @@ class LiveIndex:
         with self._lock:
             ix = self.current
             row = ix.row(item_id)  # UnknownItemError for an unknown id
-            append_change(ix.path, {"op": "delete", "item_id": str(item_id)})
-            if ix.backend is not None:
-                ix.backend.delete([str(item_id)])
+            commit_delete(ix, {"op": "delete", "item_id": str(item_id)}, [str(item_id)])
             keep = np.ones(len(ix), bool)
             keep[row] = False
             self.current = ix.with_items(
