@@ -17,12 +17,12 @@ from .catalog import IMAGE_PATH, ITEM_ID, PRODUCT_ID, Catalog, resolve_image
 from .embedders import DEFAULT_EMBEDDER, Embedder, EmbedderSpec, create_embedder
 from .errors import ImageError, IndexFormatError, UnknownItemError
 from .images import DEFAULT_MAX_PIXELS, ImageSource, is_uri, load_model_input
-from .milvus import Filter, MilvusSearch, MilvusVectors
+from .milvus import Filter
 from .neighbors import write_neighbors
 from .preprocess import Preprocess
 from .quantize import INT8_MODEL
 from .search import Where, filter_mask, top_k
-from .store import StoredIndex, read_index, vector_index
+from .store import StoredIndex, changed, read_index
 
 
 @dataclass(frozen=True)
@@ -71,16 +71,8 @@ class Index:
         """A new Index over other items and vectors (same folder, model and embedder): how a
         live index changes without touching the one that queries are reading. With the
         Milvus backend the collection already holds the vectors (``embeddings`` unused)."""
-        items = items.reset_index(drop=True)
-        if self.backend is not None:
-            ids = items[ITEM_ID].astype(str).tolist()
-            stored = StoredIndex(self.path, self.manifest, items, MilvusVectors(self.backend, ids),
-                                 MilvusSearch(self.backend, ids), self.backend)
-        else:
-            emb = np.ascontiguousarray(embeddings, dtype=np.float32)
-            stored = StoredIndex(self.path, self.manifest, items, emb,
-                                 vector_index(self.manifest, emb))
-        new = Index(self.path, stored=stored)
+        new = Index(self.path, stored=changed(self.path, self.manifest, items, embeddings,
+                                              self.backend))
         new._embedder = self._embedder
         return new
 

@@ -321,7 +321,7 @@ def read_index(path: str | os.PathLike) -> StoredIndex:
     items, emb, changes = _replay(path, items, emb)
     if changes:  # items were added or deleted since the build: the stored index is stale
         manifest = {**manifest, "journal": {"changes": changes}}
-        return StoredIndex(path, manifest, items, emb, vector_index(manifest, emb))
+        return changed(path, manifest, items, emb)
     kind, params = stored_kind(manifest)
     set_search_params(index, kind, params)
     return StoredIndex(path, manifest, items, emb, searchable(index, emb, kind, params))
@@ -338,9 +338,22 @@ def _open_milvus(path: Path, manifest: dict[str, Any], items: pd.DataFrame) -> S
     items, _, changes = _replay(path, items, None)
     if changes:
         manifest = {**manifest, "journal": {"changes": changes}}
-    ids = items["item_id"].astype(str).tolist()
-    return StoredIndex(path, manifest, items, milvus.MilvusVectors(store, ids),
-                       milvus.MilvusSearch(store, ids), store)
+    return changed(path, manifest, items, None, store)
+
+
+def changed(path: Path, manifest: dict[str, Any], items: pd.DataFrame,
+            embeddings: np.ndarray | None, backend: milvus.MilvusStore | None = None
+            ) -> StoredIndex:
+    """An index over other items than the stored vector index was built for (a journal
+    replayed, a live change): over ``embeddings`` a new index of the manifest's kind, or with
+    the Milvus ``backend`` the collection (which holds the vectors already)."""
+    items = items.reset_index(drop=True)
+    if backend is not None:
+        ids = items["item_id"].astype(str).tolist()
+        return StoredIndex(path, manifest, items, milvus.MilvusVectors(backend, ids),
+                           milvus.MilvusSearch(backend, ids), backend)
+    emb = np.ascontiguousarray(embeddings, dtype=np.float32)
+    return StoredIndex(path, manifest, items, emb, vector_index(manifest, emb))
 
 
 def stored_kind(manifest: dict[str, Any]) -> tuple[str, dict[str, int]]:
