@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .catalog import ITEM_ID, PHOTO_DIGEST, Catalog
+from .decoding import DecoderChoice
 from .embed import embed_images
 from .embedders import DEFAULT_EMBEDDER, Embedder, create_embedder, trained_meta
 from .errors import LookalikeError
@@ -32,6 +33,7 @@ class BuildSummary:
     preprocess: dict[str, dict[str, int]] = field(default_factory=dict)
     index: dict[str, Any] = field(default_factory=dict)  # the manifest's vector index entry
     precision: dict[str, Any] = field(default_factory=dict)  # int8: calibration and check
+    decoder: DecoderChoice | None = None  # the photo decoder chosen, and on what
 
     @property
     def catalog_rows(self) -> int:
@@ -61,6 +63,7 @@ def build_index(
     calibration_seed: int = 0,
     calibration: Sequence[ImageSource] | None = None,
     strict: bool = False,
+    decoder: str | None = None,
 ) -> BuildSummary:
     """Embed every photo of ``catalog`` and write the index folder ``out`` atomically.
 
@@ -81,7 +84,9 @@ def build_index(
     ``precision="int8"`` embeds with a statically quantized copy of the model, calibrated on
     ``calibration_size`` of the catalogue's photos (seeded; or the ``calibration`` photos
     given) and kept in the folder for queries; it is compared with fp32 on other photos, and
-    below the thresholds the build warns, or with ``strict`` refuses.
+    below the thresholds the build warns, or with ``strict`` refuses. ``decoder``
+    (``pillow`` or ``opencv``) decodes the photos; by default the faster of the two on the
+    catalogue's first photos, if their pixels match (the choice is recorded).
     """
     if index not in KINDS:
         raise LookalikeError(f"unknown index type {index!r}; choose one of {', '.join(KINDS)}")
@@ -115,11 +120,11 @@ def build_index(
     if engine == "ray":
         result = embed_on_ray(embedder, paths, address=address, batch_size=batch_size,
                               actors=actors, max_pixels=max_pixels, skip=catalog.missing,
-                              preprocess=pre, progress=progress)
+                              preprocess=pre, progress=progress, decoder=decoder)
     else:
         result = embed_images(embedder, paths, batch_size=batch_size, workers=workers,
                               max_pixels=max_pixels, progress=progress, skip=catalog.missing,
-                              preprocess=pre)
+                              preprocess=pre, decoder=decoder)
     if len(result.rows) == 0:
         first = next(iter(result.skipped.items()), (None, "no rows"))
         raise LookalikeError(f"no photo of {catalog.source.name} could be read; "
@@ -146,6 +151,7 @@ def build_index(
         "skipped": skipped,
         "engine": {"name": engine, **({"address": address or "local"} if engine == "ray" else {})},
         "timings": {k: round(v, 3) for k, v in result.timings.items()},
+        "decoder": result.decoder.to_dict() if result.decoder else {"name": decoder},
     }
     if quant:
         manifest["precision"] = quant
@@ -154,7 +160,8 @@ def build_index(
                        milvus_uri=milvus_uri,
                        extra_files={INT8_MODEL: embedder.onnx_path} if quant else None)
     return BuildSummary(path, spec.name, len(items), skipped, result.timings,
-                        manifest["preprocess"]["outcomes"], read_manifest(path)["index"], quant)
+                        manifest["preprocess"]["outcomes"], read_manifest(path)["index"], quant,
+                        result.decoder)
 
 
 def _int8(fp32: Embedder, paths: list[Any], pre: Preprocess, size: int, seed: int,

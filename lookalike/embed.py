@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from .decoding import DecoderChoice, choose_decoder
 from .embedders import Embedder
 from .errors import ImageError
 from .images import DEFAULT_MAX_PIXELS, ImageSource, load_model_input, read_bytes
@@ -29,7 +30,8 @@ class EmbedResult:
     """``embeddings[i]`` belongs to input position ``rows[i]``; ``skipped`` maps the other
     positions to a reason. ``timings`` holds seconds per stage and ``images_per_s``;
     ``preprocess`` counts, per preprocessing step, the photos by what the step did;
-    ``digests[i]`` is the SHA-1 of photo ``rows[i]``'s file (None for in-memory photos)."""
+    ``digests[i]`` is the SHA-1 of photo ``rows[i]``'s file (None for in-memory photos);
+    ``decoder`` is the decoder used and why."""
 
     embeddings: np.ndarray
     rows: np.ndarray
@@ -37,6 +39,7 @@ class EmbedResult:
     timings: dict[str, float] = field(default_factory=dict)
     preprocess: dict[str, Counter] = field(default_factory=dict)
     digests: list[str | None] = field(default_factory=list)
+    decoder: DecoderChoice | None = None
 
 
 @dataclass
@@ -53,9 +56,10 @@ class Decoded:
 
 
 def decode_batch(sources: Sequence[ImageSource], positions: Sequence[int], size: int,
-                 max_pixels: int, pre: Preprocess) -> Decoded:
-    """Read (local path, filesystem URI, bytes or PIL image), decode and preprocess photos
-    into uint8 (n, size, size, 3); a photo that fails is reported with its reason."""
+                 max_pixels: int, pre: Preprocess, decoder: str = "pillow") -> Decoded:
+    """Read (local path, filesystem URI, bytes or PIL image), decode (with ``decoder``) and
+    preprocess photos into uint8 (n, size, size, 3); a photo that fails is reported with its
+    reason."""
     t0 = time.perf_counter()
     out = np.empty((len(sources), size, size, 3), np.uint8)
     ok: list[int] = []
@@ -76,7 +80,7 @@ def decode_batch(sources: Sequence[ImageSource], positions: Sequence[int], size:
                 src = read_bytes(src)
                 digest = hashlib.sha1(src).hexdigest()
             out[len(ok)] = load_model_input(src, size, max_pixels=max_pixels,
-                                            preprocess=run if pre else None)
+                                            preprocess=run if pre else None, decoder=decoder)
         except ImageError as e:
             bad[pos] = str(e)
             continue
@@ -99,9 +103,12 @@ def embed_images(
     progress: bool = False,
     skip: dict[int, str] | None = None,
     preprocess: Preprocess | None = None,
+    decoder: str | None = None,
 ) -> EmbedResult:
     """Embed ``sources`` (paths, bytes or PIL images), each run through ``preprocess`` first.
-    Positions listed in ``skip`` are not read and are reported with the given reason."""
+    Positions listed in ``skip`` are not read and are reported with the given reason.
+    ``decoder`` (``pillow`` or ``opencv``) decodes the photos; by default the faster of the
+    two on the first photos, provided their pixels match (:mod:`lookalike.decoding`)."""
     pre = preprocess or Preprocess()
     seen: dict[str, Counter] = {s: Counter() for s in pre.steps}
     skip = dict(skip or {})
@@ -109,6 +116,9 @@ def embed_images(
     workers = workers or min(4, os.cpu_count() or 1)
     size = embedder.spec.input_size
     t_start = time.perf_counter()
+    choice = (choose_decoder([sources[i] for i in todo[:64]], size, max_pixels)
+              if decoder is None else None)
+    decoder = choice.name if choice else decoder
     decode_s = infer_s = wait_s = 0.0
     chunks: list[np.ndarray] = []
     rows: list[int] = []
@@ -125,7 +135,7 @@ def embed_images(
             b = next(it, None)
             if b is not None:
                 pending.append(pool.submit(decode_batch, [sources[i] for i in b], b, size,
-                                           max_pixels, pre))
+                                           max_pixels, pre, decoder))
 
         for _ in range(workers + 2):  # decode runs ahead of inference
             submit()
@@ -155,7 +165,7 @@ def embed_images(
         timings={"total_s": total, "decode_s": decode_s, "infer_s": infer_s,
                  "wait_for_decode_s": wait_s, "images": n,
                  "images_per_s": n / total if total > 0 else 0.0},
-        preprocess=seen, digests=digests)
+        preprocess=seen, digests=digests, decoder=choice)
 
 
 def count_notes(seen: dict[str, Counter], notes: Sequence[dict[str, str]]) -> None:

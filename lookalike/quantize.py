@@ -2,10 +2,10 @@
 catalogue's own photos, and the check that its vectors still agree with fp32.
 
 Weights become per-channel int8 and activations uint8 (``onnxruntime.quantization``, QDQ
-format). The graph takes the same uint8 pixels as the fp32 one; its normalisation is a 1×1
-convolution, so the quantized graph's input is the raw pixel and no float element-wise work
-is left before the first convolution. Only convolutions, additions, activations and pooling
-are quantized; the final pooling and L2 normalisation stay float.
+format). The graph takes the same uint8 pixels as the fp32 one; the input normalisation is
+folded into the first convolutions (:mod:`lookalike.fold`), so the quantized convolutions read
+the raw pixels and nothing runs before them. Only convolutions, additions, activations and
+pooling are quantized; the final pooling and L2 normalisation stay float.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from . import fold
 from .embedders import Embedder, cache_dir
 from .errors import LookalikeError
 from .images import ImageSource, load_model_input
@@ -33,6 +34,7 @@ MIN_MEAN_COSINE = 0.99  # the check's thresholds: below them a build warns (--st
 MIN_AGREEMENT = 0.8
 CHECK_PHOTOS = 256  # photos (not the calibration ones) the int8 model is checked on
 INT8_MODEL = "model-int8.onnx"  # an int8 index keeps its model: queries must use the same one
+QUANTIZE_VERSION = 2  # in the cache key: 2 folds the normalisation into the first convolutions
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ def quantize(fp32: Embedder, calibration: Sequence[ImageSource], *,
     """The int8 version of ``fp32``, calibrated on ``calibration`` photos (run through
     ``preprocess`` as the catalogue is). Cached beside the fp32 ONNX, keyed by the model and
     the calibration photos' bytes, so the same calibration is quantized once."""
+    import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -85,7 +88,8 @@ def quantize(fp32: Embedder, calibration: Sequence[ImageSource], *,
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     pixels = _pixels(calibration, fp32.spec.input_size, preprocess)
-    key = hashlib.sha256(Path(fp32.onnx_path).read_bytes())
+    key = hashlib.sha256(f"v{QUANTIZE_VERSION}".encode())
+    key.update(Path(fp32.onnx_path).read_bytes())
     key.update(pixels.tobytes())
     path = cache_dir() / "onnx" / f"{Path(fp32.onnx_path).stem}-int8-{key.hexdigest()[:12]}.onnx"
     if not path.exists():
@@ -100,11 +104,23 @@ def quantize(fp32: Embedder, calibration: Sequence[ImageSource], *,
         with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
             pre = Path(tmp) / "pre.onnx"
             quant_pre_process(str(fp32.onnx_path), str(pre))
+            graph = onnx.load(pre)
+            centred = fold.fold_normalisation(graph)
+            overrides = {}
+            if centred is not None:  # its uint8 form is the pixel: scale 1, zero point Z
+                onnx.save(graph, pre)
+                overrides = {centred.tensor: [{"scale": np.array(1.0, np.float32),
+                                               "zero_point": np.array(centred.zero, np.uint8)}]}
             out = Path(tmp) / "int8.onnx"
             quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ,
                             per_channel=True, weight_type=QuantType.QInt8,
                             activation_type=QuantType.QUInt8,
-                            op_types_to_quantize=QUANTIZED_OPS)
+                            op_types_to_quantize=QUANTIZED_OPS,
+                            extra_options={"TensorQuantOverrides": overrides})
+            if centred is not None:
+                graph = onnx.load(out)
+                if fold.read_raw_pixels(graph, centred):
+                    onnx.save(graph, out)
             os.replace(out, path)  # atomic: a crash never leaves half a model in the cache
     return Embedder(replace(fp32.spec, precision="int8"), path)
 

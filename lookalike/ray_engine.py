@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from .decoding import choose_decoder
 from .embed import EmbedResult, count_notes, decode_batch
 from .embedders import Embedder, onnx_session
 from .errors import LookalikeError
@@ -81,14 +82,15 @@ class _Decode:
     """Decoding stage: paths → uint8 pixels, digests, preprocessing notes, or the reason a
     photo could not be read (pixels left zero)."""
 
-    def __init__(self, size: int, max_pixels: int, preprocess: dict[str, Any]) -> None:
-        self.size, self.max_pixels = size, max_pixels
+    def __init__(self, size: int, max_pixels: int, preprocess: dict[str, Any],
+                 decoder: str) -> None:
+        self.size, self.max_pixels, self.decoder = size, max_pixels, decoder
         self.pre = Preprocess.from_dict(preprocess)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         pos = batch["pos"].tolist()
         d = decode_batch([str(p) for p in batch["path"]], pos, self.size, self.max_pixels,
-                         self.pre)
+                         self.pre, self.decoder)
         n = len(pos)
         pixels = np.zeros((n, self.size, self.size, 3), np.uint8)
         at = {p: i for i, p in enumerate(pos)}
@@ -136,10 +138,12 @@ def embed_on_ray(
     skip: dict[int, str] | None = None,
     preprocess: Preprocess | None = None,
     progress: bool = False,
+    decoder: str | None = None,
 ) -> EmbedResult:
     """Embed photos (local paths or filesystem URIs) on Ray: the same result as
     :func:`lookalike.embed.embed_images`, computed by a pool of ``actors`` ONNX Runtime workers
-    per stage (default: one per two CPUs of the cluster)."""
+    per stage (default: one per two CPUs of the cluster). The ``decoder``, unless given, is
+    chosen here on the first photos, as the local engine does."""
     ray = _ray()
     pre = preprocess or Preprocess()
     skip = dict(skip or {})
@@ -150,6 +154,9 @@ def embed_on_ray(
             skipped[i] = "no image path"
     seen: dict[str, Counter] = {s: Counter() for s in pre.steps}
     t_start = time.perf_counter()
+    size = embedder.spec.input_size
+    choice = (choose_decoder([sources[i] for i in todo[:64]], size, max_pixels)
+              if decoder is None else None)
     owned = connect(address)
     try:
         cpus = int(ray.cluster_resources().get("CPU", 1))
@@ -162,13 +169,13 @@ def embed_on_ray(
         ctx.print_on_execution_start = False
         logging.getLogger("ray.data").setLevel(logging.INFO if progress else logging.WARNING)
         model = ray.put(embedder.onnx_path.read_bytes())
-        size = embedder.spec.input_size
         # the work list as Arrow blocks (compact at millions of photos), a few per CPU
         chunks = np.array_split(np.asarray(todo, np.int64),
                                 max(1, min(len(todo) // batch_size, 4 * cpus)))
         ds = ray.data.from_arrow([pa.table({"pos": c, "path": [str(sources[i]) for i in c]})
                                   for c in chunks if len(c)] or [pa.table({"pos": [], "path": []})])
-        ds = ds.map_batches(_Decode, fn_constructor_args=(size, max_pixels, pre.to_dict()),
+        ds = ds.map_batches(_Decode, fn_constructor_args=(size, max_pixels, pre.to_dict(),
+                                                          choice.name if choice else decoder),
                             batch_size=batch_size, num_cpus=0.5,
                             compute=ray.data.ActorPoolStrategy(size=actors))
         ds = ds.map_batches(_Embed, fn_constructor_args=(model, embedder.dim, threads),
@@ -199,4 +206,4 @@ def embed_on_ray(
         embeddings=emb, rows=rows.astype(np.int64), skipped=skipped,
         timings={"total_s": total, "decode_s": decode_s, "infer_s": infer_s, "images": n,
                  "images_per_s": n / total if total > 0 else 0.0, "actors": actors},
-        preprocess=seen, digests=[digests[int(r)] or None for r in rows])
+        preprocess=seen, digests=[digests[int(r)] or None for r in rows], decoder=choice)

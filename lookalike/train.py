@@ -32,7 +32,14 @@ from tqdm import tqdm
 
 from .api import Index
 from .catalog import PRODUCT_ID
-from .embedders import TRAINED_ONNX, TRAINED_SPEC, EmbedderSpec, export_module, onnx_session
+from .embedders import (
+    TRAINED_ONNX,
+    TRAINED_SPEC,
+    EmbedderSpec,
+    create_embedder,
+    export_module,
+    onnx_session,
+)
 from .errors import ImageError, LookalikeError
 from .evaluate import evaluate_catalog
 from .images import load_image, to_model_input
@@ -173,7 +180,13 @@ def _cache_views(ix: Index, model: DeepRanking, rows: np.ndarray, tune: int, pro
     chunks = [rows[i:i + chunk] for i in range(0, len(rows), chunk)]
     inputs, smalls = [], []
     desc = "augmented views" if augment_seed is not None else "photos"
-    embedder = ix.embedder if tune == 0 and augment_seed is not None else None
+    # the backbone's features: the index's vectors, except for augmented views (embedded
+    # here) and an int8 index (its vectors come from the int8 model, but the trained model
+    # exports the fp32 backbone: the features it learns from must be fp32's)
+    fp32 = ix.spec.precision == "int8"
+    embedder = None
+    if tune == 0 and (augment_seed is not None or fp32):
+        embedder = create_embedder(ix.spec.name) if fp32 else ix.embedder
     with tempfile.TemporaryDirectory() as tmp, \
             ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool, \
             ThreadPoolExecutor(max_workers=1) as loader, \

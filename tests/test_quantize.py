@@ -1,5 +1,6 @@
-"""int8 models: quantization end to end, the guard against a broken calibration, and the
-uint8-input graph normalising exactly like the float path."""
+"""int8 models: quantization end to end, the guard against a broken calibration, the
+uint8-input graph normalising exactly like the float path, and the normalisation folded into
+the first convolutions so the int8 graph reads the raw pixels."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pandas as pd
 import pytest
 import torch
@@ -16,7 +18,17 @@ from PIL import Image
 
 from lookalike import Index, LookalikeError, build_index, read_catalog
 from lookalike.cli import cli
-from lookalike.embedders import build_torch_model, create_embedder, get_spec, normalise_pixels
+from lookalike.embedders import (
+    build_torch_model,
+    create_embedder,
+    export_module,
+    export_onnx,
+    get_spec,
+    normalise_pixels,
+    onnx_session,
+)
+from lookalike.fold import fold_normalisation
+from lookalike.ranking import DeepRanking
 
 from .conftest import MYNTRA
 
@@ -54,7 +66,10 @@ def test_int8_build_end_to_end(photos: Path, tmp_path: Path) -> None:
     assert m["embedder"]["precision"] == "int8" and m["precision"]["calibration"] == {
         "photos": 48, "seed": 0, "source": "catalogue"}
     assert m["precision"]["check"]["mean_cosine"] >= 0.99 and "warning" not in m["precision"]
-    assert (tmp_path / "int8" / "model-int8.onnx").is_file()
+    graph = onnx.load(tmp_path / "int8" / "model-int8.onnx").graph
+    assert "Cast" not in {n.op_type for n in graph.node}  # normalisation folded in
+    assert all(n.op_type in ("Transpose", "DequantizeLinear")
+               for n in graph.node if graph.input[0].name in n.input)  # raw pixels read
     a, b = Index.open(tmp_path / "fp32"), Index.open(tmp_path / "int8")
     cos = np.sum(np.asarray(a.embeddings) * np.asarray(b.embeddings), axis=1)
     assert cos.mean() >= 0.99  # the same photos, the two models: close vectors
@@ -94,3 +109,53 @@ def test_uint8_graph_normalises_like_the_float_path() -> None:
         want = (f / f.norm(dim=1, keepdim=True)).numpy()
     got = create_embedder(MODEL)(pixels.numpy())  # the exported ONNX graph, uint8 in
     np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def _fold(src: Path, tmp: Path) -> tuple[Path, Path, object]:
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre, folded = tmp / "pre.onnx", tmp / "folded.onnx"
+    quant_pre_process(str(src), str(pre))
+    model = onnx.load(pre)
+    centred = fold_normalisation(model)
+    onnx.save(model, folded)
+    return pre, folded, centred
+
+
+@pytest.mark.parametrize("net", ["efficientnet-lite0", "deep-ranking", "mobilenet-v2"])
+def test_folding_the_normalisation_keeps_the_embeddings(net: str, tmp_path: Path) -> None:
+    """The normalisation moves into the convolutions reading it (the backbone's stem; a Deep
+    Ranking net's branches through their average pools): exact where the channels share an
+    integer mean pixel (efficientnet-lite: 127), a border difference otherwise."""
+    if net == "deep-ranking":
+        src = export_module(DeepRanking(MODEL, dim=64), 224, tmp_path / "ranking.onnx")
+    else:
+        src = export_onnx(net)
+    pre, folded, centred = _fold(src, tmp_path)
+    assert centred is not None and centred.zero == (114 if net == "mobilenet-v2" else 127)
+    ops = [n.op_type for n in onnx.load(folded).graph.node]
+    assert ops.count("Sub") == 1 and ops.count("Cast") == 1
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 224, 224, 3), np.uint8)
+    a, b = (onnx_session(p).run(None, {"pixels": pixels})[0] for p in (pre, folded))
+    if net == "mobilenet-v2":  # the padded border is pixel 114 instead of the channel means
+        assert np.sum(a * b, axis=1).min() > 0.9999
+    else:
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_graphs_of_another_shape_are_left_alone(tmp_path: Path) -> None:
+    from torch import nn
+
+    class Grouped(nn.Module):  # normalised pixels read by a grouped convolution
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 6, 3, groups=3)
+
+        def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+            x = normalise_pixels(pixels, torch.full((1, 3, 1, 1), 127.0),
+                                 torch.full((1, 3, 1, 1), 1 / 128))
+            return self.conv(x).mean(dim=(2, 3))
+
+    src = export_module(Grouped(), 32, tmp_path / "grouped.onnx")
+    _, folded, centred = _fold(src, tmp_path)
+    assert centred is None and "Sub" not in {n.op_type for n in onnx.load(folded).graph.node}

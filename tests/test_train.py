@@ -1,6 +1,7 @@
 """A short training run end to end: train, checkpoint, resume, export, build with the model."""
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from PIL import Image
 from lookalike import Index, LookalikeError, build_index, read_catalog
 from lookalike.cli import cli
 from lookalike.ranking import DeepRanking
-from lookalike.train import TrainConfig, front_runner, train
+from lookalike.train import TrainConfig, _cache_views, front_runner, train
 
 from .conftest import garment
 
@@ -217,3 +218,20 @@ def test_training_keeps_the_index_preprocessing(shop: dict[str, Path], tmp_path:
     assert Index.open(kept.path).preprocess.steps == ("crop",)
     plain = build_index(cat, tmp_path / "ix3", model=str(out), preprocess="none")
     assert Index.open(plain.path).preprocess.steps == ()
+
+
+def test_an_int8_index_trains_on_fp32_features(shop: dict[str, Path], tmp_path: Path) -> None:
+    """The trained model exports the fp32 backbone, so the features it learns from are fp32's,
+    not the int8 index's vectors."""
+    cat = read_catalog(shop["csv"], product_column="product")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # synthetic photos: the int8 check may warn
+        build_index(cat, tmp_path / "int8", model="mobilenet-v2", precision="int8",
+                    calibration_size=32)
+    ix8, ix32 = Index.open(tmp_path / "int8"), Index.open(shop["index"])
+    rows = np.arange(12)
+    model = DeepRanking("mobilenet-v2", 32, with_backbone=False)
+    feats, small = _cache_views(ix8, model, rows, 0, progress=False)
+    np.testing.assert_allclose(feats.numpy(), np.asarray(ix32.embeddings)[rows], atol=1e-5)
+    assert not np.allclose(feats.numpy(), np.asarray(ix8.embeddings)[rows], atol=1e-3)
+    assert small.shape == (12, 3, 56, 56)

@@ -65,9 +65,9 @@ def get_spec(name: str) -> EmbedderSpec:
 def normalise_pixels(pixels: torch.Tensor, mean: torch.Tensor, inv_std: torch.Tensor
                      ) -> torch.Tensor:
     """uint8 NHWC pixels → ``(pixel - mean) * inv_std`` NCHW floats, computed as one 1×1
-    per-channel convolution: the same numbers as the subtraction and multiplication, but one
-    fast op in the exported graph, which an int8 graph quantizes exactly (its input is the raw
-    pixel) instead of spending a third of its time on element-wise float ops."""
+    per-channel convolution: the same numbers as the subtraction and multiplication, as one op
+    in the exported graph, which the int8 rewrite (:mod:`lookalike.fold`) finds and folds into
+    the convolutions that read it."""
     x = pixels.permute(0, 3, 1, 2).float()
     w = inv_std.reshape(3, 1, 1, 1)
     return F.conv2d(x, w, (-mean * inv_std).reshape(3), groups=3)
