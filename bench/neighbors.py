@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.neighbors import NearestNeighbors
+from synthetic import clustered
 
 from lookalike import Index, build_index, read_catalog
 from lookalike.index import build_vector_index, flat_index, searchable
@@ -76,19 +77,6 @@ def synthetic(n: int, d: int, seed: int = 0) -> np.ndarray:
     x = np.empty((n, d), np.float32)
     for i in range(0, n, 8192):
         b = rng.standard_normal((min(8192, n - i), d), dtype=np.float32)
-        x[i:i + len(b)] = b / np.linalg.norm(b, axis=1, keepdims=True)
-    return x
-
-
-def clustered(n: int, d: int, centres: int = 1000, seed: int = 0) -> np.ndarray:
-    """Unit vectors around ``centres`` random centres (noise as large as the centre)."""
-    rng = np.random.default_rng(seed)
-    c = rng.standard_normal((centres, d), dtype=np.float32)
-    label = rng.integers(0, centres, n)
-    x = np.empty((n, d), np.float32)
-    for i in range(0, n, 8192):
-        b = c[label[i:i + 8192]] + rng.standard_normal((len(label[i:i + 8192]), d),
-                                                       dtype=np.float32)
         x[i:i + len(b)] = b / np.linalg.norm(b, axis=1, keepdims=True)
     return x
 
@@ -149,7 +137,8 @@ def main() -> None:
     k = args.k
     kinds = [s for s in args.index_kinds.split(",") if s]
     if args.ann_only:
-        approximate(clustered(args.n, 1280), k, args.queries, kinds)
+        approximate(clustered(args.n, 1280, 1000, np.random.default_rng(0))[0], k, args.queries,
+                    kinds)
         return
 
     if not Path(args.index, "manifest.json").exists():
@@ -183,7 +172,8 @@ def main() -> None:
         del x
         print("\nmyntra-9k embeddings, approximate:", end="")
         approximate(myntra, k, len(myntra), kinds)
-        approximate(clustered(args.n, 1280), k, args.queries, kinds)
+        approximate(clustered(args.n, 1280, 1000, np.random.default_rng(0))[0], k, args.queries,
+                    kinds)
 
 
 if __name__ == "__main__":

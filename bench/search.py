@@ -19,21 +19,10 @@ import time
 
 import faiss
 import numpy as np
+from synthetic import clustered
 
 from lookalike.index import build_vector_index, exact_neighbors, flat_index, searchable
 from lookalike.search import top_k
-
-
-def clustered(n: int, d: int, centres: int, rng: np.random.Generator,
-              c: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    c = rng.standard_normal((centres, d), dtype=np.float32) if c is None else c
-    label = rng.integers(0, len(c), n)
-    x = np.empty((n, d), np.float32)
-    for i in range(0, n, 65536):
-        b = c[label[i:i + 65536]] + rng.standard_normal((len(label[i:i + 65536]), d),
-                                                        dtype=np.float32)
-        x[i:i + len(b)] = b / np.linalg.norm(b, axis=1, keepdims=True)
-    return x, c
 
 
 def latencies(index: object, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -57,7 +46,7 @@ def main() -> None:
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     x, centres = clustered(args.n, args.dim, 2000, rng)
-    q, _ = clustered(args.queries, args.dim, 2000, rng, centres)
+    q, _ = clustered(args.queries, args.dim, centres, rng)
     print(f"{os.cpu_count()} cores; {args.n:,} x {args.dim} base vectors, {args.queries:,} "
           f"queries one at a time, k={args.k}\n", flush=True)
 

@@ -72,13 +72,12 @@ def add_items(index_path: str | os.PathLike, delta: Catalog, *, batch_size: int 
     if dupes:
         raise LookalikeError(f"the delta lists item id(s) more than once: {', '.join(dupes[:10])}")
     paths = [delta.image_file(r) for r in range(len(delta))]
-    digests = [photo_digest(p) for p in paths]
     todo: list[int] = []
     for r, item_id in enumerate(ids):
         if r in delta.missing:
             out.skipped[item_id] = delta.missing[r]
-        elif item_id in ix and _unchanged(ix, item_id, delta, r, digests[r]):
-            out.unchanged.append(item_id)
+        elif item_id in ix and _unchanged(ix, item_id, delta, r, photo_digest(paths[r])):
+            out.unchanged.append(item_id)  # only known ids are read before embedding
         else:
             todo.append(r)
     if not todo:
@@ -86,13 +85,13 @@ def add_items(index_path: str | os.PathLike, delta: Catalog, *, batch_size: int 
     emb = embed_images(ix.embedder, [paths[r] for r in todo], batch_size=batch_size,
                        progress=progress, preprocess=ix.preprocess)
     records = []
-    for pos in emb.rows:
+    for pos, digest in zip(emb.rows, emb.digests):  # the digest of the bytes embedded
         r = todo[pos]
         item = delta.items.iloc[r]
         records.append({ROW: -1, ITEM_ID: ids[r], PRODUCT_ID: str(item[PRODUCT_ID]),
                         IMAGE_PATH: _absolute(paths[r]),
                         **{a: _plain(item[a]) for a in ix.attributes},
-                        PHOTO_DIGEST: digests[r]})
+                        PHOTO_DIGEST: digest})
         (out.replaced if ids[r] in ix else out.added).append(ids[r])
     for pos, reason in emb.skipped.items():
         out.skipped[ids[todo[pos]]] = reason

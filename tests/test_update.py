@@ -70,6 +70,24 @@ def test_add_then_remove_equals_a_fresh_build(split: dict[str, Path], tmp_path: 
     assert changed.metadata("P5-0") == fresh.metadata("P5-0")
 
 
+def test_new_items_photos_are_read_once(split: dict[str, Path], monkeypatch) -> None:
+    """Only ids already in the index are read for their digest before embedding; a new
+    item's digest is the one of the bytes embedded."""
+    import lookalike.catalog
+    import lookalike.embed
+
+    reads: dict[str, list[str]] = {"digest": [], "embed": []}
+    for module, key in ((lookalike.catalog, "digest"), (lookalike.embed, "embed")):
+        real = module.read_bytes
+        monkeypatch.setattr(module, "read_bytes",
+                            lambda p, real=real, key=key: reads[key].append(str(p)) or real(p))
+    ix = Index.open(split["ix"])
+    s = add_items(split["ix"], read_delta(ix, split["delta"]))
+    assert len(s.added) == 6 and reads["digest"] == [] and len(reads["embed"]) == 6
+    s = add_items(split["ix"], read_delta(Index.open(split["ix"]), split["delta"]))
+    assert len(s.unchanged) == 6 and len(reads["digest"]) == 6  # known ids: digest compared
+
+
 def test_remove_is_all_or_nothing_and_info_lists_changes(split: dict[str, Path]) -> None:
     with pytest.raises(UnknownItemError, match="nope.*nothing was removed"):
         remove_items(split["ix"], ["P1-0", "nope"])
