@@ -192,10 +192,7 @@ def build(catalog: str, images: str | None, out: str, model: str, id_column: str
         click.echo(str(s.decoder))
     click.echo(_describe_index(read_manifest(s.path)))
     if s.precision:
-        c = s.precision["check"]
-        click.echo(f"int8 model calibrated on {s.precision['calibration']['photos']} photos; "
-                   f"against fp32 on {c['photos']}: mean cosine {c['mean_cosine']:.4f} "
-                   f"(min {c['min_cosine']:.4f}), top-10 agreement {c['top10_agreement']:.4f}")
+        click.echo(_describe_precision(s.precision))
         if "warning" in s.precision:
             click.echo(f"warning: {s.precision['warning']}", err=True)
     for step, seen in s.preprocess.items():
@@ -594,6 +591,12 @@ def info(index: str, as_json: bool) -> None:
     click.echo(f"model {m['embedder']['name']} ({m['embedder']['dim']} dims, "
                f"input {m['embedder']['input_size']}px), built {m['created']}")
     click.echo(_describe_index(m))
+    if m.get("precision"):
+        click.echo(_describe_precision(m["precision"]))
+        if "warning" in m["precision"]:
+            click.echo(f"warning: {m['precision']['warning']}")
+    if m.get("decoder", {}).get("reason"):
+        click.echo(f"photos decoded with {m['decoder']['name']} ({m['decoder']['reason']})")
     click.echo(f"preprocess: {Preprocess.from_dict(m.get('preprocess'))} (search photos get the same)")
     click.echo(f"attributes: {', '.join(m['catalog']['attributes'])}")
     for n, change in enumerate(journal(index), start=1):
@@ -602,6 +605,14 @@ def info(index: str, as_json: bool) -> None:
                    f"{change.get('time', '')}".rstrip())
     for s in m["skipped"][:20]:
         click.echo(f"  skipped {s['item_id']} (row {s['row']}): {s['reason']}")
+
+
+def _describe_precision(p: dict[str, Any]) -> str:
+    """One line on an int8 index's model: its calibration and its check against fp32."""
+    c = p["check"]
+    return (f"int8 model calibrated on {p['calibration']['photos']} photos; against fp32 on "
+            f"{c['photos']}: mean cosine {c['mean_cosine']:.4f} (min {c['min_cosine']:.4f}), "
+            f"top-10 agreement {c['top10_agreement']:.4f}")
 
 
 @cli.command()

@@ -62,6 +62,9 @@ def test_int8_build_end_to_end(photos: Path, tmp_path: Path) -> None:
     assert cached.stat().st_mtime_ns == made  # the build reused the quantized model
     assert (tmp_path / "int8" / "model-int8.onnx").read_bytes() == cached.read_bytes()
     assert "int8 model calibrated on 48 photos; against fp32 on 32: mean cosine" in r.output
+    info = runner.invoke(cli, ["info", str(tmp_path / "int8")])
+    assert "int8 model calibrated on 48 photos; against fp32 on 32: mean cosine" in info.output
+    assert "photos decoded with " in info.output
     m = json.loads((tmp_path / "int8" / "manifest.json").read_text())
     assert m["embedder"]["precision"] == "int8" and m["precision"]["calibration"] == {
         "photos": 48, "seed": 0, "source": "catalogue"}
