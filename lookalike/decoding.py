@@ -2,8 +2,8 @@
 catalogue's own photos, and OpenCV only where its pixels match Pillow's.
 
 Pillow is the reference (every format, EXIF rotation, draft mode). OpenCV decodes plain
-colour JPEGs with the same libjpeg (at the same draft scale) with less overhead per photo;
-everything after the decoding (resizing, preprocessing) is the same code for both. The choice
+colour JPEGs with its own libjpeg-turbo (at the same draft scale) with less overhead per photo,
+when no preprocessing is asked for; the resizing after it is the same code for both. The choice
 is made per catalogue because it depends on the photos (their size, their format) and on the
 machine.
 """

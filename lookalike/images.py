@@ -168,7 +168,7 @@ def _draft_request(size: tuple[int, int], draft_size: int) -> tuple[int, int]:
 
 def _opencv_rgb(data: bytes, max_pixels: int, draft_size: int | None) -> np.ndarray | None:
     """``data``, a plain colour JPEG, decoded by OpenCV at the scale Pillow's draft mode would
-    use (the same libjpeg downscaling), as RGB pixels; or ``None`` where Pillow must decode it:
+    use (libjpeg-turbo downscaling in both), as RGB pixels; or ``None`` where Pillow must decode it:
     another format or colour mode, an EXIF rotation, a size outside the limits, no
     end-of-image marker (a truncated file must fail with Pillow's reason), or any failure."""
     if data[:2] != b"\xff\xd8" or data[-2:] != b"\xff\xd9":
