@@ -6,7 +6,6 @@ reported, never dropped silently and never allowed to shift other rows.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import CatalogError, ImageError
-from .images import is_uri, join_location, read_bytes
+from .images import file_digest, is_uri, join_location, read_bytes
 
 ITEM_ID = "item_id"
 PRODUCT_ID = "product_id"
@@ -50,7 +49,7 @@ class Catalog:
 def photo_digest(location: str | os.PathLike) -> str | None:
     """SHA-1 of a photo file's bytes (None if it cannot be read): a changed photo, a new digest."""
     try:
-        return hashlib.sha1(read_bytes(location)).hexdigest()
+        return file_digest(read_bytes(location))
     except ImageError:
         return None
 

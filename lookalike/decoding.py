@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -49,10 +50,11 @@ class DecoderChoice:
                 f"at most {self.max_difference} level(s) ({self.reason})")
 
 
-def _sample(sources: Sequence[ImageSource | None], n: int) -> list[bytes]:
-    """The bytes of the first ``n`` photos that can be read (paths, URIs or bytes)."""
+def _sample(sources: Iterable[ImageSource | None], n: int) -> list[bytes]:
+    """The bytes of the first ``n`` photos that can be read (paths, URIs or bytes), among the
+    first ``2 * n`` of ``sources``."""
     out: list[bytes] = []
-    for src in sources:
+    for src in islice(sources, 2 * n):
         if len(out) == n:
             break
         try:
@@ -111,9 +113,9 @@ def compare_decoders(photos: Sequence[bytes], size: int,
     return DecoderChoice(name, ms["pillow"], ms["opencv"], diff, len(photos), reason)
 
 
-def choose_decoder(sources: Sequence[ImageSource | None], size: int,
+def choose_decoder(sources: Iterable[ImageSource | None], size: int,
                    max_pixels: int = DEFAULT_MAX_PIXELS, sample: int = SAMPLE
                    ) -> DecoderChoice:
-    """:func:`compare_decoders` on the first ``sample`` readable photos of ``sources``
-    (in-memory images are decoded by Pillow whatever the choice)."""
+    """:func:`compare_decoders` on the first ``sample`` readable photos of ``sources`` (read
+    lazily; in-memory images are decoded by Pillow whatever the choice)."""
     return compare_decoders(_sample(sources, sample), size, max_pixels)

@@ -6,7 +6,6 @@ reason, so a bad photo can never shift another item's vector.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections import Counter, deque
@@ -21,7 +20,7 @@ from tqdm import tqdm
 from .decoding import DecoderChoice, choose_decoder
 from .embedders import Embedder
 from .errors import ImageError
-from .images import DEFAULT_MAX_PIXELS, ImageSource, load_model_input, read_bytes
+from .images import DEFAULT_MAX_PIXELS, ImageSource, file_digest, load_model_input, read_bytes
 from .preprocess import Outcome, Preprocess
 
 
@@ -78,7 +77,7 @@ def decode_batch(sources: Sequence[ImageSource], positions: Sequence[int], size:
             digest = None
             if isinstance(src, (str, os.PathLike)):
                 src = read_bytes(src)
-                digest = hashlib.sha1(src).hexdigest()
+                digest = file_digest(src)
             out[len(ok)] = load_model_input(src, size, max_pixels=max_pixels,
                                             preprocess=run if pre else None, decoder=decoder)
         except ImageError as e:
@@ -116,7 +115,7 @@ def embed_images(
     workers = workers or min(4, os.cpu_count() or 1)
     size = embedder.spec.input_size
     t_start = time.perf_counter()
-    choice = (choose_decoder([sources[i] for i in todo[:64]], size, max_pixels)
+    choice = (choose_decoder((sources[i] for i in todo), size, max_pixels)
               if decoder is None else None)
     decoder = choice.name if choice else decoder
     decode_s = infer_s = wait_s = 0.0

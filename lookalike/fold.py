@@ -69,6 +69,13 @@ def _normalisation(graph: onnx.GraphProto) -> onnx.NodeProto | None:
     return node
 
 
+def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
+    """Remove the initializers no node reads any more (the replaced weights and constants)."""
+    used = {x for n in graph.node for x in n.input}
+    for i in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(i)
+
+
 def _unpadded_pool(node: onnx.NodeProto) -> bool:
     return (node.op_type == "AveragePool" and not any(_attr(node, "pads", []) or [])
             and _attr(node, "auto_pad", b"NOTSET") in (b"NOTSET", b"VALID"))
@@ -121,9 +128,7 @@ def fold_normalisation(model: onnx.ModelProto) -> Centred | None:
     at = list(g.node).index(norm)
     g.node.remove(norm)
     g.node.insert(at, sub)
-    used = {x for n in g.node for x in n.input}
-    for i in [i for i in g.initializer if i.name not in used]:
-        g.initializer.remove(i)
+    _drop_unused_initializers(g)
     return Centred(norm.output[0], zero)
 
 
@@ -132,15 +137,20 @@ def read_raw_pixels(model: onnx.ModelProto, centred: Centred) -> bool:
     (the identity on uint8) so its readers take the pixels directly (in place). Returns
     whether it was found."""
     g = model.graph
-    init = {i.name: nh.to_array(i) for i in g.initializer}
+    init = {i.name: i for i in g.initializer}
+
+    def scalar(name: str) -> np.ndarray | None:  # only the few constants looked at
+        return nh.to_array(init[name]) if name in init else None
+
     sub = _writer(g, centred.tensor)
     cast = _writer(g, sub.input[0]) if sub is not None and sub.op_type == "Sub" else None
     q = _only_reader(g, centred.tensor)
     if cast is None or cast.op_type != "Cast" or q is None or q.op_type != "QuantizeLinear":
         return False
-    scale, zp = init.get(q.input[1]), init.get(q.input[2]) if len(q.input) > 2 else None
-    if (scale is None or zp is None or zp.dtype != np.uint8 or float(scale) != 1.0
-            or int(zp) != centred.zero or float(init.get(sub.input[1], np.nan)) != centred.zero
+    scale, zp = scalar(q.input[1]), scalar(q.input[2]) if len(q.input) > 2 else None
+    centre = scalar(sub.input[1])
+    if (scale is None or zp is None or centre is None or zp.dtype != np.uint8
+            or float(scale) != 1.0 or int(zp) != centred.zero or float(centre) != centred.zero
             or len(_readers(g, cast.output[0])) != 1):
         return False
     for r in _readers(g, q.output[0]):
@@ -149,7 +159,5 @@ def read_raw_pixels(model: onnx.ModelProto, centred: Centred) -> bool:
                 r.input[i] = cast.input[0]
     for n in (q, sub, cast):
         g.node.remove(n)
-    used = {x for n in g.node for x in n.input}
-    for i in [i for i in g.initializer if i.name not in used]:
-        g.initializer.remove(i)
+    _drop_unused_initializers(g)
     return True

@@ -9,6 +9,7 @@ through pyarrow; any other fsspec protocol when fsspec is installed).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import warnings
@@ -88,6 +89,12 @@ def read_bytes(location: str | os.PathLike) -> bytes:
     if not data:
         raise ImageError("empty file (0 bytes)")
     return data
+
+
+def file_digest(data: bytes) -> str:
+    """SHA-1 of a photo file's bytes: what an index stores to notice a changed photo (a build
+    and ``lookalike add`` must compute it alike)."""
+    return hashlib.sha1(data).hexdigest()
 
 
 def _open(source: ImageSource) -> Image.Image:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from . import fold
 from .embedders import Embedder, cache_dir
@@ -78,7 +79,6 @@ def quantize(fp32: Embedder, calibration: Sequence[ImageSource], *,
     """The int8 version of ``fp32``, calibrated on ``calibration`` photos (run through
     ``preprocess`` as the catalogue is). Cached beside the fp32 ONNX, keyed by the model and
     the calibration photos' bytes, so the same calibration is quantized once."""
-    import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,

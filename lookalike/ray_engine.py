@@ -155,7 +155,7 @@ def embed_on_ray(
     seen: dict[str, Counter] = {s: Counter() for s in pre.steps}
     t_start = time.perf_counter()
     size = embedder.spec.input_size
-    choice = (choose_decoder([sources[i] for i in todo[:64]], size, max_pixels)
+    choice = (choose_decoder((sources[i] for i in todo), size, max_pixels)
               if decoder is None else None)
     owned = connect(address)
     try:

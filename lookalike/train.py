@@ -183,10 +183,10 @@ def _cache_views(ix: Index, model: DeepRanking, rows: np.ndarray, tune: int, pro
     # the backbone's features: the index's vectors, except for augmented views (embedded
     # here) and an int8 index (its vectors come from the int8 model, but the trained model
     # exports the fp32 backbone: the features it learns from must be fp32's)
-    fp32 = ix.spec.precision == "int8"
+    int8_index = ix.spec.precision == "int8"
     embedder = None
-    if tune == 0 and (augment_seed is not None or fp32):
-        embedder = create_embedder(ix.spec.name) if fp32 else ix.embedder
+    if tune == 0 and (augment_seed is not None or int8_index):
+        embedder = create_embedder(ix.spec.name) if int8_index else ix.embedder
     with tempfile.TemporaryDirectory() as tmp, \
             ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool, \
             ThreadPoolExecutor(max_workers=1) as loader, \
