@@ -1,11 +1,18 @@
 """lookalike — find visually similar products in a shop's catalogue."""
 
-from .api import Hit, Index
+from .api import Hit, Index, UpdateSummary
 from .build import BuildSummary, build_index
 from .catalog import Catalog, read_catalog
 from .embed import EmbedResult, embed_images
 from .embedders import create_embedder, list_embedders
-from .errors import CatalogError, ImageError, IndexFormatError, LookalikeError, UnknownItemError
+from .errors import (
+    CatalogError,
+    ImageError,
+    IndexFormatError,
+    ItemExistsError,
+    LookalikeError,
+    UnknownItemError,
+)
 from .images import load_image
 from .preprocess import Preprocess
 from .quality import evaluate_indexes, read_label_mapping, read_query_set
@@ -23,10 +30,12 @@ __all__ = [
     "ImageError",
     "Index",
     "IndexFormatError",
+    "ItemExistsError",
     "LookalikeError",
     "Preprocess",
     "TrainConfig",
     "UnknownItemError",
+    "UpdateSummary",
     "assign_splits",
     "build_index",
     "create_embedder",

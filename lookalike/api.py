@@ -1,28 +1,61 @@
-"""The Python facade: open an index folder and ask it for similar items."""
+"""The Python facade: open an index folder, ask it for similar items, change it.
+
+``Index.add``/``delete``/``compact`` are the one way an index folder changes after its build:
+the CLI (``lookalike add``/``remove``/``compact``) and the server use them too. A change is
+acknowledged (the call returns) once it is durable in the folder's journal and searchable in
+this process; other processes see it on their next ``refresh`` (the server refreshes on its own).
+"""
 
 from __future__ import annotations
 
-import math
+import io
+import logging
 import os
-from collections.abc import Sequence
+import re
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 
+from . import journal
 from .build import BuildSummary, build_index
-from .catalog import IMAGE_PATH, ITEM_ID, PRODUCT_ID, Catalog, resolve_image
+from .catalog import (
+    IMAGE_PATH,
+    ITEM_ID,
+    PHOTO_DIGEST,
+    PRODUCT_ID,
+    ROW,
+    Catalog,
+    photo_digest,
+    read_catalog,
+    resolve_image,
+)
+from .embed import embed_images
 from .embedders import DEFAULT_EMBEDDER, Embedder, EmbedderSpec, create_embedder
-from .errors import ImageError, IndexFormatError, UnknownItemError
-from .images import DEFAULT_MAX_PIXELS, ImageSource, is_uri, load_model_input
-from .milvus import Filter
+from .errors import ImageError, IndexFormatError, ItemExistsError, LookalikeError, UnknownItemError
+from .images import DEFAULT_MAX_PIXELS, ImageSource, file_digest, is_uri, load_model_input
 from .neighbors import write_neighbors
 from .preprocess import Preprocess
 from .quantize import INT8_MODEL
-from .search import Where, filter_mask, top_k
-from .store import StoredIndex, changed, read_index
+from .search import Where
+from .segments import Segments, View, plain
+from .store import PHOTOS, catch_up, compact, generation, now, open_segments
+
+log = logging.getLogger(__name__)
+
+#: Auto-compaction: an add or delete folds the journal in (in the background) once it holds
+#: this many entries (opening replays every entry) ...
+COMPACT_ENTRIES = 10_000
+#: ... or once the items added and removed since the build pass this share of the built items
+#: (a search scans the added ones exactly and steps over the removed ones) and this count.
+COMPACT_SHARE = 0.10
+COMPACT_MIN_ITEMS = 1_000
 
 
 @dataclass(frozen=True)
@@ -34,63 +67,127 @@ class Hit:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-def _plain(v: Any) -> Any:
-    if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
-        return None
-    return v.item() if isinstance(v, np.generic) else v
+@dataclass
+class UpdateSummary:
+    """What one ``Index.add`` or ``Index.delete`` did."""
+
+    added: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # item id → reason
+    removed: list[str] = field(default_factory=list)
+    change: int | None = None  # the journal entry's number, None when nothing changed
+
+
+class Snapshot(NamedTuple):
+    """The state one request reads from start to end: the segments and their view."""
+
+    seg: Segments
+    view: View
+
+    def slot(self, item_id: object) -> int:
+        return self.seg.slot(item_id, self.view)
+
+
+class _Prepared(NamedTuple):
+    records: list[dict[str, Any]]
+    vectors: np.ndarray
+    photos: list[bytes | None]  # bytes to keep in the folder's photos/, per record
+    summary: UpdateSummary
 
 
 class Index:
-    """An opened index folder. ``Index.open(path)``, then ``similar``/``search``/``neighbors``."""
+    """An opened index folder. ``Index.open(path)``, then ``similar``/``search``/``neighbors``,
+    and ``add``/``delete``/``compact`` to change it."""
 
     def __init__(self, path: str | os.PathLike, model: str | None = None, *,
-                 stored: StoredIndex | None = None) -> None:
-        stored = stored or read_index(path)
-        self.path = stored.path
-        self.manifest = stored.manifest
-        self.spec = EmbedderSpec.from_dict(self.manifest["embedder"])
+                 auto_compact: bool = True) -> None:
+        self._seg = open_segments(path)
+        self.path = self._seg.path
         if model is not None and model != self.spec.name:
             raise IndexFormatError(f"index {self.path} was built with {self.spec.name!r}, "
                                    f"not {model!r}; rebuild it or open it without a model")
-        self.items = stored.items
-        self.embeddings = stored.embeddings
-        #: the faiss index over ``embeddings`` (row i = ``items`` row i), or the Milvus search
-        self.vector_index = stored.faiss_index
-        #: the Milvus collection the vectors live in (None: they are in the folder)
-        self.backend = stored.backend
-        self.attributes: list[str] = list(self.manifest["catalog"]["attributes"])
-        self._ids = [str(v) for v in self.items[ITEM_ID].tolist()]
-        self._row_of = {v: i for i, v in enumerate(self._ids)}
-        self._products = self.items[PRODUCT_ID].astype("string").to_numpy(dtype=object)
-        #: the steps every photo went through before embedding; queries get the same
-        self.preprocess = Preprocess.from_dict(self.manifest.get("preprocess"))
+        #: fold the journal in on its own once it passes the COMPACT_* thresholds
+        self.auto_compact = auto_compact
         self._embedder: Embedder | None = None
-        self._meta: list[dict[str, Any]] | None = None
-
-    def with_items(self, items: pd.DataFrame, embeddings: np.ndarray | None) -> Index:
-        """A new Index over other items and vectors (same folder, model and embedder): how a
-        live index changes without touching the one that queries are reading. With the
-        Milvus backend the collection already holds the vectors (``embeddings`` unused)."""
-        new = Index(self.path, stored=changed(self.path, self.manifest, items, embeddings,
-                                              self.backend))
-        new._embedder = self._embedder
-        return new
+        self._embedder_spec: EmbedderSpec | None = None
+        self._write = threading.Lock()  # this process's writers, one at a time
+        self._compactor: threading.Thread | None = None
 
     @classmethod
-    def open(cls, path: str | os.PathLike, model: str | None = None) -> Index:
+    def open(cls, path: str | os.PathLike, model: str | None = None, *,
+             auto_compact: bool = True) -> Index:
         """Open an index folder; with ``model``, refuse one built by another embedder."""
-        return cls(path, model)
+        return cls(path, model, auto_compact=auto_compact)
 
     @staticmethod
     def build(catalog: Catalog, out: str | os.PathLike, *, model: str = DEFAULT_EMBEDDER,
               **options: Any) -> BuildSummary:
         return build_index(catalog, out, model=model, **options)
 
+    # --- what the index holds ----------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        seg = self._seg
+        return Snapshot(seg, seg.view)
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The folder's manifest, its item count as of now and, when the journal holds
+        changes, how many (``journal``)."""
+        seg, v = self.snapshot()
+        m = dict(seg.manifest)
+        m["counts"] = {**m["counts"], "items": v.count}
+        if seg.applied:
+            m["journal"] = {"changes": seg.applied}
+        return m
+
+    @property
+    def spec(self) -> EmbedderSpec:
+        return EmbedderSpec.from_dict(self._seg.manifest["embedder"])
+
+    @property
+    def attributes(self) -> list[str]:
+        return list(self._seg.attributes)
+
+    @property
+    def preprocess(self) -> Preprocess:
+        """The steps every photo went through before embedding; queries get the same."""
+        return Preprocess.from_dict(self._seg.manifest.get("preprocess"))
+
+    @property
+    def items(self) -> pd.DataFrame:
+        """The items, one row each (rows numbered from 0; row i is ``embeddings`` row i)."""
+        seg, v = self.snapshot()
+        return seg.items(v)
+
+    @property
+    def embeddings(self) -> Any:
+        """The items' vectors, row i = ``items`` row i (memory-mapped when unchanged)."""
+        seg, v = self.snapshot()
+        return seg.embeddings(v)
+
+    @property
+    def vector_index(self) -> Any:
+        """What whole-catalogue work searches, answering with ``items`` rows: the faiss index
+        over ``embeddings`` (IVF-PQ with exact re-ranking), or the Milvus search."""
+        seg, v = self.snapshot()
+        return seg.vector_index(v)
+
+    @property
+    def backend(self) -> Any:
+        """The Milvus collection the vectors live in (None: they are in the folder)."""
+        return self._seg.backend
+
     def __len__(self) -> int:
-        return len(self.items)
+        return self._seg.view.count
 
     def __contains__(self, item_id: object) -> bool:
-        return str(item_id) in self._row_of
+        try:
+            self.snapshot().slot(item_id)
+        except UnknownItemError:
+            return False
+        return True
 
     @property
     def model(self) -> str:
@@ -98,62 +195,72 @@ class Index:
 
     @property
     def images_root(self) -> Path | str:
-        root = self.manifest["catalog"]["images_root"]
+        root = self._seg.manifest["catalog"]["images_root"]
         return root if is_uri(root) else Path(root)
 
-    def row(self, item_id: object) -> int:
+    def _slot(self, snap: Snapshot, item_id: object) -> int:
         try:
-            return self._row_of[str(item_id)]
-        except KeyError:
-            skipped = {s["item_id"]: s["reason"] for s in self.manifest.get("skipped", [])}
+            return snap.slot(item_id)
+        except UnknownItemError:
+            skipped = {s["item_id"]: s["reason"] for s in snap.seg.manifest.get("skipped", [])}
             if str(item_id) in skipped:
                 raise UnknownItemError(f"item {item_id!r} was skipped when the index was built: "
                                        f"{skipped[str(item_id)]}") from None
-            raise UnknownItemError(f"unknown item id {item_id!r} (the index has "
-                                   f"{len(self)} items)") from None
+            raise
+
+    def row(self, item_id: object) -> int:
+        """The item's row in ``items`` and ``embeddings``."""
+        snap = self.snapshot()
+        return int(snap.seg.row_of_slot(snap.view)[self._slot(snap, item_id)])
+
+    def _columns(self, seg: Segments) -> list[str]:
+        return seg.attributes + ([PRODUCT_ID] if seg.manifest["catalog"].get("has_products")
+                                 else [])
 
     def metadata(self, item_id: object) -> dict[str, Any]:
-        return self._metadata(self.row(item_id))
-
-    def _metadata(self, row: int) -> dict[str, Any]:
-        if self._meta is None:  # built once: a search answers in microseconds, not per-row pandas
-            cols = self.attributes + ([PRODUCT_ID] if self.manifest["catalog"].get("has_products")
-                                      else [])
-            values = [[_plain(v) for v in self.items[c].tolist()] for c in cols]
-            self._meta = [dict(zip(cols, vals)) for vals in zip(*values)] if cols else \
-                [{} for _ in range(len(self.items))]
-        return dict(self._meta[row])
+        snap = self.snapshot()
+        return snap.seg.metadata(self._slot(snap, item_id), self._columns(snap.seg))
 
     def display_attributes(self, n: int = 5) -> list[str]:
         """The ``n`` attributes that tell items apart best, for tables and pictures: most
         distinct values first, leaving out near-unique ones such as names."""
-        counts = {a: self.items[a].nunique() for a in self.attributes}
-        useful = [a for a in self.attributes if 1 < counts[a] <= max(2, len(self) // 2)]
+        items = self.items
+        counts = {a: items[a].nunique() for a in self.attributes}
+        useful = [a for a in self.attributes if 1 < counts[a] <= max(2, len(items) // 2)]
         return sorted(useful, key=lambda a: -counts[a])[:n]
 
     def image_path(self, item_id: object) -> Path | str:
-        return resolve_image(self.images_root, self.items[IMAGE_PATH].iat[self.row(item_id)])
+        snap = self.snapshot()
+        rel = snap.seg.metadata(self._slot(snap, item_id), [IMAGE_PATH])[IMAGE_PATH]
+        if rel is None:
+            raise ImageError(f"item {item_id!r} was added with its vector alone: it has no photo")
+        return resolve_image(self.images_root, rel)
 
     def vector(self, item_id: object) -> np.ndarray:
-        return np.array(self.embeddings[self.row(item_id)])
+        snap = self.snapshot()
+        return snap.seg.vector(self._slot(snap, item_id))
 
     @property
     def embedder(self) -> Embedder:
-        if self._embedder is None and self.spec.precision == "int8":
-            model = self.path / self.manifest.get("precision", {}).get("model", INT8_MODEL)
+        spec = self.spec
+        if self._embedder is not None and self._embedder_spec == spec:
+            return self._embedder
+        if spec.precision == "int8":
+            model = self.path / self._seg.manifest.get("precision", {}).get("model", INT8_MODEL)
             if not model.is_file():
                 raise IndexFormatError(f"index {self.path} was embedded with an int8 model, "
                                        f"and its {model.name} is missing; rebuild the index")
-            self._embedder = Embedder(self.spec, model)
-        if self._embedder is None:
-            self._embedder = create_embedder(self.spec.source or self.spec.name)
-            if self._embedder.spec != self.spec:
+            embedder = Embedder(spec, model)
+        else:
+            embedder = create_embedder(spec.source or spec.name)
+            if embedder.spec != spec:
                 raise IndexFormatError(
-                    f"index {self.path} was built with a different {self.spec.name!r} "
-                    f"(weights {self.spec.weights}, input {self.spec.input_size}) than this "
-                    f"lookalike provides ({self._embedder.spec.weights}, "
-                    f"{self._embedder.spec.input_size}); rebuild the index")
-        return self._embedder
+                    f"index {self.path} was built with a different {spec.name!r} "
+                    f"(weights {spec.weights}, input {spec.input_size}) than this "
+                    f"lookalike provides ({embedder.spec.weights}, "
+                    f"{embedder.spec.input_size}); rebuild the index")
+        self._embedder, self._embedder_spec = embedder, spec
+        return embedder
 
     def embed(self, image: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         """The embedding of one photo, preprocessed as the index's catalogue was."""
@@ -165,33 +272,52 @@ class Index:
             raise ImageError(f"{name}: {e}") from None
         return self.embedder(pixels[None])[0]
 
-    def hits(self, rows: np.ndarray, scores: np.ndarray) -> list[Hit]:
-        """Hits for result rows of ``vector_index`` (row -1, an empty slot, is left out)."""
-        return [Hit(self._ids[r], float(s), self._metadata(r))
-                for r, s in zip(rows, scores) if r >= 0]
+    # --- searching -----------------------------------------------------------------------------
+
+    def _hits(self, seg: Segments, slots: np.ndarray, scores: np.ndarray) -> list[Hit]:
+        cols = self._columns(seg)
+        return [Hit(seg.ids[s], float(sc), seg.metadata(s, cols))
+                for s, sc in zip(slots.tolist(), scores.tolist()) if s >= 0]
 
     def search_vector(self, vector: np.ndarray, k: int = 10, *, where: Where | None = None,
                       per_product: bool = False, exclude: Sequence[object] = ()) -> list[Hit]:
         """Nearest items to an embedding (cosine similarity, best first)."""
-        exclude_rows = [self._row_of[str(e)] for e in exclude if str(e) in self._row_of]
-        mask = filter_mask(self.items, where, self.attributes)  # also checks the attributes
-        milvus = self.backend is not None  # Milvus filters itself, on its own copy
-        rows, scores = top_k(
-            self.vector_index, vector, k, mask=mask, exclude_rows=exclude_rows,
-            products=self._products if per_product else None,
-            embeddings=None if milvus else self.embeddings,
-            selector=Filter(self.backend.expression(where), mask.mean())
-            if milvus and mask is not None else None,
-            exclude_products=[self._products[r] for r in exclude_rows] if per_product else ())
-        return self.hits(rows, scores)
+        seg, v = snap = self.snapshot()
+        slots = []
+        for e in exclude:
+            try:
+                slots.append(snap.slot(e))
+            except UnknownItemError:
+                pass
+        found, scores = seg.search(v, vector, k, where=where, per_product=per_product,
+                                   exclude=slots)
+        return self._hits(seg, found, scores)
 
     def similar(self, item_id: object, k: int = 10, *, where: Where | None = None,
                 per_product: bool = False) -> list[Hit]:
         """Items that look like ``item_id`` (itself excluded; with ``per_product`` its whole
         product excluded and one hit per product)."""
-        row = self.row(item_id)
-        return self.search_vector(self.embeddings[row], k, where=where, per_product=per_product,
-                                  exclude=[item_id])
+        seg, v = snap = self.snapshot()
+        slot = self._slot(snap, item_id)
+        found, scores = seg.search(v, seg.vector(slot), k, where=where, per_product=per_product,
+                                   exclude=[slot])
+        return self._hits(seg, found, scores)
+
+    def similar_slots(self, snap: Snapshot, slots: Sequence[int], ks: Sequence[int]
+                      ) -> list[list[Hit]]:
+        """Unfiltered similar items for many items of one snapshot in one pass (the server
+        batches concurrent requests this way): each item itself left out."""
+        seg, v = snap
+        rows = np.asarray(slots, np.int64)
+        k = min(max(ks), max(v.count - 1, 0))
+        if k == 0:
+            return [[] for _ in slots]
+        found, scores = seg.search_many(v, seg.vectors(rows), k + 1)
+        out = []
+        for own, f, s, kk in zip(rows, found, scores, ks):
+            keep = f != own
+            out.append(self._hits(seg, f[keep][:kk], s[keep][:kk]))
+        return out
 
     def search(self, image: ImageSource, k: int = 10, *, where: Where | None = None,
                per_product: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Hit]:
@@ -201,5 +327,300 @@ class Index:
 
     def neighbors(self, out: str | os.PathLike, k: int = 10, **options: Any) -> int:
         """Write the top-k neighbours of every item to a .parquet/.csv/.jsonl file."""
-        return write_neighbors(self.vector_index, self.embeddings, self.items[ITEM_ID].to_numpy(),
-                               out, k, **options)
+        seg, v = self.snapshot()
+        return write_neighbors(seg.vector_index(v), seg.embeddings(v),
+                               seg.items(v)[ITEM_ID].to_numpy(), out, k, **options)
+
+    # --- changing ------------------------------------------------------------------------------
+
+    def read_delta(self, path: str | os.PathLike, images: str | os.PathLike | None = None
+                   ) -> Catalog:
+        """A catalogue delta, read with the columns the index was built with."""
+        cols = self._seg.manifest["catalog"]["columns"]
+        return read_catalog(path, images, id_column=cols["id"], image_column=cols["image"],
+                            product_column=cols.get("product"), attributes=self.attributes)
+
+    def add(self, items: Catalog | str | os.PathLike | pd.DataFrame | Sequence[Mapping[str, Any]],
+            photos: Sequence[ImageSource] | None = None, *, vectors: np.ndarray | None = None,
+            images: str | os.PathLike | None = None, replace: bool = True,
+            batch_size: int = 32, progress: bool = False,
+            max_pixels: int = DEFAULT_MAX_PIXELS) -> UpdateSummary:
+        """Add items, or replace those with the same id; one journal entry for all of them.
+
+        ``items`` is either a catalogue delta (a :class:`Catalog`, or the path of one, read
+        with the index's columns; ``images``: the folder its photo paths are relative to): new
+        items and those whose photo or metadata changed are embedded as the catalogue was,
+        unchanged rows left alone, unreadable photos skipped and reported. Or rows (a table or
+        mappings with ``item_id``, optional ``product_id`` and attribute values) with one of
+        ``photos`` (paths, bytes, file objects or PIL images, one per row; bytes are kept in
+        the folder so the server can show them) or ``vectors`` (one embedding per row, from
+        this index's model); a photo that cannot be used fails the whole call. With
+        ``replace=False`` an id the index holds already fails it too (ItemExistsError).
+
+        Returns when the change is durable and searchable here."""
+        if isinstance(items, (str, os.PathLike)):
+            items = self.read_delta(items, images)
+        if isinstance(items, Catalog):
+            if photos is not None or vectors is not None:
+                raise LookalikeError("a catalogue delta brings its own photos; give photos= "
+                                     "or vectors= with rows instead")
+            prepared = self._prepare_delta(items, batch_size, progress)
+        else:
+            prepared = self._prepare_rows(items, photos, vectors, max_pixels)
+        if not prepared.records:
+            return prepared.summary
+        summary = self._commit_add(prepared, replace)
+        self._maybe_compact()
+        return summary
+
+    def delete(self, item_ids: Sequence[object]) -> UpdateSummary:
+        """Remove items by id, all or none: an unknown id changes nothing and is named."""
+        wanted = list(dict.fromkeys(str(i) for i in item_ids))
+        out = UpdateSummary(removed=wanted)
+        with self._write, journal.locked(self.path):
+            self._refresh_locked()
+            seg = self._seg
+            unknown = [i for i in wanted if i not in self]
+            if unknown:
+                raise UnknownItemError(
+                    f"index {self.path} has no item(s) {', '.join(unknown[:20])}"
+                    + (f" (and {len(unknown) - 20} more)" if len(unknown) > 20 else "")
+                    + "; nothing was removed")
+            if not wanted:
+                return out
+            change = {"op": "delete", "item_ids": wanted, "time": now(),
+                      "counts": {"removed": len(wanted)}}
+            # the entry first, then Milvus: a vector a crash leaves behind is never returned
+            cursor = journal.append(self.path, seg.cursor, change)
+            if seg.backend is not None:
+                seg.backend.delete(wanted)
+            seg.apply([journal.Entry(cursor.seq, change)])
+            seg.cursor, out.change = cursor, cursor.seq
+        self._maybe_compact()
+        return out
+
+    def compact(self) -> int:
+        """Fold the journal into a new build of the folder (store.compact), then reopen it.
+        Searches go on meanwhile, on the state before; changes made meanwhile are carried
+        over. Returns the number of changes folded in."""
+        with self._write, journal.locked(self.path):
+            self._refresh_locked()
+            seg, v = self.snapshot()
+        n = compact(seg, v)
+        self.refresh()
+        return n
+
+    def refresh(self) -> int:
+        """Apply changes that other processes made to the folder since this one last looked
+        (a replaced folder is read again). Cheap when there are none: a server calls it several
+        times a second. Searches never wait for it. Returns the entries applied."""
+        seg = self._seg
+        gen = generation(self.path)
+        if gen is None:  # mid-swap: the next call will see the new folder
+            return 0
+        if gen != seg.generation:
+            new = open_segments(self.path)  # outside the lock: writers keep going meanwhile
+            with self._write:
+                if self._seg is seg:
+                    self._seg = new
+                return self._apply_new(locked=False) + new.applied
+        if not journal.has_news(self.path, seg.cursor):
+            return 0
+        with self._write:
+            return self._apply_new(locked=False)
+
+    @property
+    def compacting(self) -> bool:
+        """Whether a compaction started by an add or delete is running."""
+        return self._compactor is not None and self._compactor.is_alive()
+
+    def wait_for_compaction(self, timeout: float | None = None) -> None:
+        """Wait until a compaction started by an add or delete has finished."""
+        t = self._compactor
+        if t is not None:
+            t.join(timeout)
+
+    def _apply_new(self, locked: bool) -> int:
+        """Read and apply the changes after the last one applied (this process's writer lock
+        held; without the folder's lock the folder is checked not to have been replaced while
+        they were read: they could be the new folder's)."""
+        seg = self._seg
+        gen = seg.generation
+        return catch_up(seg, None if locked else lambda: generation(self.path) == gen)
+
+    def _refresh_locked(self) -> None:
+        """Bring this process up to date with the folder (both locks held: nobody changes it
+        now), so that the next change follows the last one."""
+        if generation(self.path) != self._seg.generation:
+            self._seg = open_segments(self.path)
+        elif journal.has_news(self.path, self._seg.cursor):
+            self._apply_new(locked=True)
+
+    def _maybe_compact(self) -> None:
+        if not self.auto_compact or (self._compactor is not None and self._compactor.is_alive()):
+            return
+        seg, v = self.snapshot()
+        changed = (v.n - seg.n0) + (v.n - v.count)
+        if seg.applied < COMPACT_ENTRIES and \
+                changed < max(COMPACT_MIN_ITEMS, COMPACT_SHARE * seg.n0):
+            return
+
+        def run() -> None:
+            try:
+                n = self.compact()
+                log.info("index %s: %d change(s) folded in", self.path, n)
+            except Exception as e:  # noqa: BLE001 (the changes stay in the journal)
+                log.warning("index %s: compaction failed, the journal is kept: %s", self.path, e)
+
+        # not a daemon: a process that ends waits for it rather than leave a half-written copy
+        self._compactor = threading.Thread(target=run, name="lookalike-compact")
+        self._compactor.start()
+
+    def _prepare_delta(self, delta: Catalog, batch_size: int, progress: bool) -> _Prepared:
+        out = UpdateSummary()
+        missing = [a for a in self.attributes if a not in delta.attributes]
+        if missing:
+            raise LookalikeError(f"the delta {delta.source.name} lacks the index's attribute "
+                                 f"column(s) {', '.join(missing)}")
+        ids = delta.items[ITEM_ID].astype(str).tolist()
+        _no_duplicates(ids, f"the delta {delta.source.name}")
+        paths = [delta.image_file(r) for r in range(len(delta))]
+        todo: list[int] = []
+        for r, item_id in enumerate(ids):
+            if r in delta.missing:
+                out.skipped[item_id] = delta.missing[r]
+            elif item_id in self and self._unchanged(item_id, delta, r, photo_digest(paths[r])):
+                out.unchanged.append(item_id)  # only known ids are read before embedding
+            else:
+                todo.append(r)
+        if not todo:
+            return _Prepared([], np.zeros((0, self.spec.dim), np.float32), [], out)
+        emb = embed_images(self.embedder, [paths[r] for r in todo], batch_size=batch_size,
+                           progress=progress, preprocess=self.preprocess)
+        records = []
+        for pos, digest in zip(emb.rows, emb.digests):  # the digest of the bytes embedded
+            r = todo[pos]
+            item = delta.items.iloc[r]
+            records.append({ROW: -1, ITEM_ID: ids[r], PRODUCT_ID: str(item[PRODUCT_ID]),
+                            IMAGE_PATH: _absolute(paths[r]),
+                            **{a: plain(item[a]) for a in self.attributes},
+                            PHOTO_DIGEST: digest})
+        for pos, reason in emb.skipped.items():
+            out.skipped[ids[todo[pos]]] = reason
+        return _Prepared(records, emb.embeddings, [None] * len(records), out)
+
+    def _unchanged(self, item_id: str, delta: Catalog, r: int, digest: str | None) -> bool:
+        snap = self.snapshot()
+        stored = snap.seg.metadata(snap.slot(item_id),
+                                   [*self.attributes, PHOTO_DIGEST, PRODUCT_ID])
+        if digest is None or stored[PHOTO_DIGEST] != digest:
+            return False
+        item = delta.items.iloc[r]
+        return all(str(stored[a]) == str(plain(item[a])) for a in self.attributes) \
+            and str(stored[PRODUCT_ID]) == str(item[PRODUCT_ID])
+
+    def _prepare_rows(self, rows: pd.DataFrame | Sequence[Mapping[str, Any]],
+                      photos: Sequence[ImageSource] | None, vectors: np.ndarray | None,
+                      max_pixels: int) -> _Prepared:
+        recs = rows.to_dict("records") if isinstance(rows, pd.DataFrame) else \
+            [dict(r) for r in rows]
+        known = {ITEM_ID, PRODUCT_ID, IMAGE_PATH, *self.attributes}
+        unknown = sorted({k for r in recs for k in r} - known)
+        if unknown:
+            raise LookalikeError(f"unknown attribute(s) {unknown}; the index has: "
+                                 f"{', '.join(self.attributes)}")
+        ids = []
+        for i, r in enumerate(recs):
+            item_id = plain(r.get(ITEM_ID))
+            if item_id is None or not str(item_id).strip():
+                raise LookalikeError(f"row {i}: item_id must not be empty")
+            ids.append(str(item_id))
+        _no_duplicates(ids, "the rows")
+        if (photos is None) == (vectors is None):
+            raise LookalikeError("give the rows' photos= or their vectors=, one of the two")
+        given = photos if photos is not None else vectors
+        if len(given) != len(recs):
+            raise LookalikeError(f"{len(recs)} row(s) but {len(given)} "
+                                 f"{'photos' if photos is not None else 'vectors'}")
+        keep: list[bytes | None] = [None] * len(recs)
+        digests: list[str | None] = [None] * len(recs)
+        paths: list[str | None] = [plain(r.get(IMAGE_PATH)) for r in recs]
+        if photos is not None:
+            out = np.zeros((len(recs), self.spec.dim), np.float32)
+            for i, photo in enumerate(photos):
+                try:
+                    out[i] = self.embed(photo, max_pixels=max_pixels)
+                except ImageError as e:
+                    raise ImageError(f"item {ids[i]!r}: {e}") from None
+                if isinstance(photo, (bytes, bytearray)):
+                    keep[i], digests[i] = bytes(photo), file_digest(bytes(photo))
+                elif isinstance(photo, (str, os.PathLike)):
+                    paths[i], digests[i] = _absolute(photo), photo_digest(photo)
+        else:
+            out = _unit_vectors(vectors, self.spec.dim)
+        products = [plain(r.get(PRODUCT_ID)) for r in recs]
+        records = [{ROW: -1, ITEM_ID: ids[i],
+                    PRODUCT_ID: ids[i] if products[i] in (None, "") else str(products[i]),
+                    IMAGE_PATH: paths[i],
+                    **{a: plain(r.get(a)) for a in self.attributes}, PHOTO_DIGEST: digests[i]}
+                   for i, r in enumerate(recs)]
+        return _Prepared(records, out, keep, UpdateSummary())
+
+    def _commit_add(self, p: _Prepared, replace: bool) -> UpdateSummary:
+        out = p.summary
+        with self._write, journal.locked(self.path):
+            self._refresh_locked()
+            seg = self._seg
+            taken = [r[ITEM_ID] for r in p.records if r[ITEM_ID] in self]
+            if taken and not replace:
+                raise ItemExistsError(f"item(s) {', '.join(map(repr, taken[:20]))} already "
+                                      "exist; delete them first")
+            for r in p.records:
+                (out.replaced if r[ITEM_ID] in taken else out.added).append(r[ITEM_ID])
+            for rec, data in zip(p.records, p.photos):
+                if data is not None:  # under the lock: a compaction's swap carries it along
+                    rec[IMAGE_PATH] = str(_keep_photo(self.path, rec[ITEM_ID], data))
+            change = {"op": "add", "items": p.records, "time": now(),
+                      "counts": {"added": len(out.added), "replaced": len(out.replaced)}}
+            stored = np.asarray(p.vectors, seg.storage)
+            if seg.backend is None:
+                cursor = journal.append(self.path, seg.cursor, change, stored)
+            else:  # the collection first: an id the items table lacks is never returned
+                seg.backend.upsert(pd.DataFrame(p.records), np.asarray(p.vectors, np.float32))
+                cursor = journal.append(self.path, seg.cursor, change)
+            seg.apply([journal.Entry(cursor.seq, change, stored)])
+            seg.cursor, out.change = cursor, cursor.seq
+        return out
+
+
+def _no_duplicates(ids: Sequence[str], what: str) -> None:
+    dupes = sorted(i for i, n in Counter(ids).items() if n > 1)
+    if dupes:
+        raise LookalikeError(f"{what} list(s) item id(s) more than once: {', '.join(dupes[:10])}")
+
+
+def _unit_vectors(vectors: Any, dim: int) -> np.ndarray:
+    v = np.asarray(vectors, dtype=np.float32)
+    if v.ndim != 2 or v.shape[1] != dim:
+        raise LookalikeError(f"vectors must be (rows, {dim}) for this index, got {v.shape}")
+    norms = np.linalg.norm(v, axis=1)
+    if not np.isfinite(v).all() or (norms == 0).any():
+        raise LookalikeError("vectors must be finite and not all zero")
+    return v / norms[:, None]
+
+
+def _absolute(location: Path | str) -> str:
+    return str(location) if is_uri(location) else str(Path(location).resolve())
+
+
+def _keep_photo(folder: Path, item_id: str, data: bytes) -> Path:
+    """Store an added item's photo bytes durably in the folder's photos/."""
+    from PIL import Image
+
+    fmt = (Image.open(io.BytesIO(data)).format or "img").lower()
+    photos = folder / PHOTOS
+    photos.mkdir(exist_ok=True)
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", item_id)[:80]
+    path = photos / f"{safe}-{uuid.uuid4().hex[:12]}.{fmt}"
+    journal.write_file(path, data)
+    return path.resolve()

@@ -20,13 +20,13 @@ from .embedders import DEFAULT_EMBEDDER, create_embedder, list_embedders
 from .errors import LookalikeError
 from .images import DECODERS, DEFAULT_MAX_PIXELS
 from .index import KINDS, VECTOR_TYPES
+from .journal import history
 from .milvus import BACKENDS
 from .preprocess import DEFAULT_PREPROCESS, STEPS, Preprocess
 from .quantize import PRECISIONS, quantize_catalogue
 from .ray_engine import ENGINES
 from .search import parse_where
-from .store import compact as compact_index
-from .store import journal, read_manifest
+from .store import read_manifest
 
 
 class _Group(click.Group):
@@ -241,8 +241,9 @@ def quantize(catalog: str, images: str | None, model: str, id_column: str, image
 @_index_arg
 def compact(index: str) -> None:
     """Fold INDEX's change journal into a fresh copy of the folder (same items and vectors,
-    approximate index rebuilt and its recall measured again); the change log is kept."""
-    n = compact_index(index)
+    approximate index rebuilt and its recall measured again); the change log is kept. Safe
+    while a server or other writers use INDEX: what they change meanwhile is carried over."""
+    n = Index.open(index, auto_compact=False).compact()
     click.echo(f"index {index}: {n} change(s) folded in" if n else
                f"index {index}: no changes to fold in")
 
@@ -256,14 +257,14 @@ def compact(index: str) -> None:
 def add(index: str, delta: str, images: str | None, quiet: bool) -> None:
     """Add the new items of DELTA (a catalogue with the index's columns) to INDEX, and
     re-embed those whose photo or metadata changed; one atomic change."""
-    from .update import add_items, read_delta
-
-    s = add_items(index, read_delta(Index.open(index), delta, images), progress=not quiet)
+    ix = Index.open(index)
+    s = ix.add(delta, images=images, progress=not quiet)
     click.echo(f"index {index}: {len(s.added)} added, {len(s.replaced)} replaced, "
                f"{len(s.unchanged)} unchanged, {len(s.skipped)} skipped"
                + (f" (change {s.change})" if s.change else " (nothing changed)"))
     for item_id, reason in list(s.skipped.items())[:20]:
         click.echo(f"  skipped {item_id}: {reason}", err=True)
+    _finish_compaction(ix, index)
 
 
 @cli.command()
@@ -271,10 +272,17 @@ def add(index: str, delta: str, images: str | None, quiet: bool) -> None:
 @click.argument("item_ids", nargs=-1, required=True)
 def remove(index: str, item_ids: tuple[str, ...]) -> None:
     """Remove ITEM_IDS from INDEX (all or none)."""
-    from .update import remove_items
-
-    s = remove_items(index, item_ids)
+    ix = Index.open(index)
+    s = ix.delete(item_ids)
     click.echo(f"index {index}: {len(s.removed)} removed (change {s.change})")
+    _finish_compaction(ix, index)
+
+
+def _finish_compaction(ix: Index, index: str) -> None:
+    """The journal passed the auto-compaction threshold: say so while it is folded in."""
+    if ix.compacting:
+        click.echo(f"index {index}: folding the journal in (auto-compaction)...", err=True)
+        ix.wait_for_compaction()
 
 
 @cli.command("preview-preprocess")
@@ -567,14 +575,22 @@ def train(index: str, out: str, quiet: bool, resume: bool, **options: Any) -> No
 @click.option("--max-pixels", default=40_000_000, show_default=True, type=click.IntRange(1),
               help="Uploaded photos with more pixels are refused with 413.")
 def serve(index: str, host: str, port: int, max_upload_bytes: int, max_pixels: int) -> None:
-    """Serve INDEX over HTTP (API docs at /docs)."""
+    """Serve INDEX over HTTP (API docs at /docs); --port 0 takes a free port and prints it.
+    Items that other processes add or remove are served within a second."""
+    import socket
+
     import uvicorn
 
     from .server import create_app
 
     app = create_app(index, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    port = sock.getsockname()[1]
     click.echo(f"serving {index} at http://{host}:{port}/ (API docs: http://{host}:{port}/docs)")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    sys.stdout.flush()
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
 
 
 @cli.command()
@@ -599,7 +615,7 @@ def info(index: str, as_json: bool) -> None:
         click.echo(f"photos decoded with {m['decoder']['name']} ({m['decoder']['reason']})")
     click.echo(f"preprocess: {Preprocess.from_dict(m.get('preprocess'))} (search photos get the same)")
     click.echo(f"attributes: {', '.join(m['catalog']['attributes'])}")
-    for n, change in enumerate(journal(index), start=1):
+    for n, change in enumerate(history(index, m.get("history", [])), start=1):
         counts = ", ".join(f"{v} {k}" for k, v in change.get("counts", {}).items())
         click.echo(f"change {n}: {change['op']} {counts or '1 item'} "
                    f"{change.get('time', '')}".rstrip())

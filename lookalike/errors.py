@@ -22,3 +22,7 @@ class UnknownItemError(LookalikeError, KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else ""
+
+
+class ItemExistsError(LookalikeError):
+    """An item id that the index holds already, where a new one was asked for."""

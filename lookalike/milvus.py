@@ -220,7 +220,7 @@ def create(uri: str, name: str, items: pd.DataFrame, embeddings: np.ndarray,
         store.upsert(items, embeddings)
         c.load_collection(name)
         store.info["insert_s"] = round(time.perf_counter() - t0, 3)
-        searcher = MilvusSearch(store, items[ITEM_ID].astype(str).tolist())
+        searcher = MilvusSearch(store, {str(i): r for r, i in enumerate(items[ITEM_ID])})
         got, queries = measure_recall(searcher, embeddings)
         knob = SEARCH_KNOB.get(index_type)
         # Milvus may cluster into other than the nlist asked (milvus-lite does), so nprobe
@@ -246,13 +246,17 @@ class Filter(NamedTuple):
 
 
 class MilvusSearch:
-    """Searches the collection and answers like a faiss index: scores and rows of ``items``
-    (ids the items table does not know, left by an interrupted change, are left out)."""
+    """Searches the collection and answers like a faiss index: scores and rows, ``row_of``
+    numbering the items (ids it does not know, left by an interrupted change, are left out).
+    ``row_of`` may grow and shrink as items come and go."""
 
-    def __init__(self, store: MilvusStore, item_ids: Sequence[str]) -> None:
-        self.store = store
-        self.row_of = {str(i): r for r, i in enumerate(item_ids)}
-        self.d, self.ntotal = store.info["dim"], len(item_ids)
+    def __init__(self, store: MilvusStore, row_of: Mapping[str, int]) -> None:
+        self.store, self.row_of = store, row_of
+        self.d = store.info["dim"]
+
+    @property
+    def ntotal(self) -> int:
+        return len(self.row_of)
 
     def search(self, q: np.ndarray, k: int, params: Filter | None = None
                ) -> tuple[np.ndarray, np.ndarray]:

@@ -51,17 +51,24 @@ def filter_mask(items: pd.DataFrame, where: Where | None, attributes: Sequence[s
 EXACT_BELOW = 0.2  # filters keeping fewer items than this share are searched exactly
 
 
+def selector_params(bits: np.ndarray, n: int, index: object) -> faiss.SearchParameters:
+    """Search parameters that let ``index`` return only the rows whose bit is set in ``bits``
+    (packed little-endian, as np.packbits(mask, bitorder="little")). The caller keeps
+    ``bits`` alive while the search runs."""
+    sel = faiss.IDSelectorBitmap(n, faiss.swig_ptr(bits))
+    inner = index.index if isinstance(index, Reranked) else index  # IVF-PQ under re-ranking
+    if isinstance(inner, faiss.Index) and isinstance(faiss.downcast_index(inner), faiss.IndexIVF):
+        # an IVF index takes its own parameter type, which carries its nprobe too
+        return faiss.SearchParametersIVF(sel=sel, nprobe=faiss.downcast_index(inner).nprobe)
+    return faiss.SearchParameters(sel=sel)
+
+
 def _selector(mask: np.ndarray | None, index: object
               ) -> tuple[faiss.SearchParameters | None, np.ndarray | None]:
     if mask is None:
         return None, None
     bits = np.packbits(mask, bitorder="little")  # keep alive while faiss reads it
-    sel = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bits))
-    inner = index.index if isinstance(index, Reranked) else index  # IVF-PQ under re-ranking
-    if isinstance(inner, faiss.Index) and isinstance(faiss.downcast_index(inner), faiss.IndexIVF):
-        # an IVF index takes its own parameter type, which carries its nprobe too
-        return faiss.SearchParametersIVF(sel=sel, nprobe=faiss.downcast_index(inner).nprobe), bits
-    return faiss.SearchParameters(sel=sel), bits
+    return selector_params(bits, len(mask), index), bits
 
 
 def top_k(
@@ -75,6 +82,7 @@ def top_k(
     exclude_products: Sequence[object] = (),
     embeddings: np.ndarray | None = None,
     selector: object = None,
+    available: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Rows and scores (best first) of the ``k`` nearest items to one query vector.
 
@@ -83,8 +91,8 @@ def top_k(
     ``exclude_products`` are left out. Given the ``embeddings``, a mask that keeps under
     :data:`EXACT_BELOW` of the items is searched exactly over those items: an approximate
     index loses most of its recall on such narrow filters. ``selector`` is what the index
-    filters with instead of the mask (a Milvus filter expression); the mask still counts the
-    candidates.
+    filters with instead of the mask (a Milvus filter expression, or faiss parameters that
+    skip removed items); the mask, or else ``available``, counts the candidates.
     """
     if k < 1:
         raise LookalikeError(f"k must be at least 1, got {k}")
@@ -100,7 +108,8 @@ def top_k(
                              products=None if products is None else products[sub],
                              exclude_products=exclude_products)
         return sub[rows], scores
-    n_avail = int(mask.sum()) if mask is not None else index.ntotal
+    n_avail = int(mask.sum()) if mask is not None else \
+        index.ntotal if available is None else available
     params, _bits = (selector, None) if selector is not None else _selector(mask, index)
     excluded = {int(r) for r in exclude_rows}
     skip_products = set(exclude_products)

@@ -1,19 +1,27 @@
 """The index folder: manifest.json, items.parquet, embeddings.npy, index.faiss, or, with
-the Milvus backend, manifest.json and items.parquet beside a Milvus collection.
+the Milvus backend, manifest.json and items.parquet beside a Milvus collection; and journal/,
+the changes since the build (journal.py).
 
 A folder is written next to its destination under a temporary name and renamed into place
 only when every file is complete, so a crash mid-build never leaves a half index that loads.
+The swap happens under the folder's writer lock, so it never lands between a writer reading
+the journal and appending to it. Opening a folder loads the built index as it is (nothing is
+re-trained or rebuilt) and applies the journal's changes on top (segments.py).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
 import json
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import time
+import uuid
+from collections.abc import Callable
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -23,9 +31,10 @@ import faiss
 import numpy as np
 import pandas as pd
 
-from . import milvus
+from . import journal, milvus
 from .errors import IndexFormatError
-from .index import build_vector_index, make_index, searchable, set_search_params
+from .index import build_vector_index, searchable, set_search_params
+from .segments import Segments, View
 
 log = logging.getLogger(__name__)
 FORMAT = "lookalike-index"
@@ -34,18 +43,8 @@ MANIFEST = "manifest.json"
 ITEMS = "items.parquet"
 EMBEDDINGS = "embeddings.npy"
 FAISS = "index.faiss"
-JOURNAL = "journal"  # changes since the build: one committed JSON file (+ vector) per change
-
-
-@dataclass
-class StoredIndex:
-    path: Path
-    manifest: dict[str, Any]
-    items: pd.DataFrame
-    embeddings: np.ndarray  # memory-mapped, read-only (Milvus: read from the collection)
-    faiss_index: Any  # a faiss index, an IVF-PQ one with exact re-ranking (index.Reranked),
-    # or the Milvus collection (milvus.MilvusSearch): all answer search(q, k, params)
-    backend: Any = None  # the Milvus collection (milvus.MilvusStore) the vectors live in
+PHOTOS = "photos"  # photos of items added with their bytes, inside the index folder
+OPEN_RETRIES = 5  # a folder replaced while it is being opened is read again
 
 
 def versions() -> dict[str, str]:
@@ -60,19 +59,6 @@ def versions() -> dict[str, str]:
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
@@ -90,7 +76,7 @@ def _is_index(path: Path) -> bool:
 def write_index(out: str | os.PathLike, manifest: dict[str, Any], items: pd.DataFrame,
                 embeddings: np.ndarray | None, kind: str = "exact",
                 params: dict[str, int] | None = None, milvus_uri: str | None = None, *,
-                carry: Sequence[str] = (), still_valid: Callable[[], bool] | None = None,
+                before_swap: Callable[[Path], None] | None = None,
                 extra_files: dict[str, Path] | None = None) -> Path:
     """Write an index folder atomically; replaces ``out`` only if it is an index already.
     ``kind`` (exact, hnsw, ivf, ivfpq) is the vector index; an approximate one is tuned and its
@@ -98,9 +84,9 @@ def write_index(out: str | os.PathLike, manifest: dict[str, Any], items: pd.Data
     With ``milvus_uri`` the vectors go to a new Milvus collection instead (the folder names
     it; a replaced folder's collection is dropped once the new folder is in place); a manifest
     that names a collection already (``backend``) keeps it, and no vectors are written.
-    ``carry`` names folders of the replaced index to keep (hard-linked);
-    ``extra_files`` are copied in under the given names (an int8 model); ``still_valid`` is
-    asked just before the swap, and the write is abandoned when it says no."""
+    ``extra_files`` are copied in under the given names (an int8 model). The swap happens
+    under the folder's writer lock; ``before_swap(tmp)`` runs under it first (a compaction
+    carries what landed meanwhile) and abandons the write by raising."""
     out = Path(out)
     keep_backend = None if milvus_uri else manifest.get("backend")
     if embeddings is not None and len(items) != len(embeddings):
@@ -148,19 +134,20 @@ def write_index(out: str | os.PathLike, manifest: dict[str, Any], items: pd.Data
             json.dump(manifest, f, indent=2, default=str)
             f.flush()
             os.fsync(f.fileno())
-        for name in carry:
-            if (out / name).is_dir():
-                shutil.copytree(out / name, tmp / name, copy_function=os.link)
         os.chmod(tmp, 0o755)
-        if still_valid is not None and not still_valid():
-            raise IndexFormatError(f"index {out} changed while it was being rewritten; "
-                                   "nothing was replaced, run it again")
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.rename(out, old)
-        os.rename(tmp, out)
-        _fsync_dir(out.parent)
+        with journal.locked(out) if out.exists() else contextlib.nullcontext():
+            if before_swap is not None:
+                before_swap(tmp)
+            old = None
+            if not out.exists():
+                os.rename(tmp, out)
+            elif _exchange(tmp, out):  # one atomic step: readers never find the folder missing
+                old = tmp
+            else:  # two renames; a crash between them is undone by the next opener (_recover)
+                old = out.parent / f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+                os.rename(out, old)
+                os.rename(tmp, out)
+            journal.fsync_dir(out.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
@@ -177,123 +164,61 @@ def write_index(out: str | os.PathLike, manifest: dict[str, Any], items: pd.Data
     return out
 
 
-def append_change(path: str | os.PathLike, change: dict[str, Any],
-                  vector: np.ndarray | None = None) -> int:
-    """Record one change of an index folder (``{"op": "add", "item": {...}}`` with its vector,
-    or ``{"op": "delete", "item_id": ...}``) in its journal. The vector is written first and
-    the JSON file last, each under a temporary name renamed into place: a crash leaves either
-    the whole change or none of it. Callers serialise their changes. Returns its number."""
-    folder = Path(path) / JOURNAL
-    folder.mkdir(exist_ok=True)
-    seq = max((int(p.stem) for p in folder.glob("*.json")), default=0) + 1
-    name = f"{seq:012d}"
-    if vector is not None:
-        tmp = folder / f".{name}.npy.tmp"
-        with open(tmp, "wb") as f:
-            np.save(f, np.asarray(vector, dtype=np.float32))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, folder / f"{name}.npy")
-    tmp = folder / f".{name}.json.tmp"
-    with open(tmp, "w") as f:
-        json.dump(change, f, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, folder / f"{name}.json")
-    _fsync_dir(folder)
-    return seq
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two folders atomically (Linux renameat2 RENAME_EXCHANGE). False where the system
+    or the filesystem cannot."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EPERM):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
 
 
-def _journal_files(path: str | os.PathLike) -> list[Path]:
-    """The committed journal entries of an index folder, oldest first."""
-    folder = Path(path) / JOURNAL
-    return sorted(folder.glob("*.json")) if folder.is_dir() else []
-
-
-def journal(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The index folder's change log: every committed change since the build, in order
-    (an added batch's item records left out), compacted ones first (the manifest's
-    ``history``)."""
-    return read_manifest(path).get("history", []) + [
-        {k: v for k, v in json.loads(f.read_text()).items() if k not in ("items", "item")}
-        for f in _journal_files(path)]
-
-
-def compact(path: str | os.PathLike) -> int:
-    """Fold the journal into the folder: the current items and vectors written as a new build
-    (an approximate index rebuilt with its parameters and its recall measured again; with
-    Milvus only the items table), the change log moved into the manifest's ``history``, the
-    server's added photos kept. Atomic like a build; refused if a change lands meanwhile.
-    Returns the number of changes folded in."""
-    path = Path(path)
-    entries = _journal_files(path)  # listed first: a change landing after it is noticed
-    stored = read_index(path)
-    if not entries:
-        return 0
-    log_ = journal(path)
-    m = {k: v for k, v in stored.manifest.items() if k not in ("journal", "files")}
-    m["counts"] = {**m["counts"], "items": len(stored.items)}
-    m["history"] = log_ + [{"op": "compact", "time": now(),
-                            "counts": {"changes": len(entries), "items": len(stored.items)}}]
-    kind, params = stored_kind(stored.manifest)
-    emb = None if stored.backend else np.asarray(stored.embeddings, dtype=np.float32)
-    write_index(path, m, stored.items, emb, kind, params, carry=("photos",),
-                extra_files={n: path / n for n in stored.manifest["files"].get("extra", [])},
-                still_valid=lambda: _journal_files(path) == entries)
-    return len(entries)
-
-
-def _replay(path: Path, items: pd.DataFrame, emb: np.ndarray | None
-            ) -> tuple[pd.DataFrame, np.ndarray | None, int]:
-    """The built items and vectors with the journal's changes applied, in order (without
-    ``emb``, the items alone: a Milvus collection holds the vectors)."""
-    files = _journal_files(path)
-    if not files:
-        return items, emb, 0
-    ids = items["item_id"].astype(str).tolist()
-    alive: dict[str, tuple[int, dict[str, Any] | None, np.ndarray | None]] = {
-        i: (r, None, None) for r, i in enumerate(ids)}
-    for f in files:
+def _recover(path: Path) -> bool:
+    """A swap by two renames that died between them left no folder at ``path`` and the
+    replaced one beside it: put that one back (the swap then never happened). Only when its
+    writer is gone, i.e. its lock can be taken."""
+    for old in sorted(path.parent.glob(f".{path.name}.old-*")):
         try:
-            change = json.loads(f.read_text())
-            if change["op"] == "add":  # one item (the server) or a batch (lookalike add)
-                recs = change["items"] if "items" in change else [change["item"]]
-                vecs = np.load(f.with_suffix(".npy")).reshape(len(recs), -1) \
-                    if emb is not None else [None] * len(recs)
-                for rec, vec in zip(recs, vecs):
-                    alive.pop(str(rec["item_id"]), None)  # a replaced item moves to the end
-                    alive[str(rec["item_id"])] = (-1, rec, vec)
-            elif change["op"] == "delete":
-                for item_id in change.get("item_ids", [change.get("item_id")]):
-                    alive.pop(str(item_id), None)
-            else:
-                raise ValueError(f"unknown op {change['op']!r}")
-        except (OSError, ValueError, KeyError) as e:
-            raise IndexFormatError(f"index {path}: journal entry {f.name} is damaged: {e}") from None
-    base = [r for r, rec, _ in alive.values() if rec is None]
-    added = [(rec, vec) for r, rec, vec in alive.values() if rec is not None]
-    parts = [items.iloc[base]]
-    if added:
-        parts.append(pd.DataFrame([rec for rec, _ in added]))
-    new_items = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].reset_index(
-        drop=True)
-    if emb is None:
-        return new_items, None, len(files)
-    vectors = [np.asarray(emb[base], dtype=np.float32)] + [vec.reshape(1, -1) for _, vec in added]
-    return new_items, np.concatenate(vectors), len(files)
+            with journal.locked(old, timeout=0):
+                if not path.exists() and _is_index(old):
+                    os.rename(old, path)
+                    journal.fsync_dir(path.parent)
+                    return True
+        except (journal.LockTimeout, IndexFormatError, OSError):
+            continue
+    return False
 
 
-def read_index(path: str | os.PathLike) -> StoredIndex:
-    """Open an index folder, checking that it is complete and self-consistent."""
-    path = Path(path)
+def generation(path: str | os.PathLike) -> tuple[int, int, int] | None:
+    """Which build of the folder is at ``path`` now (its manifest file's identity): it changes
+    when a compaction or a rebuild replaces the folder. None when there is none."""
+    try:
+        st = os.stat(Path(path) / MANIFEST)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_mtime_ns
+
+
+def _read_manifest(path: Path) -> tuple[dict[str, Any], tuple[int, int, int]]:
     if not path.is_dir():
         raise IndexFormatError(f"{path} is not a lookalike index: no such folder")
     mpath = path / MANIFEST
-    if not mpath.is_file():
-        raise IndexFormatError(f"{path} is not a lookalike index: it has no {MANIFEST} "
-                               "(build one with `lookalike build`)")
     try:
-        manifest = json.loads(mpath.read_text())
+        with open(mpath, "rb") as f:
+            st = os.fstat(f.fileno())
+            text = f.read()
+    except FileNotFoundError:
+        raise IndexFormatError(f"{path} is not a lookalike index: it has no {MANIFEST} "
+                               "(build one with `lookalike build`)") from None
+    try:
+        manifest = json.loads(text)
     except ValueError as e:
         raise IndexFormatError(f"{mpath} is not valid JSON: {e}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
@@ -302,13 +227,64 @@ def read_index(path: str | os.PathLike) -> StoredIndex:
     if manifest.get("format_version", 0) > FORMAT_VERSION:
         raise IndexFormatError(f"{path} was written by a newer lookalike (format version "
                                f"{manifest['format_version']} > {FORMAT_VERSION}); upgrade")
+    return manifest, (st.st_dev, st.st_ino, st.st_mtime_ns)
+
+
+def open_segments(path: str | os.PathLike) -> Segments:
+    """Open an index folder, checking that it is complete and self-consistent: the built
+    vector index as stored, with every committed journal entry applied. A folder replaced
+    while it is read (a compaction, a rebuild) is read again."""
+    path = Path(path)
+    for attempt in range(OPEN_RETRIES):
+        try:
+            manifest, gen = _read_manifest(path)
+        except IndexFormatError:
+            # between the two renames of a swap the folder is briefly missing
+            if not _swapping(path):
+                raise
+            if not _recover(path):
+                if attempt + 1 == OPEN_RETRIES:
+                    raise
+                time.sleep(0.01 * 2 ** attempt)
+            continue
+        try:
+            seg = _load(path, manifest, gen)
+            catch_up(seg)
+        except (OSError, IndexFormatError):
+            if generation(path) != gen:
+                continue
+            raise
+        if generation(path) == gen:
+            return seg
+    raise IndexFormatError(f"index {path} was replaced {OPEN_RETRIES} times while it was "
+                           "being opened; try again")
+
+
+def _swapping(path: Path) -> bool:
+    """Whether a replaced copy of ``path`` sits beside it (mid-swap)."""
+    return any(p.name.startswith(f".{path.name}.old-") for p in path.parent.iterdir())
+
+
+def catch_up(seg: Segments, check: Callable[[], bool] | None = None) -> int:
+    """Apply the journal's changes after ``seg.cursor`` (the vectors checked against its
+    dimensions, kept in their stored type). With ``check``, they are applied only if it
+    still says yes once they are read. Returns how many were applied."""
+    entries, cursor = journal.read(seg.path, seg.cursor, None if seg.milvus else seg.dim)
+    if check is not None and not check():
+        return 0
+    seg.apply(entries)
+    seg.cursor = cursor
+    return len(entries)
+
+
+def _load(path: Path, manifest: dict[str, Any], gen: Any) -> Segments:
     backend = manifest.get("backend")
     for name in (ITEMS,) if backend else (ITEMS, EMBEDDINGS, FAISS):
         if not (path / name).is_file():
             raise IndexFormatError(f"index {path} is incomplete: {name} is missing")
     items = pd.read_parquet(path / ITEMS)
     if backend:
-        return _open_milvus(path, manifest, items)
+        return _open_milvus(path, manifest, items, gen)
     emb = np.load(path / EMBEDDINGS, mmap_mode="r")
     index = faiss.read_index(str(path / FAISS))
     dim = manifest["embedder"]["dim"]
@@ -318,16 +294,14 @@ def read_index(path: str | os.PathLike) -> StoredIndex:
         raise IndexFormatError(
             f"index {path} is inconsistent: manifest says {n} items × {dim} dims, found "
             f"{len(items)} items, embeddings {emb.shape}, faiss {index.ntotal} × {index.d}")
-    items, emb, changes = _replay(path, items, emb)
-    if changes:  # items were added or deleted since the build: the stored index is stale
-        manifest = {**manifest, "journal": {"changes": changes}}
-        return changed(path, manifest, items, emb)
     kind, params = stored_kind(manifest)
     set_search_params(index, kind, params)
-    return StoredIndex(path, manifest, items, emb, searchable(index, emb, kind, params))
+    return Segments(path, manifest, items, emb, searchable(index, emb, kind, params),
+                    generation=gen)
 
 
-def _open_milvus(path: Path, manifest: dict[str, Any], items: pd.DataFrame) -> StoredIndex:
+def _open_milvus(path: Path, manifest: dict[str, Any], items: pd.DataFrame,
+                 gen: Any) -> Segments:
     if manifest["backend"].get("type") != "milvus":
         raise IndexFormatError(f"index {path}: unknown backend {manifest['backend'].get('type')!r}")
     store = milvus.MilvusStore(manifest["backend"])
@@ -335,25 +309,10 @@ def _open_milvus(path: Path, manifest: dict[str, Any], items: pd.DataFrame) -> S
         raise IndexFormatError(f"index {path}: its Milvus collection {store.collection!r} is "
                                f"gone from {store.uri}; rebuild the index")
     store.client.load_collection(store.collection)
-    items, _, changes = _replay(path, items, None)
-    if changes:
-        manifest = {**manifest, "journal": {"changes": changes}}
-    return changed(path, manifest, items, None, store)
-
-
-def changed(path: Path, manifest: dict[str, Any], items: pd.DataFrame,
-            embeddings: np.ndarray | None, backend: milvus.MilvusStore | None = None
-            ) -> StoredIndex:
-    """An index over other items than the stored vector index was built for (a journal
-    replayed, a live change): over ``embeddings`` a new index of the manifest's kind, or with
-    the Milvus ``backend`` the collection (which holds the vectors already)."""
-    items = items.reset_index(drop=True)
-    if backend is not None:
-        ids = items["item_id"].astype(str).tolist()
-        return StoredIndex(path, manifest, items, milvus.MilvusVectors(backend, ids),
-                           milvus.MilvusSearch(backend, ids), backend)
-    emb = np.ascontiguousarray(embeddings, dtype=np.float32)
-    return StoredIndex(path, manifest, items, emb, vector_index(manifest, emb))
+    seg = Segments(path, manifest, items, None, None, backend=store, generation=gen,
+                   storage=np.dtype(np.float32))
+    seg.sealed = milvus.MilvusSearch(store, seg.slot_of)
+    return seg
 
 
 def stored_kind(manifest: dict[str, Any]) -> tuple[str, dict[str, int]]:
@@ -363,8 +322,35 @@ def stored_kind(manifest: dict[str, Any]) -> tuple[str, dict[str, int]]:
     return kind, dict(info.get("params", {}))
 
 
-def vector_index(manifest: dict[str, Any], embeddings: np.ndarray) -> Any:
-    """A new searchable index of the manifest's kind over other ``embeddings`` (a changed
-    live index), built with the stored parameters, not tuned again."""
-    kind, params = stored_kind(manifest)
-    return searchable(make_index(embeddings, kind, params), embeddings, kind, params)
+def compact(seg: Segments, v: View) -> int:
+    """Fold the journal up to view ``v`` (taken under the writer lock, so it is the journal's
+    state then) into a new build of the folder: the alive items and vectors written as a
+    build (an approximate index rebuilt with its parameters and its recall measured again;
+    with Milvus only the items table), the folded changes moved to the manifest's
+    ``history``. Entries that land while it runs, and the photos of added items, are carried
+    into the new folder under the lock just before the swap; a folder replaced meanwhile by
+    someone else is left alone. Returns the number of changes folded in."""
+    path = seg.path
+    folded = [e for e in journal.read(path, journal.Cursor(), None)[0] if e.seq <= v.seq]
+    if not folded:
+        return 0
+    items = seg.items(v)
+    log = journal.history(path, seg.manifest.get("history", []), upto=v.seq)
+    m = {k: val for k, val in seg.manifest.items() if k not in ("journal", "files")}
+    m["counts"] = {**m["counts"], "items": len(items)}
+    m["history"] = log + [{"op": "compact", "time": now(),
+                           "counts": {"changes": len(folded), "items": len(items)}}]
+    kind, params = stored_kind(seg.manifest)
+    emb = None if seg.milvus else np.asarray(seg.embeddings(v), dtype=np.float32)
+
+    def carry(tmp: Path) -> None:
+        if generation(path) != seg.generation:
+            raise IndexFormatError(f"index {path} was replaced while it was being compacted; "
+                                   "nothing was changed")
+        journal.carry(path, tmp, after=v.seq, dim=None if seg.milvus else seg.dim)
+        if (path / PHOTOS).is_dir():
+            shutil.copytree(path / PHOTOS, tmp / PHOTOS, copy_function=os.link)
+
+    write_index(path, m, items, emb, kind, params, before_swap=carry,
+                extra_files={n: path / n for n in seg.manifest["files"].get("extra", [])})
+    return len(folded)

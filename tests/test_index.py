@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from lookalike import Index, LookalikeError, build_index, read_catalog
+from lookalike import Index, LookalikeError, build_index, journal, read_catalog
 from lookalike.cli import cli
 from lookalike.index import (
     Reranked,
@@ -114,10 +114,15 @@ def test_index_folder_with_an_approximate_index(tiny_catalog: Path, tmp_path: Pa
     assert np.allclose(got["score"], want["score"], atol=1e-5)
     assert (got.groupby("item_id")["neighbor_id"].apply(set)
             == want.groupby("item_id")["neighbor_id"].apply(set)).all()
-    # a live change keeps the kind of index
-    changed = ix.with_items(ix.items.iloc[:-1], np.asarray(ix.embeddings[:-1]))
-    assert type(changed.vector_index) is type(ix.vector_index)
-    assert changed.vector_index.ntotal == len(ix.items) - 1
+    # a change keeps the built index as it is: the removed item is skipped, nothing rebuilt
+    sealed = ix.snapshot().seg.sealed
+    for i in (ix, exact):
+        i.delete(["P4-2"])
+    assert ix.snapshot().seg.sealed is sealed and len(ix) == len(exact) == 23
+    for item in ("P1-0", "P4-1", "odd-3"):
+        assert [h.item_id for h in ix.similar(item, 5)] == [h.item_id for h in exact.similar(item, 5)]
+    reopened = Index.open(s.path)
+    assert type(reopened.snapshot().seg.sealed) is type(sealed) and "P4-2" not in reopened
 
 
 def test_cli_build_index_option_and_info(tiny_catalog: Path, tmp_path: Path) -> None:
@@ -163,8 +168,15 @@ def test_cli_float16_folder_opens_changes_and_refuses_milvus(tiny_catalog: Path,
     for item in ("P1-0", "P4-2", "odd-3"):
         assert [h.item_id for h in half.similar(item, 5)] == \
             [h.item_id for h in exact.similar(item, 5)]
-    changed = half.with_items(half.items.iloc[:-1], np.asarray(half.embeddings[:-1]))
-    assert isinstance(changed.vector_index, faiss.IndexScalarQuantizer)  # still float16
+    # changes keep the folder's storage type: float16 in the journal and once opened again
+    half.add([{"item_id": "copy", "type": "Shirts"}], vectors=exact.vector("P1-0")[None])
+    half.delete(["P4-2"])
+    again = Index.open(tmp_path / "f16")
+    assert again.embeddings.dtype == np.float16 and len(again) == 24
+    entries, _ = journal.read(tmp_path / "f16", journal.Cursor(), half.spec.dim)
+    assert entries[0].vectors.dtype == np.float16
+    assert isinstance(again.snapshot().seg.sealed, faiss.IndexScalarQuantizer)
+    assert "copy" in [h.item_id for h in again.similar("P1-0", 3) if h.score > 0.999]
     bad = build_tiny(tiny_catalog, tmp_path / "m", "--vectors", "float16", "--backend",
                      "milvus", "--milvus-uri", str(tmp_path / "m.db"))
     assert bad.exit_code != 0 and "--vectors float16 is for the faiss backend" in bad.output

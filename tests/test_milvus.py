@@ -99,10 +99,11 @@ def test_add_remove_and_live_changes_go_through_milvus(pair: dict[str, Path],
     assert "change 2: delete 2 removed" in runner.invoke(cli, ["info", str(pair["milvus"])]).output
 
     live = LiveIndex(pair["milvus"])  # the server's path: one item at a time
-    after = live.add("L1", (photos / "P2-0.jpg").read_bytes(), {"colour": "Blue"}, "PL",
-                     max_pixels=10**8)
+    live.add("L1", (photos / "P2-0.jpg").read_bytes(), {"colour": "Blue"}, "PL",
+             max_pixels=10**8)
+    after = live.index
     assert after.similar("P2-0", 1)[0].item_id == "L1"
-    after = live.delete("P2-0")
+    live.delete("P2-0")
     assert "P2-0" not in _ids(after.similar("L1", 23))
     assert client(str(pair["db"])).get_collection_stats(coll)["row_count"] == 23
     assert _ids(Index.open(pair["milvus"]).similar("L1", 3)) == _ids(after.similar("L1", 3))
@@ -112,6 +113,7 @@ def test_add_remove_and_live_changes_go_through_milvus(pair: dict[str, Path],
     assert compacted.backend.collection == coll and client(str(pair["db"])).has_collection(coll)
     assert _ids(compacted.similar("L1", 5)) == _ids(after.similar("L1", 5))
     assert not (pair["milvus"] / "journal").exists()
+    live.close()
 
 
 def test_rebuild_replaces_the_collection_and_bad_options_are_refused(

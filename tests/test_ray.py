@@ -12,7 +12,6 @@ import pytest
 from lookalike import Index
 from lookalike.milvus import close_clients
 from lookalike.neighbors import neighbor_agreement
-from lookalike.store import read_index
 
 from .conftest import MYNTRA, build_tiny
 
@@ -41,7 +40,7 @@ def test_ray_build_equals_local_build(tiny_catalog: Path, tmp_path: Path) -> Non
                      "--actors", "2", "--batch-size", "4")
     assert res.exit_code == 0, res.output
     assert "on Ray, 2 workers per stage" in res.output
-    a, b = read_index(tmp_path / "local"), read_index(tmp_path / "ray")
+    a, b = Index.open(tmp_path / "local"), Index.open(tmp_path / "ray")
     assert a.items["item_id"].tolist() == b.items["item_id"].tolist()
     np.testing.assert_allclose(np.asarray(b.embeddings), np.asarray(a.embeddings), atol=1e-6)
     assert a.items["photo_sha1"].tolist() == b.items["photo_sha1"].tolist()

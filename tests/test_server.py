@@ -167,7 +167,7 @@ def test_batched_similar_matches_the_index(two_indexes: dict[str, Path]) -> None
     try:
         ids = [i for i in ix.items["item_id"] for _ in range(5)]  # many at once, repeated
         with ThreadPoolExecutor(16) as pool:
-            got = list(pool.map(lambda i: ix.hits(*batcher.similar(ix, ix.row(i), 4)), ids))
+            got = list(pool.map(lambda i: batcher.similar(ix, i, 4), ids))
         for item_id, hits in zip(ids, got):
             want = ix.similar(item_id, 4)
             assert [h.score for h in hits] == pytest.approx([h.score for h in want], abs=1e-5)

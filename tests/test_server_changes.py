@@ -129,3 +129,42 @@ def test_searches_keep_working_while_items_come_and_go(folder: Path) -> None:
     assert restarted.get("/health").json()["items"] == 124
     assert restarted.get("/items/new-198").status_code == 404
     assert restarted.get("/items/new-199").status_code == 200
+
+
+def test_the_server_serves_what_another_process_adds_within_a_second(folder: Path,
+                                                                      tmp_path: Path) -> None:
+    """Acceptance 4 of issue 15: no restart; the new ids are known to every endpoint."""
+    import subprocess
+    import sys
+    import time
+
+    import pandas as pd
+
+    client = TestClient(create_app(folder, api_key="s3cret"))
+    photo = tmp_path / "new.png"
+    garment((240, 120, 10), "bag", seed=3).save(photo)
+    delta = tmp_path / "delta.csv"
+    pd.DataFrame([("cli-1", "PX", "Bags", "Orange", "Women", str(photo))],
+                 columns=["sku", "product", "type", "colour", "gender", "file"]).to_csv(
+        delta, index=False)
+    assert client.get("/items/cli-1").status_code == 404
+    lookalike = Path(sys.executable).parent / "lookalike"
+    subprocess.run([str(lookalike), "add", str(folder), str(delta), "-q"], check=True,
+                   timeout=300, capture_output=True)
+    t0 = time.monotonic()
+    while client.get("/items/cli-1").status_code != 200:
+        assert time.monotonic() - t0 < 1.0, "the server did not see the add within 1 s"
+        time.sleep(0.01)
+    print(f"served {time.monotonic() - t0:.3f} s after `lookalike add` returned")
+    assert client.get("/items/cli-1").json()["metadata"]["colour"] == "Orange"
+    assert add(client, "cli-1", jpeg((1, 2, 3), "shoe")).status_code == 409  # not replaced
+    found = client.post("/search", params={"k": 1},
+                        files={"image": ("q.png", photo.read_bytes(), "image/png")})
+    assert found.json()["results"][0]["item_id"] == "cli-1"
+    subprocess.run([str(lookalike), "remove", str(folder), "cli-1"], check=True, timeout=300,
+                   capture_output=True)
+    t0 = time.monotonic()
+    while client.get("/items/cli-1").status_code != 404:
+        assert time.monotonic() - t0 < 1.0, "the server did not see the removal within 1 s"
+        time.sleep(0.01)
+    assert client.delete("/items/cli-1", headers=KEY).status_code == 404

@@ -14,7 +14,18 @@ from click.testing import CliRunner
 from lookalike import Index, build_index, read_catalog
 from lookalike.cli import cli
 from lookalike.errors import UnknownItemError
-from lookalike.update import add_items, read_delta, remove_items
+
+
+def add_items(path, delta):
+    return Index.open(path).add(delta)
+
+
+def remove_items(path, ids):
+    return Index.open(path).delete(ids)
+
+
+def read_delta(ix, path):
+    return ix.read_delta(path)
 
 from .conftest import MYNTRA, garment
 
@@ -138,29 +149,86 @@ def test_compact_folds_the_journal_in_and_keeps_the_log(split: dict[str, Path],
 
 KILLER = """
 import os, signal, sys
-import lookalike.store as store
-real = store.os.replace
-def replace(src, dst):
-    if str(dst).endswith(".json") and "journal" in str(dst):
-        os.kill(os.getpid(), signal.SIGKILL)  # the vectors are written, the commit is not
-    return real(src, dst)
-store.os.replace = replace
+import lookalike.journal as journal, lookalike.segments as segments, lookalike.store as store
+step = sys.argv[1]
+def die(*_, **__):
+    os.kill(os.getpid(), signal.SIGKILL)
+if step == "record cut short":  # half the change's record is written, then the process dies
+    write = journal.os.write
+    def cut(fd, data):
+        if bytes(data[:4]) == journal.MAGIC:
+            write(fd, data[:len(data) // 2])
+            die()
+        return write(fd, data)
+    journal.os.write = cut
+elif step == "record written":  # the whole record is written, not yet synced to disk
+    journal.os.fdatasync = die
+elif step == "before the apply":
+    apply = segments.Segments.apply
+    segments.Segments.apply = lambda self, entries: die() if entries else apply(self, entries)
+elif step == "after the apply":
+    apply = segments.Segments.apply
+    segments.Segments.apply = lambda self, entries: (apply(self, entries), entries and die())
+elif step == "compaction written":  # the new folder is complete, under the lock, not swapped
+    journal.carry = die
+elif step == "compaction swapped":  # the new folder is in place, the old one not yet removed
+    rmtree = store.shutil.rmtree
+    store.shutil.rmtree = lambda p, **k: die() if ".tmp-" in str(p) else rmtree(p, **k)
+elif step == "between two renames":  # where renameat2 cannot swap: the folder is missing
+    store._exchange = lambda a, b: False
+    rename = store.os.rename
+    store.os.rename = lambda a, b: die() if ".tmp-" in str(a) else rename(a, b)
 from lookalike.cli import main
-main(["add", sys.argv[1], sys.argv[2], "-q"])
+main(sys.argv[2:])
 """
+ADD_STEPS = {"record cut short": False, "record written": True, "before the apply": True,
+             "after the apply": True}  # step → is the change there afterwards
+COMPACT_STEPS = ["compaction written", "compaction swapped", "between two renames"]
 
 
-def test_a_killed_add_leaves_the_index_as_it_was(split: dict[str, Path]) -> None:
+def _kill(step: str, *args: object) -> None:
+    p = subprocess.run([sys.executable, "-c", KILLER, step, *map(str, args)], check=False,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == -9, p.stderr
+
+
+def _state(ix: Index) -> dict[str, np.ndarray]:
+    return {i: ix.vector(i) for i in ix.items["item_id"]}
+
+
+@pytest.mark.parametrize("step", ADD_STEPS)
+def test_an_add_killed_at_any_step_is_whole_or_absent(split: dict[str, Path], step: str) -> None:
+    """Acceptance 3 of issue 15: SIGKILL at each step of an add."""
     before = Index.open(split["ix"])
     hits = [h.item_id for h in before.similar("P1-0", 5)]
-    p = subprocess.run([sys.executable, "-c", KILLER, str(split["ix"]), str(split["delta"])],
-                       check=False, capture_output=True, text=True, timeout=300)
-    assert p.returncode == -9, p.stderr
+    _kill(step, "add", split["ix"], split["delta"], "-q")
     after = Index.open(split["ix"])
-    assert after.items["item_id"].tolist() == before.items["item_id"].tolist()
-    assert [h.item_id for h in after.similar("P1-0", 5)] == hits
-    s = add_items(split["ix"], read_delta(after, split["delta"]))  # and it still takes changes
-    assert len(s.added) == 6 and len(Index.open(split["ix"])) == 18
+    added = set(pd.read_csv(split["delta"])["sku"])
+    if ADD_STEPS[step]:  # committed: the whole change, as an add that returned would leave it
+        assert set(after.items["item_id"]) == set(before.items["item_id"]) | added
+        assert len(after.add(split["delta"]).unchanged) == 6
+    else:
+        assert after.items["item_id"].tolist() == before.items["item_id"].tolist()
+        assert [h.item_id for h in after.similar("P1-0", 5)] == hits
+        assert len(after.add(split["delta"]).added) == 6  # and it still takes changes
+    assert Index.open(split["ix"]).manifest["journal"]["changes"] == 1  # one add, whole
+
+
+@pytest.mark.parametrize("step", COMPACT_STEPS)
+def test_a_compaction_killed_at_any_step_loses_nothing(split: dict[str, Path], step: str) -> None:
+    ix = Index.open(split["ix"])
+    ix.add(split["delta"])
+    ix.delete(["P1-0"])
+    before = _state(Index.open(split["ix"]))
+    _kill(step, "compact", split["ix"])
+    after = Index.open(split["ix"])
+    assert list(_state(after)) == list(before)
+    assert all(np.allclose(after.vector(i), v) for i, v in before.items())
+    folded = step == "compaction swapped"
+    assert (split["ix"] / "journal").exists() is not folded
+    after.add(split["delta"])  # it takes changes, and compacts, again
+    assert after.compact() == (0 if folded else 2)
+    assert list(_state(Index.open(split["ix"]))) == list(before)
 
 
 @pytest.mark.slow

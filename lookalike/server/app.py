@@ -21,10 +21,10 @@ from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from ..api import Hit, Index
-from ..errors import ImageError, LookalikeError, UnknownItemError
+from ..errors import ImageError, ItemExistsError, LookalikeError, UnknownItemError
 from ..images import is_uri, read_bytes
 from .batcher import SimilarBatcher
-from .live import ItemExistsError, LiveIndex
+from .live import LiveIndex
 
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -82,17 +82,12 @@ def create_app(index_path: str | os.PathLike, *,
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         batcher.close()
+        live.close()
 
-    first = live.current
+    first = live.index
     app = FastAPI(title="lookalike", summary="Visually similar products", lifespan=lifespan,
                   description=f"Index {first.path.name}: {len(first)} items, model {first.model}.")
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-
-    def row_of(index: Index, item_id: str) -> int:
-        try:
-            return index.row(item_id)
-        except UnknownItemError as e:
-            raise HTTPException(404, str(e)) from None
 
     def authorise(x_api_key: str | None) -> None:
         if not key:
@@ -109,7 +104,7 @@ def create_app(index_path: str | os.PathLike, *,
     def attributes() -> dict[str, list[str]]:
         """The attributes that tell items apart best (at most 4, most telling first) with their
         values, for filters; any attribute can still be used as a filter."""
-        index = live.current
+        index = live.index
         out = {}
         for a in index.display_attributes(4):
             values = index.items[a].dropna().astype(str)
@@ -121,23 +116,27 @@ def create_app(index_path: str | os.PathLike, *,
     @app.get("/health")
     def health() -> dict[str, Any]:
         """Liveness, and what is being served."""
-        index = live.current
+        index = live.index
         return {"status": "ok", "items": len(index), "model": index.model,
                 "preprocess": list(index.preprocess.steps)}
 
     @app.get("/items/{item_id}")
     def item(item_id: str) -> dict[str, Any]:
         """An item's metadata."""
-        index = live.current
-        row_of(index, item_id)
-        return {"item_id": item_id, "metadata": index.metadata(item_id)}
+        try:
+            return {"item_id": item_id, "metadata": live.index.metadata(item_id)}
+        except UnknownItemError as e:
+            raise HTTPException(404, str(e)) from None
 
     @app.get("/items/{item_id}/image", response_class=FileResponse)
     def item_image(item_id: str) -> Response:
         """The item's catalogue photo (looked up by id: no client-supplied paths)."""
-        index = live.current
-        row_of(index, item_id)
-        path = index.image_path(item_id)
+        try:
+            path = live.index.image_path(item_id)
+        except UnknownItemError as e:
+            raise HTTPException(404, str(e)) from None
+        except ImageError as e:
+            raise HTTPException(404, str(e)) from None
         if is_uri(path):  # photos on another filesystem: read and passed on
             try:
                 data = read_bytes(path)
@@ -158,12 +157,14 @@ def create_app(index_path: str | os.PathLike, *,
                 ) -> dict[str, Any]:
         """Items that look like this one (itself excluded), best first. Any other query
         parameter filters by attribute: ``?gender=Men``."""
-        index = live.current
-        row = row_of(index, item_id)
+        index = live.index
         where = _where(request, index)
-        if where is None and not per_product:  # the common case: batched with its neighbours
-            return _results(index.hits(*batcher.similar(index, row, k)))
-        return _results(index.similar(item_id, k, where=where, per_product=per_product))
+        try:
+            if where is None and not per_product:  # the common case: batched with others
+                return _results(batcher.similar(index, item_id, k))
+            return _results(index.similar(item_id, k, where=where, per_product=per_product))
+        except UnknownItemError as e:
+            raise HTTPException(404, str(e)) from None
 
     @app.post("/search")
     def search(request: Request,
@@ -172,7 +173,7 @@ def create_app(index_path: str | os.PathLike, *,
                k: int = Query(10, ge=1, le=MAX_K), per_product: bool = Query(False)
                ) -> dict[str, Any]:
         """Items that look like an uploaded photo, best first (same filters as /similar)."""
-        index = live.current
+        index = live.index
         where = _where(request, index)
         data = _read_upload(image, max_upload_bytes)
         try:
@@ -200,14 +201,14 @@ def create_app(index_path: str | os.PathLike, *,
             raise HTTPException(422, "metadata must be a JSON object of attribute values")
         data = _read_upload(image, max_upload_bytes)
         try:
-            index = live.add(item_id, data, meta, product_id, max_pixels=max_pixels)
+            live.add(item_id, data, meta, product_id, max_pixels=max_pixels)
         except ImageError as e:
             raise _image_error(e) from None
         except ItemExistsError as e:
             raise HTTPException(409, str(e)) from None
         except LookalikeError as e:
             raise HTTPException(422, str(e)) from None
-        return {"item_id": item_id, "metadata": index.metadata(item_id)}
+        return {"item_id": item_id, "metadata": live.index.metadata(item_id)}
 
     @app.delete("/items/{item_id}")
     def delete_item(item_id: str, x_api_key: Annotated[str | None, Header()] = None

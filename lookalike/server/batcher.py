@@ -13,27 +13,28 @@ import queue
 import threading
 from concurrent.futures import Future
 
-import numpy as np
-
-from ..api import Index
-from ..neighbors import drop_self
+from ..api import Hit, Index, Snapshot
 
 MAX_BATCH = 256
 
 
 class SimilarBatcher:
-    """``similar(index, row, k)`` → (rows, scores) of the item's nearest others, best first.
-    Requests against different snapshots of a live index are answered separately."""
+    """``similar(index, item_id, k)`` → the hits of the item's nearest others, best first.
+    Requests against different snapshots of a changing index are answered separately."""
 
     def __init__(self, max_batch: int = MAX_BATCH) -> None:
         self.max_batch = max_batch
-        self._queue: queue.Queue[tuple[Index, int, int, Future] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[Index, Snapshot, int, int, Future] | None] = \
+            queue.Queue()
         self._thread = threading.Thread(target=self._run, name="similar-batcher", daemon=True)
         self._thread.start()
 
-    def similar(self, index: Index, row: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def similar(self, index: Index, item_id: str, k: int) -> list[Hit]:
+        """Raises UnknownItemError (at once, in the caller's thread) for an unknown id."""
+        snap = index.snapshot()
+        slot = snap.slot(item_id)
         fut: Future = Future()
-        self._queue.put((index, row, k, fut))
+        self._queue.put((index, snap, slot, k, fut))
         return fut.result()
 
     def close(self) -> None:
@@ -55,24 +56,17 @@ class SimilarBatcher:
                     self._queue.put(None)  # stop after this batch
                     break
                 batch.append(item)
-            groups: dict[int, list[tuple[Index, int, int, Future]]] = {}
+            groups: dict[tuple[int, int], list[tuple[Index, Snapshot, int, int, Future]]] = {}
             for item in batch:
-                groups.setdefault(id(item[0]), []).append(item)
+                groups.setdefault((id(item[0]), id(item[1].view)), []).append(item)
             for group in groups.values():
                 try:
-                    self._answer(group)
+                    index, snap = group[0][0], group[0][1]
+                    hits = index.similar_slots(snap, [g[2] for g in group],
+                                               [g[3] for g in group])
+                    for (*_, fut), h in zip(group, hits):
+                        fut.set_result(h)
                 except BaseException as e:  # noqa: BLE001 (hand every waiter the failure)
                     for *_, fut in group:
                         if not fut.done():
                             fut.set_exception(e)
-
-    @staticmethod
-    def _answer(batch: list[tuple[Index, int, int, Future]]) -> None:
-        index = batch[0][0]
-        rows = np.array([r for _, r, _, _ in batch], np.int64)
-        k = min(max(kk for _, _, kk, _ in batch), len(index) - 1)
-        q = np.ascontiguousarray(index.embeddings[rows], dtype=np.float32)
-        scores, found = index.vector_index.search(q, k + 1)
-        found, scores = drop_self(found, scores, rows)
-        for i, (_, _, kk, fut) in enumerate(batch):
-            fut.set_result((found[i, :kk], scores[i, :kk]))
