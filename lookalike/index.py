@@ -83,6 +83,13 @@ def make_index(embeddings: np.ndarray, kind: str, params: dict[str, int]) -> fai
     return index
 
 
+def stored_kind(manifest: dict[str, Any]) -> tuple[str, dict[str, int]]:
+    """The vector index's kind (exact, hnsw, ivf, ivfpq) and parameters, from a manifest."""
+    info = manifest.get("index", {})
+    kind = {"flat": "exact"}.get(info.get("type", "flat"), info.get("type", "flat"))
+    return kind, dict(info.get("params", {}))
+
+
 def set_search_params(index: faiss.Index, kind: str, params: dict[str, int]) -> None:
     if kind == "hnsw":
         faiss.downcast_index(index).hnsw.efSearch = params["efSearch"]

@@ -1,51 +1,92 @@
 """An opened index in memory that changes while it is searched.
 
 The vectors of the built folder stay in the vector index they were built into, the *sealed*
-segment (exact, HNSW, IVF or IVF-PQ), which is never modified. Items added since go to a
-*growing* segment that is searched exactly; removed or replaced items become tombstones that
-searches skip (a faiss ID selector on the sealed segment). A search merges the best of both.
-Compaction folds everything into a new sealed segment. Milvus keeps writes cheap the same
-way (growing segments searched by brute force, sealed ones indexed); here it means an add costs
-an append at any size, opening a folder never re-trains or re-inserts into a graph, and no
-search ever waits for a change (faiss indexes may not be searched while they are added to).
+segment (exact, HNSW, IVF or IVF-PQ), which is never modified. Items added since form a
+*growing* segment: searched exactly at first, and for an approximate index put into a second
+index of the same kind by a background thread once a few thousand of them wait (faiss indexes may
+not be searched while they are added to, so the thread adds to a private copy and publishes
+clones). Removed or replaced items become tombstones that searches skip (faiss ID selectors).
+A search merges the answers of every part. Compaction folds everything into a new sealed
+segment. Milvus keeps writes cheap the same way (growing segments searched by brute force, then
+indexed; sealed ones indexed); here it means an add costs an append at any size, opening a
+folder never re-trains or re-inserts into the built graph, and no search ever waits for a
+change.
 
 Every item has a *slot*: built items 0..n0-1 in folder order, added items after them in
-order; a slot is never reused. A :class:`View` is what one search sees: the slots that existed
-and which of them were alive when it began. A writer (one at a time: the caller serialises
-them) appends, then publishes a new View in one assignment; readers take the View once and
-never wait. With the Milvus backend the collection holds every vector and applies deletes
-itself, so all slots are searched through it.
+order; a slot is never reused. A :class:`View` is what one search sees: the slots that existed,
+which of them were alive, and the indexed parts, when it began. A writer (one at a time: the
+caller serialises them) appends, then publishes a new View in one assignment; readers take the
+View once and never wait. With the Milvus backend the collection holds every vector and applies
+deletes itself, so all slots are searched through it.
 
 Pure in-memory work: reading and writing the folder is store.py's and journal.py's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import threading
+import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import faiss
 import numpy as np
 import pandas as pd
 
 from .catalog import ITEM_ID, PRODUCT_ID
 from .errors import LookalikeError, UnknownItemError
+from .index import Reranked, make_index, set_search_params, stored_kind
 from .journal import Cursor, Entry
 from .search import Where, filter_mask, selector_params, top_k
 
+#: added vectors searched exactly before the background thread indexes them: a scan of this
+#: many bytes costs about as much as a search of the indexed parts
+INDEX_AFTER_BYTES = 2 * 2**20
 
-@dataclass(frozen=True, eq=False)
+
+class Part(NamedTuple):
+    """Slots [lo, hi) in a vector index that answers with offsets from ``lo``: the sealed
+    segment, or the indexed part of the growing one."""
+
+    index: Any
+    lo: int
+    hi: int
+    bits: np.ndarray | None  # packed alive bits of those slots; None: all alive
+    count: int  # alive slots among them
+    vectors: Any  # their vectors, row 0 = slot lo (None: Milvus holds them)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
 class View:
-    """The state one search sees. ``alive`` is never changed once published."""
+    """The state one search sees. Nothing in it changes once published."""
 
     seq: int  # the last journal entry applied
     n: int  # slots: built and added
     alive: np.ndarray  # bool per slot
     count: int  # alive slots
-    sealed_bits: np.ndarray | None  # packed alive bits of the sealed slots; None: all alive
-    sealed_count: int  # alive sealed slots
+    parts: tuple[Part, ...]  # indexed: the sealed segment, then the growing one's indexed slots
+
+    @property
+    def indexed(self) -> int:
+        """Slots below this are in ``parts``; the rest are searched exactly."""
+        return self.parts[-1].hi
+
+
+def _kill(part: Part, slots: Sequence[int], alive: np.ndarray) -> Part:
+    """``part`` with ``slots`` (those of it still alive in ``alive``) marked removed."""
+    gone = sorted({s for s in slots if part.lo <= s < part.hi and alive[s]})
+    if not gone:
+        return part
+    bits = np.packbits(np.ones(part.hi - part.lo, bool), bitorder="little") \
+        if part.bits is None else part.bits.copy()
+    for s in gone:
+        o = s - part.lo
+        bits[o >> 3] &= ~np.uint8(1 << (o & 7))
+    bits.setflags(write=False)
+    return part._replace(bits=bits, count=part.count - len(gone))
 
 
 def plain(v: Any) -> Any:
@@ -64,10 +105,11 @@ class Segments:
         self.path, self.manifest, self.generation = path, manifest, generation
         self.attributes: list[str] = list(manifest["catalog"]["attributes"])
         self.dim: int = int(manifest["embedder"]["dim"])
+        self.kind, self.params = stored_kind(manifest)
         self.storage = np.dtype(storage or getattr(vectors, "dtype", np.float32))
         self.base_items = items.reset_index(drop=True)
         self.base_vectors = vectors  # memory-mapped (Milvus: read from the collection)
-        self.sealed = sealed  # answers search(q, k, params) with slots
+        self._sealed = sealed  # answers search(q, k, params) with slots
         self.backend = backend
         self.n0 = len(self.base_items)
         self.ids: list[str] = self.base_items[ITEM_ID].astype(str).tolist()
@@ -79,9 +121,15 @@ class Segments:
         self._columns: dict[str, list[Any]] = {}
         self._products: np.ndarray | None = None
         self._cache: dict[tuple[str, int], Any] = {}  # per-view derived tables
+        self._publish = threading.Lock()  # writers and the indexing thread publish in turn
+        self._private: Any = None  # the growing segment's index, touched under _indexing only
+        self._indexing = threading.Lock()
+        self._wake: threading.Event | None = None
         alive = np.ones(self.n0, bool)
         alive.setflags(write=False)
-        self.view = View(0, self.n0, alive, self.n0, None, self.n0)
+        sealed = Part(sealed, 0, self.n0, None, self.n0,
+                      None if backend is not None else vectors)
+        self.view = View(0, self.n0, alive, self.n0, (sealed,))
 
     @property
     def milvus(self) -> bool:
@@ -91,9 +139,16 @@ class Segments:
     def seq(self) -> int:
         return self.view.seq
 
-    def sealed_n(self, v: View) -> int:
-        """Slots the sealed segment answers for: the built ones, or with Milvus all."""
-        return v.n if self.milvus else self.n0
+    @property
+    def sealed(self) -> Any:
+        """The built vector index (or the Milvus search)."""
+        return self._sealed
+
+    @sealed.setter
+    def sealed(self, index: Any) -> None:
+        self._sealed = index
+        self.view = dataclasses.replace(self.view, parts=(self.view.parts[0]._replace(
+            index=index),) + self.view.parts[1:])
 
     def changed(self, v: View) -> bool:
         return v.n != self.n0 or v.count != self.n0
@@ -104,12 +159,11 @@ class Segments:
         """Apply committed journal entries, in order, and publish the new view."""
         if not entries:
             return
-        v = self.view
+        n = self.view.n  # only writers add slots, and they come one at a time
         touched: dict[str, int | None] = {}  # id → its slot after these entries (None: gone)
         dead: list[int] = []
         recs: list[dict[str, Any]] = []
         vecs: list[np.ndarray] = []
-        n = v.n
         for e in entries:
             if e.change["op"] == "add":
                 if e.vectors is not None:
@@ -138,28 +192,23 @@ class Segments:
             for item_id, slot in touched.items():
                 if slot is not None:
                     self.slot_of[item_id] = slot
-        alive = np.ones(n, bool)
-        alive[:v.n] = v.alive
-        alive[dead] = False
-        alive.setflags(write=False)
-        sealed = self.sealed_n(v)
-        bits, sealed_count = v.sealed_bits, v.sealed_count
-        gone = [s for s in dead if s < sealed and v.alive[s]] if not self.milvus else []
-        if gone:
-            bits = np.packbits(np.ones(sealed, bool), bitorder="little") if bits is None \
-                else bits.copy()
-            for s in gone:
-                bits[s >> 3] &= ~np.uint8(1 << (s & 7))
-            bits.setflags(write=False)
-            sealed_count -= len(set(gone))
-        count = v.count + len(recs) - len(dead)  # a slot dies at most once
-        if self.milvus:
-            sealed_count = count
-        self.view = View(entries[-1].seq, n, alive, count, bits, sealed_count)
+        with self._publish:
+            v = self.view  # the indexing thread may have published since
+            alive = np.ones(n, bool)
+            alive[:v.n] = v.alive
+            alive[dead] = False
+            alive.setflags(write=False)
+            count = v.count + len(recs) - len(dead)  # a slot dies at most once
+            if self.milvus:  # the collection covers every slot and removes items itself
+                parts = (v.parts[0]._replace(hi=n, count=count),)
+            else:
+                parts = tuple(_kill(p, dead, v.alive) for p in v.parts)
+            self.view = View(entries[-1].seq, n, alive, count, parts)
         self.applied += len(entries)
         for item_id, slot in touched.items():
             if slot is None and item_id in self.slot_of:
                 del self.slot_of[item_id]
+        self._maybe_index()
 
     def _append_vectors(self, vectors: np.ndarray, rows: int) -> None:
         if len(vectors) != rows:
@@ -263,67 +312,72 @@ class Segments:
                                  f"{self.dim}")
         if k < 1:
             raise LookalikeError(f"k must be at least 1, got {k}")
-        excluded_products = [self.product(s) for s in exclude] if per_product else []
-        ns = self.sealed_n(v)
+        skip = [self.product(s) for s in exclude] if per_product else []
         mask = self._mask(v, where, v.n)
-        sealed_mask = None if mask is None else mask[:ns]
+        found = [self._search_part(v, p, q, k, where, mask, per_product, exclude, skip)
+                 for p in v.parts]
+        if v.indexed < v.n:
+            found.append(self._search_exact(v, q[0], k, mask, per_product, exclude, skip))
+        if len(found) == 1:
+            return found[0]
+        return _merge(found, k, self.product if per_product else None)
+
+    def _search_part(self, v: View, p: Part, q: np.ndarray, k: int, where: Where | None,
+                     mask: np.ndarray | None, per_product: bool, exclude: Sequence[int],
+                     skip: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+        m = None if mask is None else mask[p.lo:p.hi]
         params, available = None, None
         if self.milvus:
             from .milvus import Filter
 
-            if sealed_mask is not None:
-                sealed_mask = sealed_mask & v.alive[:ns]
-                params = Filter(self.backend.expression(where), float(sealed_mask.mean()))
-        elif v.sealed_bits is not None:
-            if sealed_mask is None:
-                params, available = selector_params(v.sealed_bits, ns, self.sealed), \
-                    v.sealed_count
+            if m is not None:
+                m = m & v.alive[p.lo:p.hi]
+                params = Filter(self.backend.expression(where), float(m.mean()))
+        elif p.bits is not None:
+            if m is None:
+                params, available = selector_params(p.bits, p.hi - p.lo, p.index), p.count
             else:
-                sealed_mask = sealed_mask & v.alive[:ns]
+                m = m & v.alive[p.lo:p.hi]
         rows, scores = top_k(
-            self.sealed, q, k, mask=sealed_mask, exclude_rows=[s for s in exclude if s < ns],
-            products=self.products() if per_product and not self.milvus else
-            (self._all_products(v) if per_product else None),
-            embeddings=None if self.milvus else self.base_vectors, selector=params,
-            available=available, exclude_products=excluded_products)
-        if self.milvus:
+            p.index, q, k, mask=m, exclude_rows=[s - p.lo for s in exclude if p.lo <= s < p.hi],
+            products=self._products_of(v, p.lo, p.hi) if per_product else None,
+            embeddings=p.vectors, selector=params, available=available, exclude_products=skip)
+        rows = rows + p.lo
+        if self.milvus:  # the collection may know items added after this view
             keep = rows < v.n
-            return rows[keep], scores[keep]
-        if v.n == self.n0:
-            return rows, scores
-        g_rows, g_scores = self._search_added(v, q[0], k, None if mask is None else mask[ns:],
-                                              per_product, exclude, excluded_products)
-        return _merge(rows, scores, g_rows, g_scores, k,
-                      (lambda s: self.product(s)) if per_product else None)
+            rows, scores = rows[keep], scores[keep]
+        return rows, scores
 
-    def _all_products(self, v: View) -> np.ndarray:
-        return self._cached("products", v, lambda: np.concatenate(
-            [self.products(), np.array([self.product(s) for s in range(self.n0, v.n)],
-                                       dtype=object)]))
+    def _products_of(self, v: View, lo: int, hi: int) -> np.ndarray:
+        if lo == 0 and hi <= self.n0:
+            return self.products()
+        return self._cached(f"products-{lo}-{hi}", v, lambda: np.concatenate(
+            [self.products()[lo:min(hi, self.n0)],
+             np.array([self.product(s) for s in range(max(lo, self.n0), hi)], dtype=object)]))
 
-    def _search_added(self, v: View, q: np.ndarray, k: int, mask: np.ndarray | None,
-                      per_product: bool, exclude: Sequence[int], excluded_products: Sequence[Any]
+    def _search_exact(self, v: View, q: np.ndarray, k: int, mask: np.ndarray | None,
+                      per_product: bool, exclude: Sequence[int], skip: Sequence[Any]
                       ) -> tuple[np.ndarray, np.ndarray]:
-        m = v.n - self.n0
-        ok = v.alive[self.n0:v.n].copy()
+        """The added slots no index holds yet, scanned."""
+        lo = v.indexed
+        ok = v.alive[lo:v.n].copy()
         if mask is not None:
-            ok &= mask
+            ok &= mask[lo:v.n]
         for s in exclude:
-            if self.n0 <= s < v.n:
-                ok[s - self.n0] = False
-        buf = self._grown  # taken after the view: it holds at least its m rows
-        scores = buf[:m] @ q
+            if lo <= s < v.n:
+                ok[s - lo] = False
+        buf = self._grown  # taken after the view: it holds at least its rows
+        scores = buf[lo - self.n0:v.n - self.n0] @ q
         scores[~ok] = -np.inf
-        count = int(ok.sum())
         if not per_product:
             cand = np.flatnonzero(ok)
             if len(cand) > k:
                 cand = cand[np.argpartition(-scores[cand], k - 1)[:k]]
             cand = cand[np.argsort(-scores[cand], kind="stable")]
-            return cand + self.n0, scores[cand]
-        order = np.argsort(-scores, kind="stable")[:count]
-        top = order[_one_per_product(order + self.n0, self.product, k, excluded_products)]
-        return top + self.n0, scores[top]
+            return cand + lo, scores[cand]
+        order = np.argsort(-scores, kind="stable")[:int(ok.sum())]
+        top = order[_one_per_product(order + lo, self.product, k, skip)]
+        return top + lo, scores[top]
 
     def search_many(self, v: View, queries: np.ndarray, k: int
                     ) -> tuple[np.ndarray, np.ndarray]:
@@ -331,31 +385,89 @@ class Segments:
         (-1 where fewer exist): many queries in one pass over the vectors."""
         q = np.ascontiguousarray(queries, dtype=np.float32)
         k = max(1, min(k, v.count))
-        params = None
-        if not self.milvus and v.sealed_bits is not None:
-            params = selector_params(v.sealed_bits, self.n0, self.sealed)
-        scores, slots = self.sealed.search(q, k, params=params)
-        if self.milvus:
-            slots = np.where(slots < v.n, slots, -1)
-            return slots, scores
-        m = v.n - self.n0
-        if m == 0:
-            return slots, scores
-        ok = v.alive[self.n0:v.n]
-        g = q @ self._grown[:m].T
-        g[:, ~ok] = -np.inf
-        take = min(k, m)
-        top = np.argpartition(-g, take - 1, axis=1)[:, :take] if take < m else \
-            np.tile(np.arange(m), (len(q), 1))
-        g_scores = np.take_along_axis(g, top, axis=1)
-        all_scores = np.concatenate([scores, g_scores], axis=1)
-        all_slots = np.concatenate([slots, top + self.n0], axis=1)
+        slots, scores = [], []
+        for p in v.parts:
+            params = None if self.milvus or p.bits is None else \
+                selector_params(p.bits, p.hi - p.lo, p.index)
+            sc, rows = p.index.search(q, k, params=params)
+            rows = np.where(rows >= 0, rows + p.lo, -1)
+            if self.milvus:
+                rows = np.where(rows < v.n, rows, -1)
+            slots.append(rows)
+            scores.append(sc)
+        lo = v.indexed
+        if lo < v.n:
+            g = q @ self._grown[lo - self.n0:v.n - self.n0].T
+            g[:, ~v.alive[lo:v.n]] = -np.inf
+            take = min(k, v.n - lo)
+            top = np.argpartition(-g, take - 1, axis=1)[:, :take] if take < v.n - lo else \
+                np.tile(np.arange(v.n - lo), (len(q), 1))
+            slots.append(top + lo)
+            scores.append(np.take_along_axis(g, top, axis=1))
+        if len(slots) == 1:
+            return slots[0], scores[0]
+        all_slots, all_scores = np.concatenate(slots, axis=1), np.concatenate(scores, axis=1)
         all_scores = np.where(all_slots >= 0, all_scores, -np.inf)
         order = np.argsort(-all_scores, axis=1, kind="stable")[:, :k]
         out_scores = np.take_along_axis(all_scores, order, axis=1)
         out_slots = np.take_along_axis(all_slots, order, axis=1)
         out_slots[~np.isfinite(out_scores)] = -1
         return out_slots, out_scores.astype(np.float32)
+
+    # --- indexing the growing segment, in the background ---------------------------------
+
+    def _maybe_index(self) -> None:
+        """Wake the indexing thread when enough added vectors wait (approximate kinds)."""
+        v = self.view
+        if self.milvus or self.kind == "exact" or \
+                (v.n - v.indexed) * self.dim * 4 < INDEX_AFTER_BYTES:
+            return
+        if self._wake is None:
+            self._wake = threading.Event()
+            threading.Thread(target=_index_growing, args=(weakref.ref(self), self._wake),
+                             name="lookalike-index-added", daemon=True).start()
+        self._wake.set()
+
+    def index_added(self) -> int:
+        """Put the added vectors that wait into the growing segment's index and publish it;
+        returns how many. (The background thread's work; callable to wait for it.)"""
+        with self._indexing:
+            return self._index_added()
+
+    def _index_added(self) -> int:
+        v = self.view
+        done = v.indexed - self.n0 if len(v.parts) > 1 else 0
+        if self._private is not None:
+            done = self._private.ntotal
+        todo = v.n - self.n0 - done
+        if todo <= 0:
+            return 0
+        buf = self._grown
+        if self._private is None:
+            self._private = self._empty_like_sealed()
+        self._private.add(np.ascontiguousarray(buf[done:done + todo]))
+        index = faiss.clone_index(self._private)
+        kind, params = self.kind, self.params
+        set_search_params(index, kind, params)
+        hi = self.n0 + done + todo
+        searchable = Reranked(index, buf, params["rerank"]) if kind == "ivfpq" else index
+        with self._publish:
+            cur = self.view
+            alive = cur.alive[self.n0:hi]
+            part = Part(searchable, self.n0, hi, None, hi - self.n0, buf)
+            part = _kill(part, [self.n0 + int(i) for i in np.flatnonzero(~alive)],
+                         np.ones(hi, bool))
+            self.view = dataclasses.replace(cur, parts=(cur.parts[0], part))
+        return todo
+
+    def _empty_like_sealed(self) -> Any:
+        """An empty index of the sealed one's kind and parameters (IVF: its trained lists)."""
+        if self.kind in ("ivf", "ivfpq"):
+            inner = self.sealed.index if isinstance(self.sealed, Reranked) else self.sealed
+            empty = faiss.clone_index(inner)
+            empty.reset()
+            return empty
+        return make_index(np.zeros((0, self.dim), np.float32), self.kind, self.params)
 
     # --- the items as one table, for whole-catalogue work ----------------------------------
 
@@ -431,12 +543,12 @@ class RowSearch:
         return scores, rows
 
 
-def _merge(a_rows: np.ndarray, a_scores: np.ndarray, b_rows: np.ndarray, b_scores: np.ndarray,
-           k: int, product: Any) -> tuple[np.ndarray, np.ndarray]:
-    """The best ``k`` of two best-first lists (ties: the first list first); with
+def _merge(found: Sequence[tuple[np.ndarray, np.ndarray]], k: int, product: Any
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """The best ``k`` of several best-first lists (ties: the earlier list first); with
     ``product(slot)``, one per product."""
-    rows = np.concatenate([a_rows, b_rows]).astype(np.int64)
-    scores = np.concatenate([a_scores, b_scores]).astype(np.float32)
+    rows = np.concatenate([r for r, _ in found]).astype(np.int64)
+    scores = np.concatenate([s for _, s in found]).astype(np.float32)
     order = np.argsort(-scores, kind="stable")
     order = order[:k] if product is None else order[_one_per_product(rows[order], product, k)]
     return rows[order], scores[order]
@@ -457,3 +569,19 @@ def _one_per_product(slots: np.ndarray, product: Any, k: int, skip: Sequence[Any
         if len(out) == k:
             break
     return np.asarray(out, np.int64)
+
+
+def _index_growing(ref: weakref.ref, wake: threading.Event) -> None:
+    """The indexing thread of one Segments; ends with it. One OpenMP thread, so that it never
+    takes both cores from the searches."""
+    faiss.omp_set_num_threads(1)
+    while True:
+        wake.wait(5.0)
+        wake.clear()
+        seg = ref()
+        if seg is None:
+            return
+        try:
+            seg.index_added()
+        finally:
+            del seg

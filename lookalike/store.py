@@ -33,7 +33,7 @@ import pandas as pd
 
 from . import journal, milvus
 from .errors import IndexFormatError
-from .index import build_vector_index, searchable, set_search_params
+from .index import build_vector_index, searchable, set_search_params, stored_kind
 from .segments import Segments, View
 
 log = logging.getLogger(__name__)
@@ -313,13 +313,6 @@ def _open_milvus(path: Path, manifest: dict[str, Any], items: pd.DataFrame,
                    storage=np.dtype(np.float32))
     seg.sealed = milvus.MilvusSearch(store, seg.slot_of)
     return seg
-
-
-def stored_kind(manifest: dict[str, Any]) -> tuple[str, dict[str, int]]:
-    """The vector index's kind (exact, hnsw, ivf, ivfpq) and parameters, from a manifest."""
-    info = manifest.get("index", {})
-    kind = {"flat": "exact"}.get(info.get("type", "flat"), info.get("type", "flat"))
-    return kind, dict(info.get("params", {}))
 
 
 def compact(seg: Segments, v: View) -> int:

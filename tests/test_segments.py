@@ -5,8 +5,11 @@ exclusions and one hit per product; and readers are never stopped by writers."""
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Sequence
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pandas as pd
 import pytest
@@ -69,11 +72,15 @@ def brute(ix: Index, q: np.ndarray, k: int, where: dict | None = None,
     return out
 
 
-def change_at_random(ix: Index, rng: np.random.Generator, rounds: int) -> None:
+def change_at_random(ix: Index, rng: np.random.Generator, rounds: int,
+                     index_at: Sequence[int] = ()) -> None:
     """Adds of new items, replacements of built and added ones (new vectors, new colours,
-    another product), deletions: one change at a time and in batches."""
+    another product), deletions: one change at a time and in batches. At the rounds in
+    ``index_at`` the added vectors waiting are indexed (as the background thread does)."""
     fresh = 0
-    for _ in range(rounds):
+    for r in range(rounds):
+        if r in index_at:
+            ix.snapshot().seg.index_added()
         ids = ix.items["item_id"].astype(str).tolist()
         op = rng.integers(3)
         if op == 0:
@@ -95,7 +102,10 @@ def test_a_changed_index_answers_like_brute_force(tmp_path: Path, kind: str) -> 
     rng = np.random.default_rng(1)
     path = folder_of_vectors(tmp_path / kind, unit(rng, 600), kind)
     ix = Index.open(path)
-    change_at_random(ix, rng, 60)
+    change_at_random(ix, rng, 90, index_at=(30, 60))
+    if kind != "exact":  # the added items: some indexed (with tombstones), the rest scanned
+        v = ix.snapshot().view
+        assert len(v.parts) == 2 and v.parts[1].bits is not None and v.indexed < v.n
     for live in (ix, Index.open(path)):  # in the writer, and replayed from the journal
         assert len(live) == len(ix) and live.items["item_id"].is_unique
         ids = live.items["item_id"].astype(str).tolist()
@@ -169,3 +179,27 @@ def test_searches_never_wait_for_writers(tmp_path: Path) -> None:
         t.join()
     assert not problems, problems[:3]
     assert n == 5 and len(Index.open(path)) == 500 + 100
+
+
+def test_added_items_are_indexed_in_the_background(tmp_path: Path, monkeypatch) -> None:
+    import lookalike.segments
+
+    monkeypatch.setattr(lookalike.segments, "INDEX_AFTER_BYTES", 64 * DIM * 4)
+    rng = np.random.default_rng(4)
+    path = folder_of_vectors(tmp_path / "ix", unit(rng, 400), "hnsw")
+    ix = Index.open(path)
+    for i in range(30):
+        ix.add([{"item_id": f"b{i}-{j}", "colour": "c1"} for j in range(10)],
+               vectors=unit(rng, 10))
+        if i % 4 == 3:
+            ix.delete([f"b{i}-0", f"i{i}"])
+    end = time.monotonic() + 10
+    while ix.snapshot().view.indexed < 400 + 300 - 64 and time.monotonic() < end:
+        time.sleep(0.01)
+    v = ix.snapshot().view
+    assert len(v.parts) == 2 and isinstance(v.parts[1].index, faiss.IndexHNSW)
+    for _ in range(30):
+        q = unit(rng, 1)[0]
+        got = [h.item_id for h in ix.search_vector(q, 10)]
+        assert len(set(got) & set(brute(ix, q, 10))) >= 9
+        assert not {"b3-0", "b7-0"} & set(got)
