@@ -8,13 +8,9 @@ this process; other processes see it on their next ``refresh`` (the server refre
 
 from __future__ import annotations
 
-import io
 import logging
 import os
-import re
 import threading
-import uuid
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,27 +21,17 @@ import pandas as pd
 
 from . import journal
 from .build import BuildSummary, build_index
-from .catalog import (
-    IMAGE_PATH,
-    ITEM_ID,
-    PHOTO_DIGEST,
-    PRODUCT_ID,
-    ROW,
-    Catalog,
-    photo_digest,
-    read_catalog,
-    resolve_image,
-)
-from .embed import embed_images
+from .catalog import IMAGE_PATH, ITEM_ID, PRODUCT_ID, Catalog, read_catalog, resolve_image
+from .changes import Prepared, UpdateSummary, from_delta, from_rows, keep_photo
 from .embedders import DEFAULT_EMBEDDER, Embedder, EmbedderSpec, create_embedder
 from .errors import ImageError, IndexFormatError, ItemExistsError, LookalikeError, UnknownItemError
-from .images import DEFAULT_MAX_PIXELS, ImageSource, file_digest, is_uri, load_model_input
+from .images import DEFAULT_MAX_PIXELS, ImageSource, is_uri, load_model_input
 from .neighbors import write_neighbors
 from .preprocess import Preprocess
 from .quantize import INT8_MODEL
 from .search import Where
-from .segments import Segments, View, plain
-from .store import PHOTOS, catch_up, compact, generation, now, open_segments
+from .segments import Segments, View
+from .store import catch_up, compact, generation, now, open_segments
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +39,7 @@ log = logging.getLogger(__name__)
 #: this many entries (opening replays every entry) ...
 COMPACT_ENTRIES = 10_000
 #: ... or once the items added and removed since the build pass this share of the built items
-#: (a search scans the added ones exactly and steps over the removed ones) and this count.
+#: (a search then steps over the removed ones and searches the added ones apart) and this count.
 COMPACT_SHARE = 0.10
 COMPACT_MIN_ITEMS = 1_000
 
@@ -67,18 +53,6 @@ class Hit:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class UpdateSummary:
-    """What one ``Index.add`` or ``Index.delete`` did."""
-
-    added: list[str] = field(default_factory=list)
-    replaced: list[str] = field(default_factory=list)
-    unchanged: list[str] = field(default_factory=list)
-    skipped: dict[str, str] = field(default_factory=dict)  # item id → reason
-    removed: list[str] = field(default_factory=list)
-    change: int | None = None  # the journal entry's number, None when nothing changed
-
-
 class Snapshot(NamedTuple):
     """The state one request reads from start to end: the segments and their view."""
 
@@ -87,13 +61,6 @@ class Snapshot(NamedTuple):
 
     def slot(self, item_id: object) -> int:
         return self.seg.slot(item_id, self.view)
-
-
-class _Prepared(NamedTuple):
-    records: list[dict[str, Any]]
-    vectors: np.ndarray
-    photos: list[bytes | None]  # bytes to keep in the folder's photos/, per record
-    summary: UpdateSummary
 
 
 class Index:
@@ -364,9 +331,9 @@ class Index:
             if photos is not None or vectors is not None:
                 raise LookalikeError("a catalogue delta brings its own photos; give photos= "
                                      "or vectors= with rows instead")
-            prepared = self._prepare_delta(items, batch_size, progress)
+            prepared = from_delta(self, items, batch_size, progress)
         else:
-            prepared = self._prepare_rows(items, photos, vectors, max_pixels)
+            prepared = from_rows(self, items, photos, vectors, max_pixels)
         if not prepared.records:
             return prepared.summary
         summary = self._commit_add(prepared, replace)
@@ -476,97 +443,7 @@ class Index:
         self._compactor = threading.Thread(target=run, name="lookalike-compact")
         self._compactor.start()
 
-    def _prepare_delta(self, delta: Catalog, batch_size: int, progress: bool) -> _Prepared:
-        out = UpdateSummary()
-        missing = [a for a in self.attributes if a not in delta.attributes]
-        if missing:
-            raise LookalikeError(f"the delta {delta.source.name} lacks the index's attribute "
-                                 f"column(s) {', '.join(missing)}")
-        ids = delta.items[ITEM_ID].astype(str).tolist()
-        _no_duplicates(ids, f"the delta {delta.source.name}")
-        paths = [delta.image_file(r) for r in range(len(delta))]
-        todo: list[int] = []
-        for r, item_id in enumerate(ids):
-            if r in delta.missing:
-                out.skipped[item_id] = delta.missing[r]
-            elif item_id in self and self._unchanged(item_id, delta, r, photo_digest(paths[r])):
-                out.unchanged.append(item_id)  # only known ids are read before embedding
-            else:
-                todo.append(r)
-        if not todo:
-            return _Prepared([], np.zeros((0, self.spec.dim), np.float32), [], out)
-        emb = embed_images(self.embedder, [paths[r] for r in todo], batch_size=batch_size,
-                           progress=progress, preprocess=self.preprocess)
-        records = []
-        for pos, digest in zip(emb.rows, emb.digests):  # the digest of the bytes embedded
-            r = todo[pos]
-            item = delta.items.iloc[r]
-            records.append({ROW: -1, ITEM_ID: ids[r], PRODUCT_ID: str(item[PRODUCT_ID]),
-                            IMAGE_PATH: _absolute(paths[r]),
-                            **{a: plain(item[a]) for a in self.attributes},
-                            PHOTO_DIGEST: digest})
-        for pos, reason in emb.skipped.items():
-            out.skipped[ids[todo[pos]]] = reason
-        return _Prepared(records, emb.embeddings, [None] * len(records), out)
-
-    def _unchanged(self, item_id: str, delta: Catalog, r: int, digest: str | None) -> bool:
-        snap = self.snapshot()
-        stored = snap.seg.metadata(snap.slot(item_id),
-                                   [*self.attributes, PHOTO_DIGEST, PRODUCT_ID])
-        if digest is None or stored[PHOTO_DIGEST] != digest:
-            return False
-        item = delta.items.iloc[r]
-        return all(str(stored[a]) == str(plain(item[a])) for a in self.attributes) \
-            and str(stored[PRODUCT_ID]) == str(item[PRODUCT_ID])
-
-    def _prepare_rows(self, rows: pd.DataFrame | Sequence[Mapping[str, Any]],
-                      photos: Sequence[ImageSource] | None, vectors: np.ndarray | None,
-                      max_pixels: int) -> _Prepared:
-        recs = rows.to_dict("records") if isinstance(rows, pd.DataFrame) else \
-            [dict(r) for r in rows]
-        known = {ITEM_ID, PRODUCT_ID, IMAGE_PATH, *self.attributes}
-        unknown = sorted({k for r in recs for k in r} - known)
-        if unknown:
-            raise LookalikeError(f"unknown attribute(s) {unknown}; the index has: "
-                                 f"{', '.join(self.attributes)}")
-        ids = []
-        for i, r in enumerate(recs):
-            item_id = plain(r.get(ITEM_ID))
-            if item_id is None or not str(item_id).strip():
-                raise LookalikeError(f"row {i}: item_id must not be empty")
-            ids.append(str(item_id))
-        _no_duplicates(ids, "the rows")
-        if (photos is None) == (vectors is None):
-            raise LookalikeError("give the rows' photos= or their vectors=, one of the two")
-        given = photos if photos is not None else vectors
-        if len(given) != len(recs):
-            raise LookalikeError(f"{len(recs)} row(s) but {len(given)} "
-                                 f"{'photos' if photos is not None else 'vectors'}")
-        keep: list[bytes | None] = [None] * len(recs)
-        digests: list[str | None] = [None] * len(recs)
-        paths: list[str | None] = [plain(r.get(IMAGE_PATH)) for r in recs]
-        if photos is not None:
-            out = np.zeros((len(recs), self.spec.dim), np.float32)
-            for i, photo in enumerate(photos):
-                try:
-                    out[i] = self.embed(photo, max_pixels=max_pixels)
-                except ImageError as e:
-                    raise ImageError(f"item {ids[i]!r}: {e}") from None
-                if isinstance(photo, (bytes, bytearray)):
-                    keep[i], digests[i] = bytes(photo), file_digest(bytes(photo))
-                elif isinstance(photo, (str, os.PathLike)):
-                    paths[i], digests[i] = _absolute(photo), photo_digest(photo)
-        else:
-            out = _unit_vectors(vectors, self.spec.dim)
-        products = [plain(r.get(PRODUCT_ID)) for r in recs]
-        records = [{ROW: -1, ITEM_ID: ids[i],
-                    PRODUCT_ID: ids[i] if products[i] in (None, "") else str(products[i]),
-                    IMAGE_PATH: paths[i],
-                    **{a: plain(r.get(a)) for a in self.attributes}, PHOTO_DIGEST: digests[i]}
-                   for i, r in enumerate(recs)]
-        return _Prepared(records, out, keep, UpdateSummary())
-
-    def _commit_add(self, p: _Prepared, replace: bool) -> UpdateSummary:
+    def _commit_add(self, p: Prepared, replace: bool) -> UpdateSummary:
         out = p.summary
         with self._write, journal.locked(self.path):
             self._refresh_locked()
@@ -579,7 +456,7 @@ class Index:
                 (out.replaced if r[ITEM_ID] in taken else out.added).append(r[ITEM_ID])
             for rec, data in zip(p.records, p.photos):
                 if data is not None:  # under the lock: a compaction's swap carries it along
-                    rec[IMAGE_PATH] = str(_keep_photo(self.path, rec[ITEM_ID], data))
+                    rec[IMAGE_PATH] = str(keep_photo(self.path, rec[ITEM_ID], data))
             change = {"op": "add", "items": p.records, "time": now(),
                       "counts": {"added": len(out.added), "replaced": len(out.replaced)}}
             stored = np.asarray(p.vectors, seg.storage)
@@ -591,36 +468,3 @@ class Index:
             seg.apply([journal.Entry(cursor.seq, change, stored)])
             seg.cursor, out.change = cursor, cursor.seq
         return out
-
-
-def _no_duplicates(ids: Sequence[str], what: str) -> None:
-    dupes = sorted(i for i, n in Counter(ids).items() if n > 1)
-    if dupes:
-        raise LookalikeError(f"{what} list(s) item id(s) more than once: {', '.join(dupes[:10])}")
-
-
-def _unit_vectors(vectors: Any, dim: int) -> np.ndarray:
-    v = np.asarray(vectors, dtype=np.float32)
-    if v.ndim != 2 or v.shape[1] != dim:
-        raise LookalikeError(f"vectors must be (rows, {dim}) for this index, got {v.shape}")
-    norms = np.linalg.norm(v, axis=1)
-    if not np.isfinite(v).all() or (norms == 0).any():
-        raise LookalikeError("vectors must be finite and not all zero")
-    return v / norms[:, None]
-
-
-def _absolute(location: Path | str) -> str:
-    return str(location) if is_uri(location) else str(Path(location).resolve())
-
-
-def _keep_photo(folder: Path, item_id: str, data: bytes) -> Path:
-    """Store an added item's photo bytes durably in the folder's photos/."""
-    from PIL import Image
-
-    fmt = (Image.open(io.BytesIO(data)).format or "img").lower()
-    photos = folder / PHOTOS
-    photos.mkdir(exist_ok=True)
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", item_id)[:80]
-    path = photos / f"{safe}-{uuid.uuid4().hex[:12]}.{fmt}"
-    journal.write_file(path, data)
-    return path.resolve()

@@ -136,10 +136,6 @@ class Segments:
         return self.backend is not None
 
     @property
-    def seq(self) -> int:
-        return self.view.seq
-
-    @property
     def sealed(self) -> Any:
         """The built vector index (or the Milvus search)."""
         return self._sealed
@@ -436,9 +432,7 @@ class Segments:
 
     def _index_added(self) -> int:
         v = self.view
-        done = v.indexed - self.n0 if len(v.parts) > 1 else 0
-        if self._private is not None:
-            done = self._private.ntotal
+        done = 0 if self._private is None else self._private.ntotal
         todo = v.n - self.n0 - done
         if todo <= 0:
             return 0
@@ -461,7 +455,8 @@ class Segments:
         return todo
 
     def _empty_like_sealed(self) -> Any:
-        """An empty index of the sealed one's kind and parameters (IVF: its trained lists)."""
+        """An empty index of the sealed one's kind and parameters (IVF: a copy of it emptied,
+        which keeps its trained centroids and codebooks)."""
         if self.kind in ("ivf", "ivfpq"):
             inner = self.sealed.index if isinstance(self.sealed, Reranked) else self.sealed
             empty = faiss.clone_index(inner)

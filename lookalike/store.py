@@ -62,7 +62,7 @@ def now() -> str:
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
-    """An index folder's manifest.json, as written (no consistency checks: see read_index)."""
+    """An index folder's manifest.json, as written (no consistency checks: see open_segments)."""
     return json.loads((Path(path) / MANIFEST).read_text())
 
 
