@@ -2,8 +2,8 @@
 
 Every change since the folder was built is one record of ``journal/changes.log``, an
 append-only file: a fixed header (magic, the change's number, the lengths of its parts, a CRC-32
-of them), the change as JSON, and for an add its vectors (one row per item, in the folder's
-storage type, as .npy bytes). A change is committed, and acknowledged, once its record is
+of them), the change as JSON, and for an add its vectors (a type byte, ``f`` float32 or ``e``
+float16, the row count as 4 bytes, then the rows, one per item, in the folder's storage type). A change is committed, and acknowledged, once its record is
 written and ``fdatasync``-ed. A record cut short by a crash, or being written right now, fails
 its length or checksum: readers stop before it, and the next writer cuts it off before it
 appends. Journals of earlier versions, one ``NNNNNNNNNNNN.json`` (+ ``.npy``) file per change,
@@ -22,7 +22,6 @@ there are no stale locks.
 from __future__ import annotations
 
 import fcntl
-import io
 import json
 import os
 import struct
@@ -249,7 +248,7 @@ def read(path: str | os.PathLike, cursor: Cursor, dim: int | None
             raise IndexFormatError(f"index {path}: journal {name} follows change {seq}")
         try:
             change = json.loads(text)
-            vectors = np.load(io.BytesIO(vec), allow_pickle=False) if vec and dim else None
+            vectors = _vectors(vec) if vec and dim else None
         except ValueError as e:
             raise IndexFormatError(f"index {path}: journal {name} is damaged: {e}") from None
         entries.append(_checked(path, Entry(n, change, vectors), dim, name))
@@ -265,13 +264,28 @@ def has_news(path: str | os.PathLike, cursor: Cursor) -> bool:
         return False
 
 
+VECTORS = struct.Struct("<cI")  # type code, rows
+
+
+def _vectors(data: bytes) -> np.ndarray:
+    code, rows = VECTORS.unpack_from(data)
+    if code not in (b"f", b"e"):
+        raise ValueError(f"unknown vector type {code!r}")
+    v = np.frombuffer(data, dtype=np.dtype(code.decode()), offset=VECTORS.size)
+    if rows == 0 or len(v) % rows:
+        raise ValueError(f"{len(v)} numbers do not make {rows} rows")
+    return v.reshape(rows, -1)
+
+
 def _encode(seq: int, change: dict[str, Any], vectors: np.ndarray | None) -> bytes:
     text = json.dumps(change, default=str).encode()
     vec = b""
     if vectors is not None:
-        buf = io.BytesIO()
-        np.save(buf, np.ascontiguousarray(vectors), allow_pickle=False)
-        vec = buf.getvalue()
+        v = np.ascontiguousarray(vectors)
+        if v.dtype not in (np.float32, np.float16):
+            v = v.astype(np.float32)
+        v = v.reshape(len(v), -1)
+        vec = VECTORS.pack(v.dtype.char.encode(), len(v)) + v.tobytes()
     return HEADER.pack(MAGIC, seq, len(text), len(vec), zlib.crc32(text + vec)) + text + vec
 
 

@@ -24,6 +24,7 @@ Pure in-memory work: reading and writing the folder is store.py's and journal.py
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import math
 import threading
@@ -45,6 +46,10 @@ from .search import Where, filter_mask, selector_params, top_k
 #: added vectors searched exactly before the background thread indexes them: a scan of this
 #: many bytes costs about as much as a search of the indexed parts
 INDEX_AFTER_BYTES = 2 * 2**20
+#: vectors the thread indexes in one go: the longest a process that ends waits for it
+INDEX_CHUNK = 4096
+_closing = threading.Event()  # the interpreter is exiting: indexing threads stop
+_indexers: set[tuple[threading.Thread, threading.Event]] = set()
 
 
 class Part(NamedTuple):
@@ -113,7 +118,7 @@ class Segments:
         self.backend = backend
         self.n0 = len(self.base_items)
         self.ids: list[str] = self.base_items[ITEM_ID].astype(str).tolist()
-        self.slot_of: dict[str, int] = {i: s for s, i in enumerate(self.ids)}
+        self.slot_of: dict[str, int] = dict(zip(self.ids, range(self.n0)))
         self.records: list[dict[str, Any]] = []  # added slots' item records
         self.applied = 0  # journal entries applied
         self.cursor = Cursor()  # how far the journal was read (by whoever applies: one at a time)
@@ -420,20 +425,28 @@ class Segments:
             return
         if self._wake is None:
             self._wake = threading.Event()
-            threading.Thread(target=_index_growing, args=(weakref.ref(self), self._wake),
-                             name="lookalike-index-added", daemon=True).start()
+            t = threading.Thread(target=_index_growing, args=(weakref.ref(self), self._wake),
+                                 name="lookalike-index-added", daemon=True)
+            _indexers.add((t, self._wake))
+            t.start()
         self._wake.set()
 
-    def index_added(self) -> int:
-        """Put the added vectors that wait into the growing segment's index and publish it;
-        returns how many. (The background thread's work; callable to wait for it.)"""
-        with self._indexing:
-            return self._index_added()
+    def index_added(self, limit: int | None = None) -> int:
+        """Put the added vectors that wait (at most ``limit``) into the growing segment's index
+        and publish it; returns how many. The background thread's work, in chunks; call it to
+        finish that work now."""
+        total = 0
+        while True:
+            with self._indexing:
+                done = self._index_added(INDEX_CHUNK if limit is None else limit - total)
+            total += done
+            if not done or (limit is not None and total >= limit):
+                return total
 
-    def _index_added(self) -> int:
+    def _index_added(self, limit: int) -> int:
         v = self.view
         done = 0 if self._private is None else self._private.ntotal
-        todo = v.n - self.n0 - done
+        todo = min(limit, v.n - self.n0 - done)
         if todo <= 0:
             return 0
         buf = self._grown
@@ -459,7 +472,8 @@ class Segments:
         which keeps its trained centroids and codebooks)."""
         if self.kind in ("ivf", "ivfpq"):
             inner = self.sealed.index if isinstance(self.sealed, Reranked) else self.sealed
-            empty = faiss.clone_index(inner)
+            # a copy that owns its memory (the sealed one's may be memory-mapped), emptied
+            empty = faiss.deserialize_index(faiss.serialize_index(inner))
             empty.reset()
             return empty
         return make_index(np.zeros((0, self.dim), np.float32), self.kind, self.params)
@@ -567,16 +581,30 @@ def _one_per_product(slots: np.ndarray, product: Any, k: int, skip: Sequence[Any
 
 
 def _index_growing(ref: weakref.ref, wake: threading.Event) -> None:
-    """The indexing thread of one Segments; ends with it. One OpenMP thread, so that it never
-    takes both cores from the searches."""
+    """The indexing thread of one Segments; ends with it, or when the interpreter exits. One
+    OpenMP thread, so that it never takes both cores from the searches."""
     faiss.omp_set_num_threads(1)
-    while True:
-        wake.wait(5.0)
-        wake.clear()
-        seg = ref()
-        if seg is None:
-            return
-        try:
-            seg.index_added()
-        finally:
-            del seg
+    try:
+        while not _closing.is_set():
+            wake.wait(5.0)
+            wake.clear()
+            seg = ref()
+            if seg is None:
+                return
+            try:
+                while not _closing.is_set() and seg.index_added(INDEX_CHUNK):
+                    pass
+            finally:
+                del seg
+    finally:
+        _indexers.discard((threading.current_thread(), wake))
+
+
+@atexit.register
+def _stop_indexing() -> None:
+    """Let the indexing threads finish their chunk before the interpreter goes: a thread
+    still inside faiss when it does aborts the process."""
+    _closing.set()
+    for t, wake in list(_indexers):
+        wake.set()
+        t.join(timeout=60)

@@ -30,6 +30,8 @@ from typing import Any
 import faiss
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from . import journal, milvus
 from .errors import IndexFormatError
@@ -100,7 +102,10 @@ def write_index(out: str | os.PathLike, manifest: dict[str, Any], items: pd.Data
     new_backend: dict[str, Any] | None = None
     try:
         items = items.reset_index(drop=True)
-        items.to_parquet(tmp / ITEMS, index=False)
+        # one thread: a compaction may run while the interpreter exits, when pyarrow's
+        # converter pool can no longer start
+        pq.write_table(pa.Table.from_pandas(items, preserve_index=False, nthreads=1),
+                       tmp / ITEMS)
         if keep_backend:  # the collection holds the vectors already
             info, files = manifest["index"], [ITEMS]
         elif milvus_uri:
@@ -286,7 +291,9 @@ def _load(path: Path, manifest: dict[str, Any], gen: Any) -> Segments:
     if backend:
         return _open_milvus(path, manifest, items, gen)
     emb = np.load(path / EMBEDDINGS, mmap_mode="r")
-    index = faiss.read_index(str(path / FAISS))
+    # the built index is never changed once loaded: its vectors stay memory-mapped (a 1M-item
+    # HNSW opens in 0.1 s instead of 1-2.5 s, and processes share the pages)
+    index = faiss.read_index(str(path / FAISS), faiss.IO_FLAG_MMAP_IFC)
     dim = manifest["embedder"]["dim"]
     n = manifest["counts"]["items"]
     if emb.ndim != 2 or emb.shape != (n, dim) or len(items) != n or index.ntotal != n \

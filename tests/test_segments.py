@@ -203,3 +203,40 @@ def test_added_items_are_indexed_in_the_background(tmp_path: Path, monkeypatch) 
         got = [h.item_id for h in ix.search_vector(q, 10)]
         assert len(set(got) & set(brute(ix, q, 10))) >= 9
         assert not {"b3-0", "b7-0"} & set(got)
+
+
+EXIT_WHILE_INDEXING = """
+import sys
+import numpy as np
+import lookalike.segments
+from lookalike import Index
+lookalike.segments.INDEX_CHUNK = 10**6  # one long chunk: the thread is inside faiss at the end
+rng = np.random.default_rng(0)
+x = rng.standard_normal((30000, 64)).astype(np.float32)
+ix = Index.open(sys.argv[1], auto_compact=sys.argv[2] == "compact")
+ix.add([{"item_id": f"n{i}", "colour": "c1"} for i in range(len(x))],
+       vectors=x / np.linalg.norm(x, axis=1, keepdims=True))
+print(ix.snapshot().view.indexed, flush=True)  # and the script ends at once
+"""
+
+
+@pytest.mark.parametrize("compact", [False, True])
+def test_a_process_may_end_while_its_threads_index_and_compact(tmp_path: Path, monkeypatch,
+                                                               compact: bool) -> None:
+    """The background threads are inside faiss or pyarrow when the interpreter exits: it waits
+    for them (a thread inside faiss at exit aborts the process; pyarrow's converter pool is
+    gone by then), and a compaction they started completes."""
+    import subprocess
+    import sys
+
+    import tests.test_segments as me
+
+    monkeypatch.setattr(me, "DIM", 64)
+    path = folder_of_vectors(tmp_path / "ix", unit(np.random.default_rng(5), 2000), "hnsw")
+    p = subprocess.run([sys.executable, "-c", EXIT_WHILE_INDEXING, str(path),
+                        "compact" if compact else "-"],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert int(p.stdout.split()[0]) < 32000  # it ended before the thread was done
+    ix = Index.open(path)
+    assert len(ix) == 32000 and ("journal" in ix.manifest) is not compact
