@@ -588,14 +588,14 @@ def _index_growing(ref: weakref.ref, wake: threading.Event) -> None:
         while not _closing.is_set():
             wake.wait(5.0)
             wake.clear()
-            seg = ref()
-            if seg is None:
-                return
-            try:
-                while not _closing.is_set() and seg.index_added(INDEX_CHUNK):
-                    pass
-            finally:
+            while not _closing.is_set():  # a chunk at a time: an index let go stops it
+                seg = ref()
+                if seg is None:
+                    return
+                done = seg.index_added(INDEX_CHUNK)
                 del seg
+                if not done:
+                    break
     finally:
         _indexers.discard((threading.current_thread(), wake))
 

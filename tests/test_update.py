@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from lookalike import Index, build_index, read_catalog
+from lookalike import Index, build_index, journal, read_catalog
 from lookalike.cli import cli
 from lookalike.errors import UnknownItemError
 
@@ -256,3 +256,28 @@ def test_myntra_add_1000_remove_500_equals_a_fresh_build(tmp_path: Path) -> None
     same = (got.sort_index() == want.sort_index()).mean()
     print(f"myntra: add 1,000, remove 500: neighbour sets identical to a fresh build for {same:.4f}")
     assert same >= 0.99, same  # the rest: ties at the 10th place, in another order of rows
+
+
+def test_a_journal_of_the_previous_version_is_read_and_continued(split: dict[str, Path]) -> None:
+    """Folders changed by earlier versions hold one NNN.json (+ NNN.npy) per change: they open
+    with those changes, take new ones after them, and compact."""
+    import json
+
+    ix = Index.open(split["ix"])
+    vec = ix.vector("P1-0")
+    rec = {**{k: None for k in ix.items.columns}, "row": -1, "item_id": "old-1",
+           "product_id": "PO", "type": "Shirts", "image_path": str(ix.image_path("P1-0"))}
+    folder = split["ix"] / "journal"
+    folder.mkdir()
+    np.save(folder / "000000000001.npy", vec[None].astype(np.float32))
+    (folder / "000000000001.json").write_text(json.dumps({"op": "add", "item": rec}))
+    (folder / "000000000002.json").write_text(json.dumps({"op": "delete", "item_id": "P2-0"}))
+    old = Index.open(split["ix"])
+    assert "old-1" in old and "P2-0" not in old and old.manifest["journal"]["changes"] == 2
+    s = old.delete(["old-1"])
+    assert s.change == 3
+    again = Index.open(split["ix"])
+    assert "old-1" not in again and len(again) == 12 - 1
+    assert [c["op"] for c in journal.history(split["ix"], [])] == ["add", "delete", "delete"]
+    assert again.compact() == 3 and not folder.exists()
+    assert len(Index.open(split["ix"])) == 11
