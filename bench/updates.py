@@ -25,6 +25,9 @@ two ``lookalike add`` and one ``lookalike remove`` on the same folder; counts ro
 mixed anything.
 
 Usage: .venv/bin/python bench/updates.py [--sizes hnsw:1000000,exact:100000] [--writers-rounds 20]
+       [--usearch 1000000]
+(--usearch needs `pip install usearch`, and the lock table has a portalocker row when
+`pip install portalocker` was run: neither is a dependency of lookalike.)
 """
 
 from __future__ import annotations
