@@ -21,19 +21,19 @@ from lookalike.store import now, write_index
 DIM = 16
 
 
-def unit(rng: np.random.Generator, n: int) -> np.ndarray:
-    x = rng.standard_normal((n, DIM)).astype(np.float32)
+def unit(rng: np.random.Generator, n: int, dim: int = DIM) -> np.ndarray:
+    x = rng.standard_normal((n, dim)).astype(np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 def folder_of_vectors(path: Path, x: np.ndarray, kind: str, fp16: bool = False) -> Path:
     """An index folder over ``x`` as `lookalike build` writes one (items i0, i1, …; products
     of three items each; a colour attribute of four values)."""
-    n = len(x)
+    n, dim = x.shape
     items = pd.DataFrame({"row": np.arange(n), "item_id": [f"i{r}" for r in range(n)],
                           "product_id": [f"p{r // 3}" for r in range(n)],
                           "image_path": [None] * n, "colour": [f"c{r % 4}" for r in range(n)]})
-    spec = EmbedderSpec("vectors-16", "vectors", 224, DIM, (0.0,) * 3, (1.0,) * 3, "none")
+    spec = EmbedderSpec(f"vectors-{dim}", "vectors", 224, dim, (0.0,) * 3, (1.0,) * 3, "none")
     manifest = {"created": now(), "embedder": spec.to_dict(), "preprocess": {},
                 "counts": {"catalog_rows": n, "items": n, "skipped": 0},
                 "catalog": {"source": "vectors", "images_root": str(path),
@@ -221,7 +221,7 @@ print(ix.snapshot().view.indexed, flush=True)  # and the script ends at once
 
 
 @pytest.mark.parametrize("compact", [False, True])
-def test_a_process_may_end_while_its_threads_index_and_compact(tmp_path: Path, monkeypatch,
+def test_a_process_may_end_while_its_threads_index_and_compact(tmp_path: Path,
                                                                compact: bool) -> None:
     """The background threads are inside faiss or pyarrow when the interpreter exits: it waits
     for them (a thread inside faiss at exit aborts the process; pyarrow's converter pool is
@@ -229,13 +229,10 @@ def test_a_process_may_end_while_its_threads_index_and_compact(tmp_path: Path, m
     import subprocess
     import sys
 
-    import tests.test_segments as me
-
-    monkeypatch.setattr(me, "DIM", 64)
-    path = folder_of_vectors(tmp_path / "ix", unit(np.random.default_rng(5), 2000), "hnsw")
+    path = folder_of_vectors(tmp_path / "ix", unit(np.random.default_rng(5), 2000, 64), "hnsw")
     p = subprocess.run([sys.executable, "-c", EXIT_WHILE_INDEXING, str(path),
                         "compact" if compact else "-"],
-                       capture_output=True, text=True, timeout=600)
+                       capture_output=True, text=True, timeout=600, check=False)
     assert p.returncode == 0, p.stderr[-2000:]
     assert int(p.stdout.split()[0]) < 32000  # it ended before the thread was done
     ix = Index.open(path)
