@@ -26,7 +26,7 @@ from .changes import Prepared, UpdateSummary, from_delta, from_rows, keep_photo
 from .embedders import DEFAULT_EMBEDDER, Embedder, EmbedderSpec, create_embedder
 from .errors import ImageError, IndexFormatError, ItemExistsError, LookalikeError, UnknownItemError
 from .images import DEFAULT_MAX_PIXELS, ImageSource, is_uri, load_model_input
-from .neighbors import write_neighbors
+from .neighbors import drop_self, write_neighbors
 from .preprocess import Preprocess
 from .quantize import INT8_MODEL
 from .search import Where
@@ -279,12 +279,8 @@ class Index:
         k = min(max(ks), max(v.count - 1, 0))
         if k == 0:
             return [[] for _ in slots]
-        found, scores = seg.search_many(v, seg.vectors(rows), k + 1)
-        out = []
-        for own, f, s, kk in zip(rows, found, scores, ks):
-            keep = f != own
-            out.append(self._hits(seg, f[keep][:kk], s[keep][:kk]))
-        return out
+        found, scores = drop_self(*seg.search_many(v, seg.vectors(rows), k + 1), rows)
+        return [self._hits(seg, f[:kk], s[:kk]) for f, s, kk in zip(found, scores, ks)]
 
     def search(self, image: ImageSource, k: int = 10, *, where: Where | None = None,
                per_product: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Hit]:
@@ -358,11 +354,9 @@ class Index:
             change = {"op": "delete", "item_ids": wanted, "time": now(),
                       "counts": {"removed": len(wanted)}}
             # the entry first, then Milvus: a vector a crash leaves behind is never returned
-            cursor = journal.append(self.path, seg.cursor, change)
+            out.change = self._commit(seg, change, None)
             if seg.backend is not None:
                 seg.backend.delete(wanted)
-            seg.apply([journal.Entry(cursor.seq, change)])
-            seg.cursor, out.change = cursor, cursor.seq
         self._maybe_compact()
         return out
 
@@ -424,7 +418,7 @@ class Index:
             self._apply_new(locked=True)
 
     def _maybe_compact(self) -> None:
-        if not self.auto_compact or (self._compactor is not None and self._compactor.is_alive()):
+        if not self.auto_compact or self.compacting:
             return
         seg, v = self.snapshot()
         changed = (v.n - seg.n0) + (v.n - v.count)
@@ -448,23 +442,27 @@ class Index:
         with self._write, journal.locked(self.path):
             self._refresh_locked()
             seg = self._seg
-            taken = [r[ITEM_ID] for r in p.records if r[ITEM_ID] in self]
-            if taken and not replace:
-                raise ItemExistsError(f"item(s) {', '.join(map(repr, taken[:20]))} already "
-                                      "exist; delete them first")
             for r in p.records:
-                (out.replaced if r[ITEM_ID] in taken else out.added).append(r[ITEM_ID])
+                (out.replaced if r[ITEM_ID] in self else out.added).append(r[ITEM_ID])
+            if out.replaced and not replace:
+                raise ItemExistsError(f"item(s) {', '.join(map(repr, out.replaced[:20]))} "
+                                      "already exist; delete them first")
             for rec, data in zip(p.records, p.photos):
                 if data is not None:  # under the lock: a compaction's swap carries it along
                     rec[IMAGE_PATH] = str(keep_photo(self.path, rec[ITEM_ID], data))
             change = {"op": "add", "items": p.records, "time": now(),
                       "counts": {"added": len(out.added), "replaced": len(out.replaced)}}
-            stored = np.asarray(p.vectors, seg.storage)
             if seg.backend is None:
-                cursor = journal.append(self.path, seg.cursor, change, stored)
+                out.change = self._commit(seg, change, np.asarray(p.vectors, seg.storage))
             else:  # the collection first: an id the items table lacks is never returned
                 seg.backend.upsert(pd.DataFrame(p.records), np.asarray(p.vectors, np.float32))
-                cursor = journal.append(self.path, seg.cursor, change)
-            seg.apply([journal.Entry(cursor.seq, change, stored)])
-            seg.cursor, out.change = cursor, cursor.seq
+                out.change = self._commit(seg, change, None)
         return out
+
+    def _commit(self, seg: Segments, change: dict[str, Any], vectors: np.ndarray | None) -> int:
+        """Append ``change`` to the journal (both locks held) and apply it here; returns its
+        number."""
+        cursor = journal.append(self.path, seg.cursor, change, vectors)
+        seg.apply([journal.Entry(cursor.seq, change, vectors)])
+        seg.cursor = cursor
+        return cursor.seq

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from . import journal
 from .catalog import IMAGE_PATH, ITEM_ID, PHOTO_DIGEST, PRODUCT_ID, ROW, Catalog, photo_digest
@@ -82,6 +83,7 @@ def from_delta(ix: Any, delta: Catalog, batch_size: int, progress: bool) -> Prep
         out.skipped[ids[todo[pos]]] = reason
     return Prepared(records, emb.embeddings, [None] * len(records), out)
 
+
 def _unchanged(ix: Any, item_id: str, delta: Catalog, r: int, digest: str | None) -> bool:
     snap = ix.snapshot()
     stored = snap.seg.metadata(snap.slot(item_id),
@@ -91,6 +93,7 @@ def _unchanged(ix: Any, item_id: str, delta: Catalog, r: int, digest: str | None
     item = delta.items.iloc[r]
     return all(str(stored[a]) == str(plain(item[a])) for a in ix.attributes) \
         and str(stored[PRODUCT_ID]) == str(item[PRODUCT_ID])
+
 
 def from_rows(ix: Any, rows: pd.DataFrame | Sequence[Mapping[str, Any]],
               photos: Sequence[ImageSource] | None, vectors: np.ndarray | None,
@@ -163,8 +166,6 @@ def absolute(location: Path | str) -> str:
 
 def keep_photo(folder: Path, item_id: str, data: bytes) -> Path:
     """Store an added item's photo bytes durably in the folder's photos/."""
-    from PIL import Image
-
     fmt = (Image.open(io.BytesIO(data)).format or "img").lower()
     photos = folder / PHOTOS
     photos.mkdir(exist_ok=True)

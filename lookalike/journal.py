@@ -29,7 +29,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,10 +208,10 @@ def _checked(path: str | os.PathLike, entry: Entry, dim: int | None, name: str) 
         raise IndexFormatError(f"index {path}: journal {name} is damaged: {e}") from None
 
 
-def _records(data: bytes, start: int) -> Iterator[tuple[int, int, bytes, bytes]]:
-    """(number, end offset, JSON, vectors) of each whole record from ``start``; stops at the
-    end or at a record cut short or still being written."""
-    pos = start
+def _records(data: bytes) -> Iterator[tuple[int, int, bytes, bytes]]:
+    """(number, end offset, JSON, vectors) of each whole record in ``data``; stops at the end
+    or at a record cut short or still being written."""
+    pos = 0
     while pos + HEADER.size <= len(data):
         magic, seq, jlen, vlen, crc = HEADER.unpack_from(data, pos)
         end = pos + HEADER.size + jlen + vlen
@@ -242,7 +242,7 @@ def read(path: str | os.PathLike, cursor: Cursor, dim: int | None
     except FileNotFoundError:
         return entries, Cursor(seq, offset)
     last = 0
-    for n, end, text, vec in _records(data, 0):
+    for n, end, text, vec in _records(data):
         name = f"record {n} (byte {offset + last})"
         if n != seq + 1:
             raise IndexFormatError(f"index {path}: journal {name} follows change {seq}")
@@ -294,6 +294,12 @@ def append(path: str | os.PathLike, cursor: Cursor, change: dict[str, Any],
     """Commit ``change`` as the change after ``cursor``: durable when this returns. The caller
     holds the folder's lock and has read every change up to ``cursor``; what follows it in
     the log can only be a record a crash cut short, and is cut off first."""
+    return _append(path, cursor, [(change, vectors)])
+
+
+def _append(path: str | os.PathLike, cursor: Cursor,
+            changes: Sequence[tuple[dict[str, Any], np.ndarray | None]]) -> Cursor:
+    """``append`` of several changes in order, written and synced at once."""
     folder = folder_of(path)
     log = folder / LOG
     new = not log.exists()
@@ -308,11 +314,12 @@ def append(path: str | os.PathLike, cursor: Cursor, change: dict[str, Any],
         if size > cursor.offset:  # a torn record: nothing whole may follow what was read
             with open(log, "rb") as f:
                 f.seek(cursor.offset)
-                if next(_records(f.read(), 0), None) is not None:
+                if next(_records(f.read()), None) is not None:
                     raise IndexFormatError(f"index {path}: its journal holds changes this "
                                            "process has not read; nothing was changed")
             os.ftruncate(fd, cursor.offset)
-        record = _encode(cursor.seq + 1, change, vectors)
+        record = b"".join(_encode(cursor.seq + 1 + i, change, vectors)
+                          for i, (change, vectors) in enumerate(changes))
         os.lseek(fd, cursor.offset, os.SEEK_SET)
         view = memoryview(record)
         while view:
@@ -323,7 +330,7 @@ def append(path: str | os.PathLike, cursor: Cursor, change: dict[str, Any],
     if new:
         fsync_dir(folder)
         fsync_dir(folder.parent)
-    return Cursor(cursor.seq + 1, cursor.offset + len(record))
+    return Cursor(cursor.seq + len(changes), cursor.offset + len(record))
 
 
 def write_file(target: Path, data: bytes) -> None:
@@ -369,8 +376,7 @@ def carry(src: str | os.PathLike, dst: str | os.PathLike, after: int, dim: int |
     """Copy ``src``'s changes numbered above ``after`` into ``dst``'s journal, numbered from 1
     (a compaction carries the changes that landed while it ran). Returns how many."""
     entries, _ = read(src, Cursor(), dim)
-    cursor = Cursor()
-    todo = [e for e in entries if e.seq > after]
-    for e in todo:
-        cursor = append(dst, cursor, e.change, e.vectors)
+    todo = [(e.change, e.vectors) for e in entries if e.seq > after]
+    if todo:  # under the lock: one write and one sync for all of them
+        _append(dst, Cursor(), todo)
     return len(todo)

@@ -5,7 +5,7 @@ Pure functions over a faiss index and arrays; no files, no printing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import faiss
 import numpy as np
@@ -111,31 +111,34 @@ def top_k(
     n_avail = int(mask.sum()) if mask is not None else \
         index.ntotal if available is None else available
     params, _bits = (selector, None) if selector is not None else _selector(mask, index)
-    excluded = {int(r) for r in exclude_rows}
-    skip_products = set(exclude_products)
+    excluded = np.asarray(sorted({int(r) for r in exclude_rows}), np.int64)
     fetch = min(n_avail, k + len(excluded) + (k if products is not None else 0))
     while True:
         if fetch == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         scores, rows = index.search(q, fetch, params=params)
         rows, scores = rows[0], scores[0]
-        keep = rows >= 0
+        keep = (rows >= 0) & ~np.isin(rows, excluded)
         rows, scores = rows[keep], scores[keep]
-        out_rows: list[int] = []
-        out_scores: list[float] = []
-        seen: set = set()
-        for r, s in zip(rows.tolist(), scores.tolist()):
-            if r in excluded:
-                continue
-            if products is not None:
-                p = products[r]
-                if p in skip_products or p in seen:
-                    continue
-                seen.add(p)
-            out_rows.append(r)
-            out_scores.append(s)
-            if len(out_rows) == k:
-                break
-        if len(out_rows) == k or fetch >= n_avail:
-            return np.asarray(out_rows, np.int64), np.asarray(out_scores, np.float32)
+        pos = np.arange(min(k, len(rows))) if products is None else \
+            one_per_product(rows, products.__getitem__, k, exclude_products)
+        if len(pos) == k or fetch >= n_avail:
+            return rows[pos].astype(np.int64), scores[pos].astype(np.float32)
         fetch = min(n_avail, fetch * 4)
+
+
+def one_per_product(rows: np.ndarray, product: Callable[[int], object], k: int,
+                    skip: Iterable[object] = ()) -> np.ndarray:
+    """Positions in best-first ``rows`` of the first ``k`` whose product (``product(row)``)
+    is new and not in ``skip``."""
+    out: list[int] = []
+    seen = set(skip)
+    for i, r in enumerate(rows.tolist()):
+        p = product(r)
+        if p in seen:
+            continue
+        seen.add(p)
+        out.append(i)
+        if len(out) == k:
+            break
+    return np.asarray(out, np.int64)

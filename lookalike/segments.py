@@ -41,7 +41,7 @@ from .catalog import ITEM_ID, PRODUCT_ID
 from .errors import LookalikeError, UnknownItemError
 from .index import Reranked, make_index, set_search_params, stored_kind
 from .journal import Cursor, Entry
-from .search import Where, filter_mask, selector_params, top_k
+from .search import Where, filter_mask, one_per_product, selector_params, top_k
 
 #: added vectors searched exactly before the background thread indexes them: a scan of this
 #: many bytes costs about as much as a search of the indexed parts
@@ -114,7 +114,6 @@ class Segments:
         self.storage = np.dtype(storage or getattr(vectors, "dtype", np.float32))
         self.base_items = items.reset_index(drop=True)
         self.base_vectors = vectors  # memory-mapped (Milvus: read from the collection)
-        self._sealed = sealed  # answers search(q, k, params) with slots
         self.backend = backend
         self.n0 = len(self.base_items)
         self.ids: list[str] = self.base_items[ITEM_ID].astype(str).tolist()
@@ -142,12 +141,12 @@ class Segments:
 
     @property
     def sealed(self) -> Any:
-        """The built vector index (or the Milvus search)."""
-        return self._sealed
+        """The built vector index (or the Milvus search): it answers search(q, k, params)
+        with slots."""
+        return self.view.parts[0].index
 
     @sealed.setter
     def sealed(self, index: Any) -> None:
-        self._sealed = index
         self.view = dataclasses.replace(self.view, parts=(self.view.parts[0]._replace(
             index=index),) + self.view.parts[1:])
 
@@ -165,13 +164,17 @@ class Segments:
         dead: list[int] = []
         recs: list[dict[str, Any]] = []
         vecs: list[np.ndarray] = []
+
+        def current(item_id: str) -> int | None:
+            return touched[item_id] if item_id in touched else self.slot_of.get(item_id)
+
         for e in entries:
             if e.change["op"] == "add":
                 if e.vectors is not None:
                     vecs.append(np.asarray(e.vectors, self.storage).astype(np.float32))
                 for rec in e.records:
                     item_id = str(rec[ITEM_ID])
-                    old = touched[item_id] if item_id in touched else self.slot_of.get(item_id)
+                    old = current(item_id)
                     if old is not None:
                         dead.append(old)  # replaced: the new version takes a new slot
                     touched[item_id] = n
@@ -179,7 +182,7 @@ class Segments:
                     n += 1
             else:
                 for item_id in e.item_ids:
-                    old = touched[item_id] if item_id in touched else self.slot_of.get(item_id)
+                    old = current(item_id)
                     if old is not None:
                         dead.append(old)
                         touched[item_id] = None
@@ -377,7 +380,7 @@ class Segments:
             cand = cand[np.argsort(-scores[cand], kind="stable")]
             return cand + lo, scores[cand]
         order = np.argsort(-scores, kind="stable")[:int(ok.sum())]
-        top = order[_one_per_product(order + lo, self.product, k, skip)]
+        top = order[one_per_product(order + lo, self.product, k, skip)]
         return top + lo, scores[top]
 
     def search_many(self, v: View, queries: np.ndarray, k: int
@@ -559,25 +562,8 @@ def _merge(found: Sequence[tuple[np.ndarray, np.ndarray]], k: int, product: Any
     rows = np.concatenate([r for r, _ in found]).astype(np.int64)
     scores = np.concatenate([s for _, s in found]).astype(np.float32)
     order = np.argsort(-scores, kind="stable")
-    order = order[:k] if product is None else order[_one_per_product(rows[order], product, k)]
+    order = order[:k] if product is None else order[one_per_product(rows[order], product, k)]
     return rows[order], scores[order]
-
-
-def _one_per_product(slots: np.ndarray, product: Any, k: int, skip: Sequence[Any] = ()
-                     ) -> np.ndarray:
-    """Positions in best-first ``slots`` of the first ``k`` whose product is new (and not in
-    ``skip``)."""
-    out: list[int] = []
-    seen = set(skip)
-    for i, s in enumerate(slots.tolist()):
-        p = product(s)
-        if p in seen:
-            continue
-        seen.add(p)
-        out.append(i)
-        if len(out) == k:
-            break
-    return np.asarray(out, np.int64)
 
 
 def _index_growing(ref: weakref.ref, wake: threading.Event) -> None:

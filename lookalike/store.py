@@ -205,9 +205,12 @@ def generation(path: str | os.PathLike) -> tuple[int, int, int] | None:
     """Which build of the folder is at ``path`` now (its manifest file's identity): it changes
     when a compaction or a rebuild replaces the folder. None when there is none."""
     try:
-        st = os.stat(Path(path) / MANIFEST)
+        return _identity(os.stat(Path(path) / MANIFEST))
     except OSError:
         return None
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int]:
     return st.st_dev, st.st_ino, st.st_mtime_ns
 
 
@@ -232,7 +235,7 @@ def _read_manifest(path: Path) -> tuple[dict[str, Any], tuple[int, int, int]]:
     if manifest.get("format_version", 0) > FORMAT_VERSION:
         raise IndexFormatError(f"{path} was written by a newer lookalike (format version "
                                f"{manifest['format_version']} > {FORMAT_VERSION}); upgrade")
-    return manifest, (st.st_dev, st.st_ino, st.st_mtime_ns)
+    return manifest, _identity(st)
 
 
 def open_segments(path: str | os.PathLike) -> Segments:
@@ -331,16 +334,16 @@ def compact(seg: Segments, v: View) -> int:
     into the new folder under the lock just before the swap; a folder replaced meanwhile by
     someone else is left alone. Returns the number of changes folded in."""
     path = seg.path
-    folded = [e for e in journal.read(path, journal.Cursor(), None)[0] if e.seq <= v.seq]
+    before = seg.manifest.get("history", [])
+    log = journal.history(path, before, upto=v.seq)
+    folded = len(log) - len(before)
     if not folded:
         return 0
     items = seg.items(v)
-    log = journal.history(path, seg.manifest.get("history", []), upto=v.seq)
     m = {k: val for k, val in seg.manifest.items() if k not in ("journal", "files")}
     m["counts"] = {**m["counts"], "items": len(items)}
     m["history"] = log + [{"op": "compact", "time": now(),
-                           "counts": {"changes": len(folded), "items": len(items)}}]
-    kind, params = stored_kind(seg.manifest)
+                           "counts": {"changes": folded, "items": len(items)}}]
     emb = None if seg.milvus else np.asarray(seg.embeddings(v), dtype=np.float32)
 
     def carry(tmp: Path) -> None:
@@ -351,6 +354,6 @@ def compact(seg: Segments, v: View) -> int:
         if (path / PHOTOS).is_dir():
             shutil.copytree(path / PHOTOS, tmp / PHOTOS, copy_function=os.link)
 
-    write_index(path, m, items, emb, kind, params, before_swap=carry,
+    write_index(path, m, items, emb, seg.kind, seg.params, before_swap=carry,
                 extra_files={n: path / n for n in seg.manifest["files"].get("extra", [])})
-    return len(folded)
+    return folded

@@ -133,9 +133,7 @@ def create_app(index_path: str | os.PathLike, *,
         """The item's catalogue photo (looked up by id: no client-supplied paths)."""
         try:
             path = live.index.image_path(item_id)
-        except UnknownItemError as e:
-            raise HTTPException(404, str(e)) from None
-        except ImageError as e:
+        except (UnknownItemError, ImageError) as e:  # unknown, or added without a photo
             raise HTTPException(404, str(e)) from None
         if is_uri(path):  # photos on another filesystem: read and passed on
             try:
