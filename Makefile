@@ -22,6 +22,9 @@ $(VENV)/.installed: $(BIN)/activate pyproject.toml
 
 install: $(VENV)/.installed
 
+# another catalogue: make demo LOOKALIKE_CATALOG=shop.csv LOOKALIKE_ID_COLUMN=sku
+#   LOOKALIKE_IMAGE_COLUMN=picture LOOKALIKE_CATEGORY_COLUMN=type LOOKALIKE_COLOR_COLUMN=colour
+#   [LOOKALIKE_PRODUCT_COLUMN=... LOOKALIKE_IMAGES=photos/]; every later step reads the index
 demo: install
 	LOOKALIKE_CATALOG=$(LOOKALIKE_CATALOG) LOOKALIKE_DEMO_OUT=$(LOOKALIKE_DEMO_OUT) bash scripts/demo.sh
 

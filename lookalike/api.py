@@ -25,10 +25,18 @@ from .catalog import IMAGE_PATH, ITEM_ID, PRODUCT_ID, Catalog, read_catalog, res
 from .changes import Prepared, UpdateSummary, from_delta, from_rows, keep_photo
 from .embedders import DEFAULT_EMBEDDER, Embedder, EmbedderSpec, create_embedder
 from .errors import ImageError, IndexFormatError, ItemExistsError, LookalikeError, UnknownItemError
-from .images import DEFAULT_MAX_PIXELS, ImageSource, is_uri, load_model_input
+from .images import (
+    DEFAULT_MAX_PIXELS,
+    ImageSource,
+    is_uri,
+    load_model_input,
+    load_model_views,
+    parse_views,
+)
 from .neighbors import drop_self, write_neighbors
 from .preprocess import Preprocess
 from .quantize import INT8_MODEL
+from .rerank import Rerank, expand_queries, vote
 from .search import Where
 from .segments import Segments, View
 from .store import catch_up, compact, generation, now, open_segments
@@ -116,6 +124,21 @@ class Index:
     @property
     def attributes(self) -> list[str]:
         return list(self._seg.attributes)
+
+    @property
+    def category(self) -> str | None:
+        """The catalogue's category column (what the category vote predicts), if it has one."""
+        return self._seg.manifest["catalog"].get("columns", {}).get("category")
+
+    @property
+    def color(self) -> str | None:
+        """The catalogue's colour column, if it has one (training uses it)."""
+        return self._seg.manifest["catalog"].get("columns", {}).get("color")
+
+    @property
+    def rerank(self) -> Rerank:
+        """The re-ranking searches run unless told otherwise (chosen at build)."""
+        return Rerank.from_dict(self._seg.manifest.get("search", {}).get("rerank"))
 
     @property
     def preprocess(self) -> Preprocess:
@@ -229,15 +252,37 @@ class Index:
         self._embedder, self._embedder_spec = embedder, spec
         return embedder
 
-    def embed(self, image: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-        """The embedding of one photo, preprocessed as the index's catalogue was."""
+    @property
+    def views(self) -> tuple[str, ...]:
+        """The extra views a query photo is embedded from (test-time augmentation, chosen at
+        build; images.VIEWS), averaged with the photo itself."""
+        return parse_views(self._seg.manifest.get("search", {}).get("views"))
+
+    def embed(self, image: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+              views: Sequence[str] | str | None = None) -> np.ndarray:
+        """The embedding of one photo, preprocessed as the index's catalogue was, averaged
+        over ``views`` of it (default: the index's own, :attr:`views`)."""
         try:
-            pixels = load_model_input(image, self.spec.input_size, max_pixels=max_pixels,
-                                      preprocess=self.preprocess or None)
+            views = self.views if views is None else parse_views(views)
+        except ValueError as e:
+            raise LookalikeError(str(e)) from None
+        try:
+            if not views:
+                pixels = load_model_input(image, self.spec.input_size, max_pixels=max_pixels,
+                                          preprocess=self.preprocess or None)[None]
+            else:
+                pre = self.preprocess
+                pixels = load_model_views(image, self.spec.input_size, views,
+                                          max_pixels=max_pixels,
+                                          preprocess=pre if pre.steps else None, fit=pre.fit)
         except ImageError as e:
             name = f"photo {image}" if isinstance(image, (str, os.PathLike)) else "the photo"
             raise ImageError(f"{name}: {e}") from None
-        return self.embedder(pixels[None])[0]
+        e = self.embedder(pixels)
+        if len(e) == 1:
+            return e[0]
+        mean = e.mean(axis=0)
+        return (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
 
     # --- searching -----------------------------------------------------------------------------
 
@@ -247,28 +292,77 @@ class Index:
                 for s, sc in zip(slots.tolist(), scores.tolist()) if s >= 0]
 
     def search_vector(self, vector: np.ndarray, k: int = 10, *, where: Where | None = None,
-                      per_product: bool = False, exclude: Sequence[object] = ()) -> list[Hit]:
-        """Nearest items to an embedding (cosine similarity, best first)."""
-        seg, v = snap = self.snapshot()
+                      per_product: bool = False, exclude: Sequence[object] = (),
+                      rerank: Rerank | str | None = None) -> list[Hit]:
+        """Nearest items to an embedding (cosine similarity, best first), re-ranked as
+        ``rerank`` says (default: as the index was built to, :attr:`rerank`)."""
+        snap = self.snapshot()
         slots = []
         for e in exclude:
             try:
                 slots.append(snap.slot(e))
             except UnknownItemError:
                 pass
-        found, scores = seg.search(v, vector, k, where=where, per_product=per_product,
-                                   exclude=slots)
-        return self._hits(seg, found, scores)
+        return self._hits(snap.seg, *self._ranked(snap, vector, k, where, per_product, slots,
+                                                  rerank))
 
     def similar(self, item_id: object, k: int = 10, *, where: Where | None = None,
-                per_product: bool = False) -> list[Hit]:
+                per_product: bool = False, rerank: Rerank | str | None = None) -> list[Hit]:
         """Items that look like ``item_id`` (itself excluded; with ``per_product`` its whole
-        product excluded and one hit per product)."""
-        seg, v = snap = self.snapshot()
+        product excluded and one hit per product), re-ranked as in :meth:`search_vector`."""
+        snap = self.snapshot()
+        seg = snap.seg
         slot = self._slot(snap, item_id)
-        found, scores = seg.search(v, seg.vector(slot), k, where=where, per_product=per_product,
-                                   exclude=[slot])
-        return self._hits(seg, found, scores)
+        return self._hits(seg, *self._ranked(snap, seg.vector(slot), k, where, per_product,
+                                             [slot], rerank))
+
+    def reranking(self, rerank: Rerank | str | None = None) -> Rerank:
+        """The re-ranking a search asking for ``rerank`` runs (None: the index's own);
+        raises when it needs a column the index lacks."""
+        r = self.rerank if rerank is None else \
+            rerank if isinstance(rerank, Rerank) else Rerank.parse(rerank)
+        if r.vote and self.category is None:
+            raise LookalikeError(f"index {self.path} has no category column: the category vote "
+                                 "cannot run (build with one, or re-rank without vote)")
+        return r
+
+    def _ranked(self, snap: Snapshot, query: np.ndarray, k: int, where: Where | None,
+                per_product: bool, exclude: Sequence[int], rerank: Rerank | str | None
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """The search behind :meth:`search_vector` and :meth:`similar`: α-query expansion,
+        then the category vote (lookalike.rerank), each through the index's own search."""
+        seg, v = snap
+        r = self.reranking(rerank)
+
+        def search(q: np.ndarray, n: int, w: Where | None, skip: Sequence[int]
+                   ) -> tuple[np.ndarray, np.ndarray]:
+            return seg.search(v, q, n, where=w, per_product=per_product, exclude=skip)
+
+        if r.expand:
+            found, scores = search(query, r.expand, where, exclude)
+            query = expand_queries(np.asarray(query, np.float32)[None],
+                                   seg.vectors(found)[None], scores[None], r.alpha)[0]
+        column = self.category
+        if not r.vote or column is None or (where and column in where):
+            return search(query, k, where, exclude)
+        found, scores = search(query, r.vote, where, exclude)
+        names = [seg.metadata(s, [column])[column] for s in found.tolist()]
+        values = sorted({str(x) for x in names if x is not None})
+        if not values:
+            return found[:k], scores[:k]
+        won = vote(np.array([[values.index(str(x)) if x is not None else -1 for x in names]]),
+                   scores[None])[0]
+        first = search(query, k, {**(where or {}), column: values[won]}, exclude)
+        if len(first[0]) >= k:
+            return first
+        rest = search(query, k, where, [*exclude, *first[0].tolist()])
+        if per_product:  # one hit per product across both lists
+            seen = {seg.product(s) for s in first[0].tolist()}
+            keep = np.array([seg.product(s) not in seen for s in rest[0].tolist()], bool)
+            rest = rest[0][keep], rest[1][keep]
+        take = k - len(first[0])
+        return (np.concatenate([first[0], rest[0][:take]]),
+                np.concatenate([first[1], rest[1][:take]]))
 
     def similar_slots(self, snap: Snapshot, slots: Sequence[int], ks: Sequence[int]
                       ) -> list[list[Hit]]:
@@ -283,10 +377,13 @@ class Index:
         return [self._hits(seg, f[:kk], s[:kk]) for f, s, kk in zip(found, scores, ks)]
 
     def search(self, image: ImageSource, k: int = 10, *, where: Where | None = None,
-               per_product: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Hit]:
-        """Items that look like an uploaded photo (path, bytes, file object or PIL image)."""
-        return self.search_vector(self.embed(image, max_pixels=max_pixels), k, where=where,
-                                  per_product=per_product)
+               per_product: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
+               rerank: Rerank | str | None = None, views: Sequence[str] | str | None = None
+               ) -> list[Hit]:
+        """Items that look like an uploaded photo (path, bytes, file object or PIL image),
+        embedded as :meth:`embed` does and re-ranked as in :meth:`search_vector`."""
+        return self.search_vector(self.embed(image, max_pixels=max_pixels, views=views), k,
+                                  where=where, per_product=per_product, rerank=rerank)
 
     def neighbors(self, out: str | os.PathLike, k: int = 10, **options: Any) -> int:
         """Write the top-k neighbours of every item to a .parquet/.csv/.jsonl file."""
@@ -301,7 +398,9 @@ class Index:
         """A catalogue delta, read with the columns the index was built with."""
         cols = self._seg.manifest["catalog"]["columns"]
         return read_catalog(path, images, id_column=cols["id"], image_column=cols["image"],
-                            product_column=cols.get("product"), attributes=self.attributes)
+                            product_column=cols.get("product"), attributes=self.attributes,
+                            category_column=cols.get("category"),
+                            color_column=cols.get("color"))
 
     def add(self, items: Catalog | str | os.PathLike | pd.DataFrame | Sequence[Mapping[str, Any]],
             photos: Sequence[ImageSource] | None = None, *, vectors: np.ndarray | None = None,

@@ -14,12 +14,13 @@ from .decoding import DecoderChoice
 from .embed import embed_images
 from .embedders import DEFAULT_EMBEDDER, Embedder, create_embedder, trained_meta
 from .errors import LookalikeError
-from .images import DEFAULT_MAX_PIXELS, ImageSource
+from .images import DEFAULT_MAX_PIXELS, ImageSource, parse_views
 from .index import KINDS, VECTOR_TYPES
 from .milvus import BACKENDS
 from .preprocess import DEFAULT_PREPROCESS, Preprocess
 from .quantize import INT8_MODEL, PRECISIONS, quantize_catalogue
 from .ray_engine import ENGINES, embed_on_ray
+from .rerank import Rerank
 from .store import now, read_manifest, versions, write_index
 
 
@@ -64,6 +65,8 @@ def build_index(
     calibration: Sequence[ImageSource] | None = None,
     strict: bool = False,
     decoder: str | None = None,
+    rerank: Rerank | str | None = None,
+    views: Sequence[str] | str | None = None,
 ) -> BuildSummary:
     """Embed every photo of ``catalog`` and write the index folder ``out`` atomically.
 
@@ -86,7 +89,11 @@ def build_index(
     given) and kept in the folder for queries; it is compared with fp32 on other photos, and
     below the thresholds the build warns, or with ``strict`` refuses. ``decoder``
     (``pillow`` or ``opencv``) decodes the photos; by default the faster of the two on the
-    catalogue's first photos, if their pixels match (the choice is recorded).
+    catalogue's first photos, if their pixels match (the choice is recorded). ``rerank``
+    (a :class:`Rerank` or ``"vote,expand"``) is what searches of the index run unless told
+    otherwise; by default :data:`DEFAULT_RERANK` where the catalogue has a category column,
+    else none. ``views`` (``"flip,zoom"``: images.VIEWS) are the extra views a query photo is
+    embedded from, averaged (test-time augmentation); default none.
     """
     if index not in KINDS:
         raise LookalikeError(f"unknown index type {index!r}; choose one of {', '.join(KINDS)}")
@@ -103,6 +110,17 @@ def build_index(
     if (backend == "milvus") != bool(milvus_uri):
         raise LookalikeError("--backend milvus needs --milvus-uri (a Milvus server URI or a "
                              "local file for milvus-lite), and --milvus-uri needs it")
+    has_category = catalog.columns.get("category") is not None
+    if rerank is None:
+        rerank = DEFAULT_RERANK if has_category else Rerank()
+    elif not isinstance(rerank, Rerank):
+        rerank = Rerank.parse(rerank)
+    if rerank.vote and not has_category:
+        raise LookalikeError("the category vote needs a category column (--category-column)")
+    try:
+        views = parse_views(views)
+    except ValueError as e:
+        raise LookalikeError(str(e)) from None
     embedder = create_embedder(model) if isinstance(model, str) else model
     if preprocess is None:
         pre = default_preprocess(embedder)
@@ -152,6 +170,7 @@ def build_index(
         "engine": {"name": engine, **({"address": address or "local"} if engine == "ray" else {})},
         "timings": {k: round(v, 3) for k, v in result.timings.items()},
         "decoder": result.decoder.to_dict() if result.decoder else {"name": decoder},
+        "search": {"rerank": rerank.to_dict(), "views": list(views)},
     }
     if quant:
         manifest["precision"] = quant
@@ -176,6 +195,11 @@ def _int8(fp32: Embedder, paths: list[Any], pre: Preprocess, size: int, seed: in
                                  "or more typical photos, or build in fp32")
         warnings.warn(info["warning"], stacklevel=3)
     return int8, info
+
+
+#: what searches of a new index run where its catalogue has a category column (measured:
+#: docs/quality.md)
+DEFAULT_RERANK = Rerank(vote=10)
 
 
 def default_preprocess(embedder: Embedder) -> Preprocess:

@@ -7,7 +7,7 @@ reported, never dropped silently and never allowed to shift other rows.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -20,6 +20,8 @@ PRODUCT_ID = "product_id"
 IMAGE_PATH = "image_path"
 ROW = "row"
 PHOTO_DIGEST = "photo_sha1"  # items column of an index: the photo file's digest
+DEFAULT_CATEGORY = "articleType"  # the category column the CLI takes where a catalogue has it
+DEFAULT_COLOR = "baseColour"  # the colour column the CLI takes where a catalogue has it
 RESERVED = (ROW, ITEM_ID, PRODUCT_ID, IMAGE_PATH, PHOTO_DIGEST)
 
 
@@ -109,10 +111,15 @@ def read_catalog(
     image_column: str = "image_path",
     product_column: str | None = None,
     attributes: list[str] | None = None,
+    category_column: str | None = None,
+    color_column: str | None = None,
 ) -> Catalog:
     """Read and validate a catalogue; image paths are relative to ``images`` (default: the
     catalogue's folder), which may be a filesystem URI (``s3://bucket/photos``): then photos
-    are not looked for here, and one that is missing is reported when it is read."""
+    are not looked for here, and one that is missing is reported when it is read.
+    ``category_column`` names the attribute that says what kind of item each is (e.g.
+    articleType): the category vote re-ranks by it; ``color_column`` its colour (training
+    uses both)."""
     path = Path(path)
     text_cols = [c for c in (id_column, image_column, product_column) if c]
     df = _read_table(path, text_cols)
@@ -178,7 +185,19 @@ def read_catalog(
         first = next(iter(missing.values()))
         raise CatalogError(f"none of the {len(items)} images of {path.name} can be found "
                            f"under {root} (first: {first}); check --images and --image-column")
-    return Catalog(source=path, images_root=root if remote else Path(root).resolve(), items=items,
-                   attributes=tuple(attributes),
-                   columns={"id": id_column, "image": image_column, "product": product_column},
-                   missing=missing)
+    cat = Catalog(source=path, images_root=root if remote else Path(root).resolve(), items=items,
+                  attributes=tuple(attributes),
+                  columns={"id": id_column, "image": image_column, "product": product_column},
+                  missing=missing)
+    return with_roles(cat, category=category_column, color=color_column)
+
+
+def with_roles(cat: Catalog, **roles: str | None) -> Catalog:
+    """``cat`` with these role columns (``category``, ``color``: one of its attributes, or
+    None) recorded in its column mapping."""
+    for role, column in roles.items():
+        if column is not None and column not in cat.attributes:
+            raise CatalogError(f"{role} column {column!r} (--{role}-column) is not an "
+                               f"attribute of {cat.source.name}; attributes: "
+                               f"{', '.join(cat.attributes) or '(none)'}")
+    return replace(cat, columns={**cat.columns, **roles})

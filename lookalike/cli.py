@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -11,20 +12,28 @@ from typing import Any
 
 import click
 import numpy as np
+from click.core import ParameterSource
 from tqdm import tqdm
 
 from .api import Hit, Index
-from .build import build_index, default_preprocess
-from .catalog import read_catalog
-from .embedders import DEFAULT_EMBEDDER, create_embedder, list_embedders
+from .build import DEFAULT_RERANK, build_index, default_preprocess
+from .catalog import DEFAULT_CATEGORY, DEFAULT_COLOR, read_catalog, with_roles
+from .embedders import (
+    DEFAULT_EMBEDDER,
+    create_embedder,
+    is_trained_model,
+    list_embedders,
+    trained_meta,
+)
 from .errors import LookalikeError
-from .images import DECODERS, DEFAULT_MAX_PIXELS
+from .images import DECODERS, DEFAULT_MAX_PIXELS, FITS, VIEWS
 from .index import KINDS, VECTOR_TYPES
 from .journal import history
 from .milvus import BACKENDS
 from .preprocess import DEFAULT_PREPROCESS, STEPS, Preprocess
 from .quantize import PRECISIONS, quantize_catalogue
 from .ray_engine import ENGINES
+from .rerank import Rerank
 from .search import parse_where
 from .store import read_manifest
 
@@ -57,7 +66,30 @@ def _query_options(f: Any) -> Any:
     f = click.option("--per-product", is_flag=True,
                      help="One hit per product (its best photo); the query's product excluded.")(f)
     f = click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")(f)
+    f = click.option("--rerank", default=None, metavar="WAYS", callback=_parse_rerank,
+                     help=RERANK_HELP + " [default: the index's own, lookalike info]")(f)
     return f
+
+
+RERANK_HELP = ("Re-ranking: none, vote[=N] (the category most of the N nearest items have "
+               "comes first), expand[=N] (α-query expansion with the N nearest), or both "
+               "comma-separated.")
+
+
+def _parsed(parse: Any) -> Any:
+    """A click callback: ``parse(value)`` for a given value (None stays None), its
+    LookalikeError a usage error."""
+    def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+        if value is None:
+            return None
+        try:
+            return parse(value)
+        except LookalikeError as e:
+            raise click.BadParameter(str(e)) from None
+    return callback
+
+
+_parse_rerank = _parsed(Rerank.parse)
 
 
 def _print_hits(hits: Sequence[Hit], as_json: bool, columns: Sequence[str]) -> None:
@@ -88,14 +120,28 @@ def _describe_index(manifest: dict[str, Any]) -> str:
             f"against exact search on {info['recall_queries']} items")
 
 
-def _parse_preprocess(ctx: click.Context, param: click.Parameter,
-                      value: str | None) -> Preprocess | None:
-    if value is None:
-        return None
-    try:
-        return Preprocess.parse(value)
-    except LookalikeError as e:
-        raise click.BadParameter(str(e)) from None
+_COLUMN_OPTIONS = {"id": "id_column", "image": "image_column", "product": "product_column",
+                   "category": "category_column", "color": "color_column"}
+
+
+def _columns(model: str, given: dict[str, str | None]) -> dict[str, str | None]:
+    """The catalogue's column roles: as given, except that with a trained model every option
+    left at its default takes the column the model's training catalogue had."""
+    if not is_trained_model(model):
+        return given
+    recorded = (trained_meta(model).get("catalog") or {}).get("columns") or {}
+    ctx = click.get_current_context()
+    out = dict(given)
+    for role, param in _COLUMN_OPTIONS.items():
+        if ctx.get_parameter_source(param) == ParameterSource.DEFAULT and recorded.get(role):
+            out[role] = recorded[role]
+    if out != given:
+        click.echo("columns as the model's training catalogue had them: "
+                   + ", ".join(f"{r} {c!r}" for r, c in out.items() if c), err=True)
+    return out
+
+
+_parse_preprocess = _parsed(Preprocess.parse)
 
 
 @cli.command()
@@ -108,11 +154,31 @@ def _parse_preprocess(ctx: click.Context, param: click.Parameter,
 @click.option("--model", "-m", default=DEFAULT_EMBEDDER, show_default=True,
               help=f"Embedder: {', '.join(list_embedders())}, or a trained model folder "
                    "(lookalike train --out).")
-@click.option("--id-column", default="id", show_default=True)
-@click.option("--image-column", default="image_path", show_default=True)
-@click.option("--product-column", default=None, help="Column grouping several photos of a product.")
+@click.option("--id-column", default="id", show_default=True, envvar="LOOKALIKE_ID_COLUMN")
+@click.option("--image-column", default="image_path", show_default=True,
+              envvar="LOOKALIKE_IMAGE_COLUMN")
+@click.option("--product-column", default=None, envvar="LOOKALIKE_PRODUCT_COLUMN",
+              help="Column grouping several photos of a product.")
 @click.option("--attributes", default=None, metavar="A,B,C",
               help="Metadata columns to keep [default: every other column].")
+@click.option("--category-column", default=None, metavar="COLUMN",
+              envvar="LOOKALIKE_CATEGORY_COLUMN",
+              help=f"What kind of item each is (the category vote re-ranks by it, training "
+                   f"uses it) [default: {DEFAULT_CATEGORY} where the catalogue has it].")
+@click.option("--color-column", default=None, metavar="COLUMN", envvar="LOOKALIKE_COLOR_COLUMN",
+              help=f"Each item's colour (training uses it) [default: {DEFAULT_COLOR} where the "
+                   "catalogue has it]. With a trained --model, every column option left out "
+                   "is taken from the catalogue it was trained on.")
+@click.option("--fit", type=click.Choice(FITS), default=None,
+              help=f"How photos become square: squash, crop (centre of the short side) or pad "
+                   f"(border colour); recorded, and search photos get the same [default: "
+                   f"{DEFAULT_PREPROCESS.fit}; for a trained model, its training fit].")
+@click.option("--rerank", default=None, metavar="WAYS", callback=_parse_rerank,
+              help=RERANK_HELP + " What searches run unless told otherwise [default: "
+                   f"{DEFAULT_RERANK} with a category column, else none].")
+@click.option("--views", default="none", show_default=True, metavar="VIEWS",
+              help=f"Test-time augmentation: query photos are also embedded from these views "
+                   f"({', '.join(VIEWS)}, comma-separated) and the embeddings averaged.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
 @click.option("--workers", default=None, type=click.IntRange(1), help="Decoding threads.")
 @click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(1),
@@ -158,16 +224,33 @@ def _parse_preprocess(ctx: click.Context, param: click.Parameter,
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def build(catalog: str, images: str | None, out: str, model: str, id_column: str,
           image_column: str, product_column: str | None, attributes: str | None,
-          batch_size: int, workers: int | None, max_pixels: int, preprocess: Preprocess | None,
+          category_column: str | None, color_column: str | None, fit: str | None,
+          rerank: Rerank | None, views: str, batch_size: int, workers: int | None, max_pixels: int, preprocess: Preprocess | None,
           index_kind: str, vectors: str, precision: str, calibration_size: int,
           calibration_seed: int, strict: bool, engine: str, address: str | None,
           actors: int | None, backend: str, milvus_uri: str | None, decoder: str,
           quiet: bool) -> None:
     """Embed every photo of CATALOG (CSV or Parquet) and write an index folder."""
-    cat = read_catalog(catalog, images, id_column=id_column, image_column=image_column,
-                       product_column=product_column,
+    cols = _columns(model, {"id": id_column, "image": image_column, "product": product_column,
+                            "category": category_column, "color": color_column})
+    cat = read_catalog(catalog, images, id_column=cols["id"], image_column=cols["image"],
+                       product_column=cols["product"],
                        attributes=[a.strip() for a in attributes.split(",") if a.strip()]
-                       if attributes is not None else None)
+                       if attributes is not None else None, category_column=cols["category"],
+                       color_column=cols["color"])
+    for role, default, what in (("category", DEFAULT_CATEGORY, "no category vote"),
+                                ("color", DEFAULT_COLOR, "training leaves colour out")):
+        if cols[role] is None:  # the default role, where the catalogue has it
+            if default in cat.attributes:
+                cat = with_roles(cat, **{role: default})
+            else:
+                click.echo(f"note: no {default!r} attribute, so {what} (name the {role} column "
+                           f"with --{role}-column)", err=True)
+    if fit is not None:
+        preprocess = dataclasses.replace(preprocess or default_preprocess(create_embedder(model)),
+                                         fit=fit)
+    elif preprocess is not None:
+        preprocess = dataclasses.replace(preprocess, fit=DEFAULT_PREPROCESS.fit)
     if address and engine != "ray":
         raise click.BadParameter("--address is for --engine ray", param_hint="--address")
     s = build_index(cat, out, model=model, batch_size=batch_size, workers=workers,
@@ -176,6 +259,7 @@ def build(catalog: str, images: str | None, out: str, model: str, id_column: str
                     actors=actors, backend=backend, vectors=vectors, precision=precision,
                     calibration_size=calibration_size, calibration_seed=calibration_seed,
                     strict=strict, decoder=None if decoder == "auto" else decoder,
+                    rerank=rerank, views=views,
                     milvus_uri=milvus_uri if backend == "milvus" else None)
     t = s.timings
     click.echo(f"index {s.path}: {s.items} items embedded with {s.model}, "
@@ -303,10 +387,11 @@ def preview_preprocess_cmd(photos: tuple[str, ...], out: str, preprocess: Prepro
 @click.argument("item_id")
 @_query_options
 def similar(index: str, item_id: str, k: int, where: tuple[str, ...], per_product: bool,
-            as_json: bool) -> None:
+            as_json: bool, rerank: Rerank | None) -> None:
     """Items that look like ITEM_ID (the item itself excluded)."""
     ix = Index.open(index)
-    hits = ix.similar(item_id, k, where=parse_where(where), per_product=per_product)
+    hits = ix.similar(item_id, k, where=parse_where(where), per_product=per_product,
+                      rerank=rerank)
     _print_hits(hits, as_json, ix.display_attributes())
 
 
@@ -316,10 +401,11 @@ def similar(index: str, item_id: str, k: int, where: tuple[str, ...], per_produc
               help="A photo, e.g. from a phone camera.")
 @_query_options
 def search(index: str, image: str, k: int, where: tuple[str, ...], per_product: bool,
-           as_json: bool) -> None:
+           as_json: bool, rerank: Rerank | None) -> None:
     """Catalogue items that look like a photo."""
     ix = Index.open(index)
-    hits = ix.search(image, k, where=parse_where(where), per_product=per_product)
+    hits = ix.search(image, k, where=parse_where(where), per_product=per_product,
+                     rerank=rerank)
     _print_hits(hits, as_json, ix.display_attributes())
 
 
@@ -421,16 +507,25 @@ def _json_value(v: Any) -> Any:
               help="Only this split of products, as queries and as the gallery (the split "
                    "lookalike train used with the same fractions and seed).")
 @_split_options
+@click.option("--rerank", default=None, metavar="WAYS", callback=_parse_rerank,
+              help=RERANK_HELP + " [default: each index's own, as its searches]")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def evaluate(indexes: tuple[str, ...], relevances: tuple[str, ...], ks: str, sample: int | None,
              seed: int, exclude_product: bool, by: tuple[str, ...], queries: str | None,
              mapping: str | None, query_images: str | None, query_image_column: str,
              query_label_column: str, triplets: str | None, report_dir: str | None,
              gallery_queries: int, as_json: bool, split: str | None, test_fraction: float,
-             val_fraction: float, split_seed: int, quiet: bool) -> None:
+             val_fraction: float, split_seed: int, rerank: Rerank | None, quiet: bool) -> None:
     """Retrieval quality of INDEXES (one, or several to compare on the same queries)."""
     from .quality import evaluate_indexes, read_label_mapping, read_query_set
-    from .report import group_tables, label_tables, metric_tables, render_text, write_report
+    from .report import (
+        group_tables,
+        headline,
+        label_tables,
+        metric_tables,
+        render_text,
+        write_report,
+    )
 
     k_list = _parse_ks(ks)
     if (queries is None) != (mapping is None):
@@ -445,7 +540,7 @@ def evaluate(indexes: tuple[str, ...], relevances: tuple[str, ...], ks: str, sam
         mapping=read_label_mapping(mapping) if mapping else None, triplets=triplets,
         split=split, split_options={"test": test_fraction, "val": val_fraction,
                                     "seed": split_seed},
-        progress=not quiet and not as_json)
+        rerank=rerank, progress=not quiet and not as_json)
     elapsed = time.perf_counter() - t0
     if as_json:
         flat = [{k: _json_value(v) for k, v in r.metrics.items()} for r in results]
@@ -458,6 +553,10 @@ def evaluate(indexes: tuple[str, ...], relevances: tuple[str, ...], ks: str, sam
             click.echo(f"  {r.label}: {r.index.path} ({len(r.index)} items)")
             for note in r.notes:
                 click.echo(f"    note: {note}")
+        click.echo()
+        for r in results:
+            for line in headline(r):
+                click.echo(f"{r.label}: {line}" if len(results) > 1 else line)
         click.echo()
         click.echo(render_text(metric_tables(results) + group_tables(results, by)
                                + label_tables(results)))
@@ -478,8 +577,9 @@ def evaluate(indexes: tuple[str, ...], relevances: tuple[str, ...], ks: str, sam
 @click.option("-n", "n", default=100_000, show_default=True, type=click.IntRange(1),
               help="Triplets to draw (rows that cannot be formed are skipped and counted).")
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="Parquet file.")
-@click.option("--category", default="articleType", show_default=True, help="Category column.")
-@click.option("--color", default="baseColour", show_default=True, help="Colour column.")
+@click.option("--category", default=None,
+              help="Category column [default: the index's, else articleType where it exists].")
+@click.option("--color", default=None, help="Colour column [default: baseColour where it exists].")
 @click.option("--product", default="product_id", show_default=True,
               help="Product column (photos of one product share it).")
 @click.option("--p-same-product", default=0.9, show_default=True, type=float,
@@ -492,14 +592,16 @@ def evaluate(indexes: tuple[str, ...], relevances: tuple[str, ...], ks: str, sam
               help="Only items of this split of products.")
 @_split_options
 @click.option("--seed", default=0, show_default=True, type=int)
-def triplets(index: str, n: int, out: str, category: str, color: str, product: str,
+def triplets(index: str, n: int, out: str, category: str | None, color: str | None, product: str,
              p_same_product: float, p_in_class: float, split: str | None,
              test_fraction: float, val_fraction: float, split_seed: int, seed: int) -> None:
     """Sample (query, positive, negative) triplets from INDEX's metadata into a Parquet file."""
     from .splits import assign_splits
-    from .triplets import NEGATIVE_TYPES, POSITIVE_TYPES, sample_triplets, write_triplets
+    from .triplets import NEGATIVE_TYPES, POSITIVE_TYPES, roles, sample_triplets, write_triplets
 
     ix = Index.open(index)
+    category, color = roles(list(ix.items.columns), (ix.category, ix.color), category, color,
+                            lambda s: click.echo(s, err=True))
     rows = None
     if split:
         if product not in ix.items.columns:
@@ -525,9 +627,19 @@ def triplets(index: str, n: int, out: str, category: str, color: str, product: s
 @_index_arg
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
               help="Model folder to write (model.onnx, model.json, checkpoint.pt, curve).")
-@click.option("--category", default="articleType", show_default=True)
-@click.option("--color", default="baseColour", show_default=True)
+@click.option("--category", default=None,
+              help="Category column [default: the index's category column, else articleType "
+                   "where it exists; without one, training uses products alone].")
+@click.option("--color", default=None,
+              help="Colour column [default: baseColour where it exists, else none].")
 @click.option("--product", default="product_id", show_default=True)
+@click.option("--split-by", type=click.Choice(["product", "photo"]), default="product",
+              show_default=True,
+              help="product: validate on products never trained on; photo: every product "
+                   "trains, held-out photos of known products validate.")
+@click.option("--require-better", is_flag=True,
+              help="Exit with status 1 when the model is not better than the pretrained "
+                   "backbone on validation (the model is still written).")
 @click.option("--dim", default=512, show_default=True, type=click.IntRange(2),
               help="Embedding size.")
 @click.option("--gap", default=0.2, show_default=True, type=float,
@@ -539,7 +651,8 @@ def triplets(index: str, n: int, out: str, category: str, color: str, product: s
                    "adds its classification to the objective.")
 @click.option("--lr", default=1e-3, show_default=True, type=float)
 @click.option("--epochs", default=8, show_default=True, type=click.IntRange(1))
-@click.option("--triplets-per-epoch", default=50_000, show_default=True, type=click.IntRange(1))
+@click.option("--triplets-per-epoch", default=None, type=click.IntRange(1),
+              help="[default: 25 per training item, between 2,000 and 50,000]")
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(2))
 @click.option("--p-same-product", type=float, default=None,
               help="[default: 0.9 if most products have several photos, else 0]")
@@ -554,16 +667,27 @@ def triplets(index: str, n: int, out: str, category: str, color: str, product: s
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--resume", is_flag=True, help="Continue the training checkpointed in --out.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def train(index: str, out: str, quiet: bool, resume: bool, **options: Any) -> None:
-    """Train a Deep Ranking model on INDEX's products (frozen backbone = INDEX's model)."""
+def train(index: str, out: str, quiet: bool, resume: bool, require_better: bool,
+          **options: Any) -> None:
+    """Train a Deep Ranking model on INDEX's products (frozen backbone = INDEX's model).
+    Roles (category, colour) come from what INDEX has; --test-fraction 0 trains on
+    everything, the way to make the model you deploy."""
     from .train import TrainConfig
     from .train import train as run_training
 
     options["keep"] = tuple(options["keep"])
-    s = run_training(index, out, TrainConfig(**options), resume=resume, progress=not quiet, log=click.echo)
+    s = run_training(index, out, TrainConfig(**options), resume=resume, progress=not quiet,
+                     log=click.echo)
     click.echo(f"model written to {s.out}: best epoch {s.best_epoch} of {s.epochs_run}, "
-               f"{s.timings['total_s']:.0f} s in all; use it with "
-               f"lookalike build CATALOG --model {s.out} --out INDEX")
+               f"{s.timings['total_s']:.0f} s in all")
+    if s.better:
+        click.echo(f"it beats the pretrained backbone on validation; use it with "
+                   f"lookalike build CATALOG --model {s.out} --out INDEX")
+    else:
+        click.echo("it does NOT beat the pretrained backbone on validation: keep the index "
+                   "you have (or train with other settings)", err=True)
+        if require_better:
+            sys.exit(1)
 
 
 @cli.command()
@@ -614,6 +738,10 @@ def info(index: str, as_json: bool) -> None:
     if m.get("decoder", {}).get("reason"):
         click.echo(f"photos decoded with {m['decoder']['name']} ({m['decoder']['reason']})")
     click.echo(f"preprocess: {Preprocess.from_dict(m.get('preprocess'))} (search photos get the same)")
+    category = m["catalog"].get("columns", {}).get("category")
+    click.echo(f"category column: {category or '(none)'}; searches re-rank: "
+               f"{Rerank.from_dict(m.get('search', {}).get('rerank'))}; query views: "
+               f"{','.join(m.get('search', {}).get('views', [])) or 'none'}")
     click.echo(f"attributes: {', '.join(m['catalog']['attributes'])}")
     for n, change in enumerate(history(index, m.get("history", [])), start=1):
         counts = ", ".join(f"{v} {k}" for k, v in change.get("counts", {}).items())

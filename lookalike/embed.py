@@ -79,7 +79,8 @@ def decode_batch(sources: Sequence[ImageSource], positions: Sequence[int], size:
                 src = read_bytes(src)
                 digest = file_digest(src)
             out[len(ok)] = load_model_input(src, size, max_pixels=max_pixels,
-                                            preprocess=run if pre else None, decoder=decoder)
+                                            preprocess=run if pre.steps else None,
+                                            decoder=decoder, fit=pre.fit)
         except ImageError as e:
             bad[pos] = str(e)
             continue

@@ -21,8 +21,9 @@ under ``queries/<relevance>`` (the number of queries that did count).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,6 +33,7 @@ from .errors import LookalikeError
 DEFAULT_KS = (1, 5, 10, 20)
 PRODUCT = "product"
 _BLOCK_ELEMENTS = 1 << 24  # scores held at once: 64 MB of float32
+FIRST_BONUS = np.float32(4.0)  # added to the scores of the items ranked first
 
 
 # --------------------------------------------------------------------------- ranking
@@ -58,10 +60,13 @@ def _top_k_stable(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def rank(queries: np.ndarray, gallery: np.ndarray, k: int, *,
-         self_rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+         self_rows: np.ndarray | None = None,
+         first: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` gallery rows (Q, k) and scores (inner product) for each query, best
     first, ties broken by gallery row. ``self_rows[i]``, when given, is query i's own gallery
-    row and is excluded. Slots beyond the gallery's size hold row -1 and score -inf."""
+    row and is excluded. With ``first = (gallery_codes, query_codes)``, the gallery items whose
+    code is the query's come before all others (a code of -1 matches nothing); scores stay the
+    plain inner products. Slots beyond the gallery's size hold row -1 and score -inf."""
     if k < 1:
         raise LookalikeError(f"k must be at least 1, got {k}")
     q = np.ascontiguousarray(queries, dtype=np.float32)
@@ -74,7 +79,12 @@ def rank(queries: np.ndarray, gallery: np.ndarray, k: int, *,
         s = q[start:start + block] @ g.T
         if self_rows is not None:
             s[np.arange(len(s)), self_rows[start:start + block]] = -np.inf
+        if first is not None:  # inner products lie in [-1, 1] for unit vectors: +4 goes first
+            wanted = first[1][start:start + block, None]
+            s += FIRST_BONUS * ((first[0][None, :] == wanted) & (wanted >= 0))
         r, v = _top_k_stable(s, kk)
+        if first is not None:
+            v = v - FIRST_BONUS * ((first[0][np.maximum(r, 0)] == wanted) & (wanted >= 0))
         rows[start:start + len(s), :kk], scores[start:start + len(s), :kk] = r, v
     return rows, scores
 
@@ -243,8 +253,11 @@ def _attribute_columns(name: str, hits: np.ndarray, n_rel: np.ndarray, ks: Seque
 def evaluate_catalog(embeddings: np.ndarray, items: pd.DataFrame,
                      relevances: Sequence[Sequence[str]], ks: Sequence[int] = DEFAULT_KS, *,
                      products: np.ndarray | None = None, query_rows: np.ndarray | None = None,
-                     exclude_product: bool = False) -> Evaluation:
+                     exclude_product: bool = False, ranker: Callable[..., Any] = rank
+                     ) -> Evaluation:
     """Every item of ``query_rows`` (default: all) queries the whole catalogue, itself excluded.
+    ``ranker`` ranks the gallery (:func:`rank`, or a re-ranking like it:
+    :func:`lookalike.rerank.reranked`).
 
     ``relevances``: attribute lists, each one relevance ("same articleType", "same articleType
     and baseColour"). ``products``: one product id per item; where a product has several
@@ -268,7 +281,7 @@ def evaluate_catalog(embeddings: np.ndarray, items: pd.DataFrame,
                              "articleType) and no product has several photos")
     # room for dropping the query's own product, and for mAP@R (R up to the largest product)
     width = max(max(ks) + (extra if exclude_product else 0), extra)
-    rows, scores = rank(x[qrows], x, width, self_rows=qrows)
+    rows, scores = ranker(x[qrows], x, width, self_rows=qrows)
 
     columns: dict[str, np.ndarray] = {}
     hits: dict[str, np.ndarray] = {}
@@ -300,12 +313,13 @@ def evaluate_catalog(embeddings: np.ndarray, items: pd.DataFrame,
 
 def evaluate_queries(queries: np.ndarray, query_labels: Sequence[object], gallery: np.ndarray,
                      relevant: dict[object, np.ndarray], ks: Sequence[int] = DEFAULT_KS, *,
-                     name: str = "query") -> Evaluation:
+                     name: str = "query", ranker: Callable[..., Any] = rank) -> Evaluation:
     """Outside photos query the catalogue. ``relevant[label]`` is a boolean mask over the
     gallery of the items that count as a match for a query with that label; queries whose
     label is not in ``relevant`` are left out (NaN)."""
     ks = sorted({int(k) for k in ks})
-    rows, scores = rank(np.asarray(queries, np.float32), np.asarray(gallery, np.float32), max(ks))
+    rows, scores = ranker(np.asarray(queries, np.float32), np.asarray(gallery, np.float32),
+                          max(ks))
     labels = list(query_labels)
     known = np.array([lab in relevant for lab in labels], bool)
     masks = np.zeros((len(labels), len(gallery)), bool)

@@ -13,7 +13,7 @@ import hashlib
 import io
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -29,6 +29,14 @@ DEFAULT_MAX_PIXELS = 89_478_485
 BACKGROUND = (255, 255, 255)  # transparent pixels become white, like a shop page
 DECODERS = ("pillow", "opencv")  # opencv: plain colour JPEGs only, the rest goes to Pillow
 ORIENTATION = 0x0112  # the EXIF orientation tag
+#: how a photo that is not square becomes the embedder's square: ``squash`` (resize the whole
+#: photo, distorting it), ``crop`` (the centre square of the short side), ``pad`` (a square
+#: filled around the photo with its border's colour)
+FITS = ("squash", "crop", "pad")
+#: extra views a query photo can be embedded from (test-time augmentation), averaged with the
+#: photo itself: ``flip`` (mirrored left to right), ``zoom`` (the centre 80 % of each side)
+VIEWS = ("flip", "zoom")
+ZOOM = 0.8
 
 
 def is_uri(location: object) -> bool:
@@ -234,9 +242,34 @@ def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS,
             opened.close()
 
 
+def fit_square(img: Image.Image, fit: str) -> Image.Image:
+    """``img`` made square as ``fit`` says (one of :data:`FITS`); a square photo, or
+    ``squash``, returns it unchanged (the resize to the model's size squashes it)."""
+    if fit not in FITS:
+        raise ValueError(f"unknown fit {fit!r}; choose one of {', '.join(FITS)}")
+    w, h = img.size
+    if w == h or fit == "squash":
+        return img
+    side = min(w, h) if fit == "crop" else max(w, h)
+    x, y = (w - side) // 2, (h - side) // 2
+    if fit == "crop":
+        return img.crop((x, y, x + side, y + side))
+    out = Image.new("RGB", (side, side), border_colour(img))
+    out.paste(img, (-x, -y))
+    return out
+
+
+def border_colour(img: Image.Image) -> tuple[int, int, int]:
+    """The median colour of a photo's outermost row and column of pixels on every side."""
+    a = np.asarray(img.convert("RGB"))
+    edge = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+    r, g, b = (int(v) for v in np.median(edge, axis=0))
+    return r, g, b
+
+
 def to_model_input(img: Image.Image, size: int) -> np.ndarray:
-    """Resize an RGB image to ``size``×``size`` (whole image, no crop: garments keep their
-    hems and collars) and return uint8 HWC pixels."""
+    """Resize an RGB image to ``size``×``size`` (the whole image: one that is not square is
+    squashed, unless :func:`fit_square` made it square first) and return uint8 HWC pixels."""
     if img.size != (size, size):
         img = img.resize((size, size), Image.BILINEAR, reducing_gap=3.0)
     return np.asarray(img, dtype=np.uint8)
@@ -244,9 +277,10 @@ def to_model_input(img: Image.Image, size: int) -> np.ndarray:
 
 def load_model_input(source: ImageSource, size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS,
                      preprocess: Callable[[Image.Image], Image.Image] | None = None,
-                     decoder: str = "pillow") -> np.ndarray:
+                     decoder: str = "pillow", fit: str = "squash") -> np.ndarray:
     """Decode ``source``, run ``preprocess`` (e.g. a :class:`~lookalike.preprocess.Preprocess`)
-    on it, and return uint8 (size, size, 3) pixels ready for an embedder.
+    on it, make it square as ``fit`` says (:func:`fit_square`) and return uint8 (size, size, 3)
+    pixels ready for an embedder.
 
     ``decoder="opencv"`` decodes plain colour JPEGs given as bytes, when there is no
     preprocessing, with OpenCV (the same pixels with less overhead, see
@@ -256,6 +290,41 @@ def load_model_input(source: ImageSource, size: int, *, max_pixels: int = DEFAUL
     if decoder == "opencv" and preprocess is None and isinstance(source, bytes):
         rgb = _opencv_rgb(source, max_pixels, size)
         if rgb is not None:
-            return rgb if rgb.shape[:2] == (size, size) else to_model_input(Image.fromarray(rgb), size)
+            if rgb.shape[:2] == (size, size):
+                return rgb
+            return to_model_input(fit_square(Image.fromarray(rgb), fit), size)
     img = load_image(source, max_pixels=max_pixels, draft_size=size)
-    return to_model_input(preprocess(img) if preprocess else img, size)
+    return to_model_input(fit_square(preprocess(img) if preprocess else img, fit), size)
+
+
+def parse_views(text: str | Sequence[str] | None) -> tuple[str, ...]:
+    """``"flip,zoom"``, ``["flip"]``, ``"none"`` or ``None`` → the views, in :data:`VIEWS`
+    order."""
+    names = (text or "").split(",") if isinstance(text, str) or text is None else list(text)
+    names = [n.strip().lower() for n in names if n.strip() and n.strip().lower() != "none"]
+    unknown = [n for n in names if n not in VIEWS]
+    if unknown:
+        raise ValueError(f"unknown view(s) {', '.join(map(repr, unknown))}; choose from "
+                         f"{', '.join(VIEWS)} or none")
+    return tuple(v for v in VIEWS if v in names)
+
+
+def load_model_views(source: ImageSource, size: int, views: Sequence[str], *,
+                     max_pixels: int = DEFAULT_MAX_PIXELS,
+                     preprocess: Callable[[Image.Image], Image.Image] | None = None,
+                     fit: str = "squash") -> np.ndarray:
+    """uint8 (1 + len(views), size, size, 3): the photo as :func:`load_model_input` makes it,
+    then each of ``views`` of it (decoded once)."""
+    img = load_image(source, max_pixels=max_pixels, draft_size=size)
+    img = fit_square(preprocess(img) if preprocess else img, fit)
+    out = [img]
+    for v in views:
+        if v == "flip":
+            out.append(img.transpose(Image.FLIP_LEFT_RIGHT))
+        elif v == "zoom":
+            w, h = img.size
+            dx, dy = round(w * (1 - ZOOM) / 2), round(h * (1 - ZOOM) / 2)
+            out.append(img.crop((dx, dy, w - dx, h - dy)))
+        else:
+            raise ValueError(f"unknown view {v!r}; choose from {', '.join(VIEWS)}")
+    return np.stack([to_model_input(i, size) for i in out])

@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import LookalikeError
+from .images import FITS, fit_square
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +65,11 @@ class Preprocess:
     margin: float = 0.06  # of the garment box's size, on every side
     aspect: float | None = 1.0  # crops' width / height (the embedder's square); None: the photo's
     body: float = 4.0  # face heights kept below the chin by ``face`` (0: all of the body)
+    fit: str = "squash"  # how the result becomes square (one of images.FITS), after the steps
 
     def __post_init__(self) -> None:
+        if self.fit not in FITS:
+            raise LookalikeError(f"unknown fit {self.fit!r}; choose one of {', '.join(FITS)}")
         unknown = [s for s in self.steps if s not in STEPS]
         if unknown:
             raise LookalikeError(f"unknown preprocessing step(s) {', '.join(map(repr, unknown))}; "
@@ -73,38 +77,47 @@ class Preprocess:
         object.__setattr__(self, "steps", tuple(s for s in STEPS if s in self.steps))
 
     @classmethod
-    def parse(cls, text: str | Iterable[str] | None) -> Preprocess:
+    def parse(cls, text: str | Iterable[str] | None, fit: str = "squash") -> Preprocess:
         """``"face,crop"``, ``["crop"]``, ``"none"``, ``""`` or ``None``."""
         if text is None:
-            return cls()
+            return cls(fit=fit)
         names = text.split(",") if isinstance(text, str) else list(text)
         names = [n.strip().lower() for n in names if n.strip()]
-        return cls(tuple(n for n in names if n != "none"))
+        return cls(tuple(n for n in names if n != "none"), fit=fit)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> Preprocess:
         d = d or {}
         aspect = d.get("aspect", cls.aspect)
         return cls(tuple(d.get("steps", ())), float(d.get("margin", cls.margin)),
-                   None if aspect is None else float(aspect), float(d.get("body", cls.body)))
+                   None if aspect is None else float(aspect), float(d.get("body", cls.body)),
+                   str(d.get("fit", cls.fit)))  # indexes before --fit squashed
 
     def to_dict(self) -> dict[str, Any]:
         return {"steps": list(self.steps), "margin": self.margin, "aspect": self.aspect,
-                "body": self.body, "neutral": [NEUTRAL] * 3,
+                "body": self.body, "fit": self.fit, "neutral": [NEUTRAL] * 3,
                 "mask": f"border colour or GrabCut at {WORK}px",
                 "faces": "haarcascade_frontalface_default"}
 
     def __bool__(self) -> bool:
-        return bool(self.steps)
+        return bool(self.steps) or self.fit != "squash"
 
     def __str__(self) -> str:
-        return ",".join(self.steps) or "none"
+        steps = ",".join(self.steps) or "none"
+        return steps if self.fit == "squash" else f"{steps}, fit {self.fit}"
 
     def __call__(self, img: Image.Image) -> Image.Image:
-        return self.apply(img).image if self.steps else img
+        return self.apply(img).image if self else img
 
     def apply(self, img: Image.Image) -> Outcome:
-        """Run the steps on an RGB photo; every step either acts or notes why not."""
+        """Run the steps on an RGB photo, then make it square as ``fit`` says; every step
+        either acts or notes why not."""
+        out = self._steps(img)
+        if self.fit != "squash":
+            out.image = fit_square(out.image.convert("RGB"), self.fit)
+        return out
+
+    def _steps(self, img: Image.Image) -> Outcome:
         out = Outcome(img)
         if not self.steps:
             return out
@@ -164,7 +177,7 @@ def _guarded(out: Outcome, steps: tuple[str, ...], fn: Callable[..., Any], *args
 
 
 #: what ``lookalike build`` does unless told otherwise (chosen by measurement: docs/quality.md)
-DEFAULT_PREPROCESS = Preprocess()
+DEFAULT_PREPROCESS = Preprocess(fit="crop")
 
 
 _local = threading.local()

@@ -18,15 +18,19 @@ import pandas as pd
 
 from .api import Index
 from .catalog import IMAGE_PATH, ITEM_ID, PARQUET_SUFFIXES, PRODUCT_ID, Catalog, read_catalog
-from .embed import embed_images
-from .errors import LookalikeError
+from .embed import EmbedResult, embed_images
+from .errors import ImageError, LookalikeError
 from .evaluate import (
     DEFAULT_KS,
     Evaluation,
     evaluate_catalog,
     evaluate_queries,
+    label_codes,
+    rank,
     triplet_accuracy,
 )
+from .images import ImageSource
+from .rerank import Ranker, Rerank, reranked
 from .splits import assign_splits
 
 TRIPLET_COLUMNS = ("query_id", "positive_id", "negative_id")
@@ -159,16 +163,31 @@ def read_triplets(path: str | os.PathLike, item_ids: pd.Series) -> pd.DataFrame:
     return out
 
 
-def default_relevances(items: pd.DataFrame, attributes: Sequence[str]) -> list[list[str]]:
-    """Each categorical attribute on its own: at least 2 values, and at least half of the items
-    share their value with another item (names and ids, nearly unique, are left out). The
-    finest first (most values, e.g. articleType before gender): it leads reports and galleries."""
+#: words in a column's name that say it is not about how an item looks (seasons, years, dates)
+NON_VISUAL = ("season", "year", "date", "time", "price")
+
+
+def default_relevances(items: pd.DataFrame, attributes: Sequence[str],
+                       category: str | None = None, color: str | None = None
+                       ) -> list[list[str]]:
+    """Each categorical attribute that says how an item looks, on its own: at least 2 values,
+    at least half of the items share their value with another item (names and ids, nearly
+    unique, are left out), not numeric and not named like a season, year, date, time or price.
+    The finest first (most values, e.g. articleType before gender): it leads reports and
+    galleries; the category and colour together follow the category."""
     out = []
     for a in attributes:
+        if pd.api.types.is_numeric_dtype(items[a]) or \
+                any(w in str(a).lower() for w in NON_VISUAL):
+            continue
         counts = items[a].map(items[a].value_counts())
         if items[a].nunique() >= 2 and (counts >= 2).mean() >= 0.5:
             out.append(a)
-    return [[a] for a in sorted(out, key=lambda a: -items[a].nunique())]
+    rels = [[a] for a in sorted(out, key=lambda a: -items[a].nunique())]
+    if category in out and color in out:
+        at = rels.index([category]) + 1
+        rels.insert(at, [category, color])
+    return rels
 
 
 # --------------------------------------------------------------------------- results
@@ -192,6 +211,7 @@ class IndexQuality:
     queries: QueryRun | None = None
     triplets: pd.DataFrame | None = None  # one row per triplet with ``correct``
     notes: list[str] = field(default_factory=list)
+    gallery: int = 0  # items the catalogue queries were ranked among
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -252,13 +272,15 @@ def evaluate_indexes(
     triplets: str | os.PathLike | None = None,
     split: str | None = None,
     split_options: dict[str, float] | None = None,
+    rerank: Rerank | None = None,
     progress: bool = False,
 ) -> list[IndexQuality]:
     """Evaluate each index folder on the same catalogue queries (and query photos, triplets).
 
     With ``split`` ("test", say), only the items of that split of products take part, as
     queries and as the gallery (``split_options``: ``test``, ``val``, ``seed`` of
-    :func:`lookalike.splits.assign_splits`)."""
+    :func:`lookalike.splits.assign_splits`). Every ranking is re-ranked as ``rerank`` says
+    (default: as each index's searches are, :attr:`Index.rerank`)."""
     if not paths:
         raise LookalikeError("give at least one index folder")
     if (query_set is None) != (mapping is None):
@@ -267,7 +289,8 @@ def evaluate_indexes(
     labels = index_labels(indexes)
     query_ids = common_queries(indexes, sample, seed)
     rels = [list(r) for r in relevances] if relevances else \
-        default_relevances(indexes[0].items, indexes[0].attributes)
+        default_relevances(indexes[0].items, indexes[0].attributes, indexes[0].category,
+                           indexes[0].color)
     results = []
     for label, ix in zip(labels, indexes):
         notes = []
@@ -292,14 +315,18 @@ def evaluate_indexes(
             notes.append(f"{split} split only: {len(gallery)} items, queries and gallery alike")
         position = np.full(len(ix), -1)
         position[gallery] = np.arange(len(gallery))
-        ev = evaluate_catalog(np.asarray(ix.embeddings)[gallery],
-                              ix.items.iloc[gallery].reset_index(drop=True), rels, ks,
+        items = ix.items.iloc[gallery].reset_index(drop=True)
+        r = ix.reranking(rerank)
+        if r:
+            notes.append(f"re-ranked: {r}")
+        ev = evaluate_catalog(np.asarray(ix.embeddings)[gallery], items, rels, ks,
                               products=None if products is None else products[gallery],
-                              query_rows=position[qrows],
-                              exclude_product=exclude_product).on_rows(gallery)
-        result = IndexQuality(label, ix, ev, notes=notes)
+                              query_rows=position[qrows], exclude_product=exclude_product,
+                              ranker=_ranker(ix, r, items)).on_rows(gallery)
+        result = IndexQuality(label, ix, ev, notes=notes, gallery=len(gallery))
         if query_set is not None and mapping is not None:
-            result.queries = _run_queries(ix, query_set, query_label_column, mapping, ks, progress)
+            result.queries = _run_queries(ix, query_set, query_label_column, mapping, ks,
+                                          _ranker(ix, r, ix.items), progress)
             unknown = mapping.unknown_values(ix.items)
             if unknown:
                 notes.append(f"mapped value(s) no item has: {', '.join(unknown)}")
@@ -313,18 +340,42 @@ def evaluate_indexes(
     return results
 
 
+def _ranker(ix: Index, r: Rerank, gallery: pd.DataFrame) -> Ranker:
+    """Exact ranking of ``gallery`` (some of ``ix``'s items) re-ranked as ``r`` says."""
+    if not r:
+        return rank
+    return reranked(r, label_codes(gallery, [ix.category]) if ix.category else None)
+
+
+def _embed_views(ix: Index, paths: Sequence[ImageSource], skip: dict[int, str]) -> EmbedResult:
+    """Query photos embedded one by one as :meth:`Index.search` does, averaged over the
+    index's views (test-time augmentation)."""
+    vectors, rows, skipped = [], [], dict(skip)
+    for i, path in enumerate(paths):
+        if i in skipped:
+            continue
+        try:
+            vectors.append(ix.embed(path))
+            rows.append(i)
+        except ImageError as e:
+            skipped[i] = str(e)
+    return EmbedResult(np.asarray(vectors, np.float32).reshape(len(rows), ix.embedder.dim),
+                       np.asarray(rows, np.int64), skipped)
+
+
 def _run_queries(ix: Index, query_set: Catalog, label_column: str, mapping: LabelMapping,
-                 ks: Sequence[int], progress: bool) -> QueryRun:
+                 ks: Sequence[int], ranker: Ranker, progress: bool) -> QueryRun:
     paths = [query_set.image_file(i) for i in range(len(query_set))]
     skip = dict(query_set.missing)
     emb = embed_images(ix.embedder, paths, progress=progress, skip=skip,
-                       preprocess=ix.preprocess)
+                       preprocess=ix.preprocess) if not ix.views else \
+        _embed_views(ix, paths, skip)
     if len(emb.rows) == 0:
         raise LookalikeError(f"none of the {len(paths)} query photos could be read "
                              f"(first problem: {next(iter(emb.skipped.values()))})")
     labels = [str(query_set.items[label_column].iat[r]) for r in emb.rows]
     ev = evaluate_queries(emb.embeddings, labels, ix.embeddings, mapping.masks(ix.items), ks,
-                          name=mapping.name)
+                          name=mapping.name, ranker=ranker)
     ev.per_query.index = pd.Index(emb.rows, name="query")
     skipped = {str(query_set.items[IMAGE_PATH].iat[r]): why for r, why in emb.skipped.items()}
     return QueryRun(ev, [paths[r] for r in emb.rows], labels, skipped, mapping)

@@ -259,6 +259,79 @@ def _plot_groups(results: Sequence[IndexQuality], attr: str, out: Path, top: int
     return out
 
 
+# --------------------------------------------------------------------------- plain words
+
+def _of_ten(p: float, k: int) -> str:
+    return f"{round(p * k):d} of the top {k}"
+
+
+def headline(result: IndexQuality) -> list[str]:
+    """What a shop owner reads first: the main numbers in words, against a random ranking."""
+    m, k = result.metrics, _k_main(result)
+    rels = [r for r in result.catalog.hits if r != PRODUCT]
+    out = []
+    if rels:
+        main = rels[0]
+        p = m.get(f"precision@{k}/{main}", float("nan"))
+        r = result.catalog.n_relevant[main].astype(float)
+        counted = ~np.isnan(result.catalog.per_query[f"precision@{k}/{main}"].to_numpy(float))
+        chance = float(np.mean(r[counted]) / max(result.gallery - 1, 1)) if counted.any() \
+            else float("nan")
+        line = f"{_of_ten(p, k)} similar items share the item's {main}"
+        finer = next((x for x in rels if x.startswith(main + "+")), None)
+        if finer is not None:
+            extra = finer.split("+", 1)[1].replace("+", " and ")
+            line += (f"; {round(m[f'precision@{k}/{finer}'] * k):d} of {k} also share its "
+                     f"{extra}")
+        if chance > 0:
+            line += f"; {p / chance:.0f}× better than a random pick ({chance:.3f})"
+        out.append(line + ".")
+    if PRODUCT in result.catalog.hits:
+        rec = m.get(f"recall@{k}/{PRODUCT}")
+        if rec is not None and not math.isnan(rec):
+            out.append(f"Another photo of the same product is in the top {k} for "
+                       f"{rec:.0%} of the photos.")
+    if result.queries is not None:
+        name = result.queries.mapping.name
+        p = m.get(f"precision@{k}/{name}", float("nan"))
+        acc = m.get(f"accuracy@1/{name}", float("nan"))
+        out.append(f"Outside photos: {_of_ten(p, k)} results are a kind the photo's label maps "
+                   f"to, and the first result is right for {acc:.0%} of the photos.")
+    return out
+
+
+def recall_cap(result: IndexQuality) -> str:
+    """Why recall@k of an attribute is small: at most k / (items sharing the value)."""
+    rels = [r for r in result.catalog.hits if r != PRODUCT]
+    if not rels:
+        return ""
+    k, r = _k_main(result), result.catalog.n_relevant[rels[0]]
+    r = r[r > 0]
+    if not len(r):
+        return ""
+    cap = float(np.mean(np.minimum(1.0, k / r)))
+    return (f"recall@{k} for {rels[0]} can reach at most {cap:.3f} on average: a query's value "
+            f"is shared by {np.median(r):,.0f} items (median), of which the top {k} can hold "
+            f"only {k}; read precision for attributes, recall for products.")
+
+
+def mislabelled(result: IndexQuality, position: int, column: str, k: int) -> str | None:
+    """The value most of a catalogue query's top ``k`` have, when it is not the query's own
+    and at least 6 in 10 agree: its label is possibly wrong."""
+    ev, ix = result.catalog, result.index
+    rows = ev.ranking(column)[0][position, :k]
+    rows = rows[rows >= 0]
+    if not len(rows) or column not in ix.items.columns:
+        return None
+    values = ix.items[column].astype("string").to_numpy()
+    own = values[int(ev.query_rows[position])]
+    top, count = np.unique(values[rows].astype(str), return_counts=True)
+    best = top[np.argmax(count)]
+    if best != own and count.max() >= 0.6 * len(rows):
+        return best
+    return None
+
+
 # --------------------------------------------------------------------------- gallery
 
 def _pick(values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -286,9 +359,13 @@ def _strip_rows(result: IndexQuality, ev: Evaluation, rel: str, score_col: str,
                                       f"{score_col.split('/')[0]} {value:.2f}"], "#333")
         else:
             row = int(ev.query_rows[p])
-            first = Cell(ix.image_path(ids[row]),
-                         [f"query {ids[row]}"] + describe(ix.metadata(ids[row]), shown)[:2]
-                         + [f"{score_col.split('/')[0]} {value:.2f}"], "#333")
+            other = mislabelled(result, p, rel, show_k) if "+" not in rel and rel != PRODUCT \
+                else None
+            own = describe(ix.metadata(ids[row]), shown)
+            lines = [f"query {ids[row]}", *own[:1], "possibly mislabelled:",
+                     f"most are {other}"] if other else \
+                [f"query {ids[row]}", *own[:2], f"{score_col.split('/')[0]} {value:.2f}"]
+            first = Cell(ix.image_path(ids[row]), lines, "#333")
         cells = [first]
         for rank, (nb, s) in enumerate(zip(rows[p, :show_k], scores[p, :show_k]), 1):
             if nb < 0:
@@ -359,10 +436,13 @@ def write_report(results: Sequence[IndexQuality], out_dir: str | os.PathLike, *,
     info += [f"{k}: {v}" for k, v in (settings or {}).items()]
     legend = ("Metrics: precision@k = share of the top k that is relevant; recall@k = share of all "
               "relevant items found in the top k (for product: at least one found); mAP@k = mean "
-              "average precision over the top k; differences are to the first index.")
+              "average precision over the top k; differences are to the first index. "
+              + recall_cap(results[0]))
+    words = [f"{r.label}: {line}" if len(results) > 1 else line
+             for r in results for line in headline(r)]
 
-    md = ["# lookalike evaluation report", "", *[f"- {line}" for line in info], "", legend, "",
-          "## Metrics", ""]
+    md = ["# lookalike evaluation report", "", *[f"**{line}**\n" for line in words],
+          *[f"- {line}" for line in info], "", legend, "", "## Metrics", ""]
     md += [_md_table(t) for t in tables]
     md += ["## Plots", ""] + [f"![{c}]({p.relative_to(out).as_posix()})\n" for c, p in images]
     if groups or labels:
@@ -377,7 +457,8 @@ def write_report(results: Sequence[IndexQuality], out_dir: str | os.PathLike, *,
         return (f'<figure><img src="{rel}" alt="{html.escape(caption)}">'
                 f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
-    body = ["<h1>lookalike evaluation report</h1><ul>",
+    body = ["<h1>lookalike evaluation report</h1>",
+            *[f"<p><strong>{html.escape(line)}</strong></p>" for line in words], "<ul>",
             *[f"<li>{html.escape(line)}</li>" for line in info], "</ul>",
             f"<p>{html.escape(legend)}</p><h2>Metrics</h2>",
             *[_html_table(t) for t in tables], "<h2>Plots</h2>",

@@ -34,3 +34,17 @@ def assign_splits(product_ids: Sequence[object], *, test: float = 0.2, val: floa
                              f"val={val}")
     u = split_unit(product_ids, seed)
     return np.where(u < test, "test", np.where(u < test + val, "val", "train"))
+
+
+def photo_splits(item_ids: Sequence[object], product_ids: Sequence[object], *,
+                 test: float = 0.2, val: float = 0.1, seed: int = 0) -> np.ndarray:
+    """Splits by photo (a seeded hash of the item id) that keep every product in training:
+    each product's photo with the lowest hash stays in ``"train"``, its others land in test or
+    val with those probabilities. Validation then measures recognising known products from
+    new photos."""
+    out = assign_splits(item_ids, test=test, val=val, seed=seed)
+    u = split_unit(item_ids, seed)
+    first = pd.Series(u).groupby(pd.Series(product_ids, dtype="string").fillna("").to_numpy()
+                                 ).idxmin().to_numpy()
+    out[first] = "train"
+    return out

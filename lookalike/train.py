@@ -18,7 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .api import Index
-from .catalog import PRODUCT_ID
+from .catalog import ITEM_ID, PRODUCT_ID
 from .embedders import (
     TRAINED_ONNX,
     TRAINED_SPEC,
@@ -41,12 +41,12 @@ from .embedders import (
     onnx_session,
 )
 from .errors import ImageError, LookalikeError
-from .evaluate import evaluate_catalog
+from .evaluate import evaluate_catalog, rank
 from .images import load_image, to_model_input
 from .ranking import DeepRanking, subsample4, triplet_loss
-from .splits import assign_splits
+from .splits import assign_splits, photo_splits
 from .store import now
-from .triplets import TripletSet, sample_triplets, single_photo
+from .triplets import TripletSet, roles, sample_triplets, single_photo
 
 CHECKPOINT = "checkpoint.pt"
 CURVE = "training_curve.png"
@@ -56,15 +56,15 @@ CURVE = "training_curve.png"
 class TrainConfig:
     """Everything that shapes a training run (stored in the checkpoint and in model.json)."""
 
-    category: str = "articleType"
-    color: str = "baseColour"
+    category: str | None = None  # None: the index's category column, else articleType if any
+    color: str | None = None  # None: baseColour if the index has it
     product: str = PRODUCT_ID
     dim: int = 512
     gap: float = 0.2  # g in max(0, g + D(q,p) − D(q,n)), D squared Euclidean on unit vectors
     aux_weight: float = 1.0  # weight of the category + colour classification term
     lr: float = 1e-3
     epochs: int = 8
-    triplets_per_epoch: int = 50_000
+    triplets_per_epoch: int | None = None  # None: 25 per training item, 2,000 to 50,000
     batch_size: int = 256
     p_same_product: float | None = None  # None: 0.9 if most products have several photos, else 0
     p_in_class: float = 0.5
@@ -78,6 +78,14 @@ class TrainConfig:
     keep: tuple[str, ...] = ()  # more columns the embedding must keep telling apart
     finetune_stages: int = 0  # 0: frozen backbone; n: also train its last n stages
     backbone_lr_scale: float = 0.1  # their learning rate relative to lr
+    split_by: str = "product"  # or "photo": every product trains, some of its photos validate
+    hard_negatives: int = 20  # no category: negatives among the nearest this many products
+
+    def relevances(self) -> list[list[str]]:
+        """What validation measures besides finding a product's other photos."""
+        if self.category is None:
+            return []
+        return [[self.category]] + ([[self.category, self.color]] if self.color else [])
 
 
 @dataclass
@@ -87,6 +95,33 @@ class TrainSummary:
     best_epoch: int
     history: list[dict[str, float]]
     timings: dict[str, float] = field(default_factory=dict)
+    verdict: dict[str, Any] = field(default_factory=dict)  # trained vs pretrained, validation
+
+    @property
+    def better(self) -> bool:
+        """True when the model beats the pretrained backbone on validation."""
+        return bool(self.verdict.get("better"))
+
+
+SPLIT_BY = ("product", "photo")
+PER_ITEM = 25  # default triplets per epoch per training item
+MIN_TRIPLETS, MAX_TRIPLETS = 2_000, 50_000
+
+
+def resolve_roles(ix: Index, cfg: TrainConfig, log: Callable[[str], None]) -> TrainConfig:
+    """``cfg`` with its roles taken from what the index has: a role left to its default and
+    absent is left out with a note; one named and absent is an error."""
+    have = set(ix.items.columns)
+    for col, opt in ((cfg.category, "--category"), (cfg.color, "--color"),
+                     (cfg.product, "--product"), *((c, "--keep") for c in cfg.keep)):
+        if col is not None and col not in have:
+            raise LookalikeError(f"column {col!r} ({opt}) is not in index {ix.path}; it has: "
+                                 f"{', '.join(ix.attributes)}")
+    category, color = roles(have, (ix.category, ix.color), cfg.category, cfg.color, log)
+    if cfg.split_by not in SPLIT_BY:
+        raise LookalikeError(f"unknown split {cfg.split_by!r}; choose one of "
+                             f"{', '.join(SPLIT_BY)}")
+    return replace(cfg, category=category, color=color)
 
 
 # --------------------------------------------------------------------------- cached inputs
@@ -235,10 +270,11 @@ class _Labels(nn.Module):
 
     def __init__(self, dim: int, items: pd.DataFrame, columns: Sequence[str]) -> None:
         super().__init__()
-        self.columns = list(dict.fromkeys(columns))
+        self.columns = list(dict.fromkeys(c for c in columns if c is not None))
         codes = [pd.factorize(items[c].astype("string").fillna("").to_numpy())[0]
                  for c in self.columns]
-        self.targets = torch.from_numpy(np.stack(codes, axis=1).astype(np.int64))  # (N, cols)
+        self.targets = torch.from_numpy(np.stack(codes, axis=1).astype(np.int64)
+                                        if codes else np.zeros((len(items), 0), np.int64))
         self.heads = nn.ModuleList(nn.Linear(dim, int(c.max()) + 1) for c in codes)
 
     def loss(self, z: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
@@ -268,50 +304,94 @@ def _embed_all(model: DeepRanking, cache: _Cache, rows: np.ndarray, tune: int) -
     return np.concatenate(out) if out else np.zeros((0, model.dim), np.float32)
 
 
-def _validate(model: DeepRanking, cache: _Cache, ix: Index, rows: np.ndarray,
-              triplets: TripletSet, cfg: TrainConfig) -> dict[str, float]:
-    tune = cfg.finetune_stages
-    emb = _embed_all(model, cache, rows, tune)
+def _metric_keys(cfg: TrainConfig, products: bool) -> list[str]:
+    """The validation metrics the score adds up: precision@k per relevance, and finding the
+    query's other product photos when products have several."""
+    keys = [f"precision@{cfg.k}/{'+'.join(r)}" for r in cfg.relevances()]
+    return keys + ([f"recall@{cfg.k}/product"] if products else [])
+
+
+@dataclass
+class _Val:
+    """Validation: the query rows and the gallery rows they are ranked in (the validation
+    products; with --split-by photo, every product's training photos too)."""
+
+    queries: np.ndarray
+    gallery: np.ndarray
+    triplets: TripletSet
+    keys: list[str]
+
+
+def _measure(emb: np.ndarray, ix: Index, val: _Val, cfg: TrainConfig) -> dict[str, float]:
+    """The metrics of ``val.keys`` for gallery embeddings ``emb``."""
     position = np.full(len(ix), -1)
-    position[rows] = np.arange(len(rows))
-    q, p, n = (emb[position[r]] for r in (triplets.query, triplets.positive, triplets.negative))
-    aug = triplets.positive_type == 1
+    position[val.gallery] = np.arange(len(val.gallery))
+    ev = evaluate_catalog(emb, ix.items.iloc[val.gallery].reset_index(drop=True),
+                          cfg.relevances(), ks=[cfg.k],
+                          products=ix.items[cfg.product].to_numpy()[val.gallery],
+                          query_rows=position[val.queries])
+    return {key: float(ev.metrics.get(key, float("nan"))) for key in val.keys}
+
+
+def _validate(model: DeepRanking, cache: _Cache, ix: Index, val: _Val,
+              cfg: TrainConfig) -> dict[str, float]:
+    tune = cfg.finetune_stages
+    emb = _embed_all(model, cache, val.gallery, tune)
+    position = np.full(len(ix), -1)
+    position[val.gallery] = np.arange(len(val.gallery))
+    t = val.triplets
+    q, p, n = (emb[position[r]] for r in (t.query, t.positive, t.negative))
+    aug = t.positive_type == 1
     if aug.any():
         with torch.no_grad():
-            p[aug] = _embed_rows(model, cache, triplets.positive[aug], tune,
+            p[aug] = _embed_rows(model, cache, t.positive[aug], tune,
                                  np.ones(int(aug.sum()), bool)).numpy()
     acc = float(((q * p).sum(1) > (q * n).sum(1)).mean()) if len(q) else float("nan")
-    ev = evaluate_catalog(emb, ix.items.iloc[rows].reset_index(drop=True),
-                          [[cfg.category], [cfg.category, cfg.color]], ks=[cfg.k])
-    m = ev.metrics
     return {"val_triplet_accuracy": acc,
-            f"val_precision@{cfg.k}/{cfg.category}": m[f"precision@{cfg.k}/{cfg.category}"],
-            f"val_precision@{cfg.k}/{cfg.category}+{cfg.color}":
-                m[f"precision@{cfg.k}/{cfg.category}+{cfg.color}"]}
+            **{f"val_{k}": v for k, v in _measure(emb, ix, val, cfg).items()}}
 
 
-def _score(entry: dict[str, float], cfg: TrainConfig) -> float:
-    """What early stopping watches: validation precision@k for the category plus for the
-    category and colour together (a gain in colour must not be paid for in category)."""
-    return (entry[f"val_precision@{cfg.k}/{cfg.category}"]
-            + entry[f"val_precision@{cfg.k}/{cfg.category}+{cfg.color}"])
+def _score(entry: dict[str, float], keys: Sequence[str], prefix: str = "val_") -> float:
+    """What early stopping watches: the validation metrics added up (a gain in colour must
+    not be paid for in category)."""
+    return float(sum(np.nan_to_num(entry[prefix + k]) for k in keys))
 
 
-def _baseline(model: DeepRanking, cache: _Cache, ix: Index, val_rows: np.ndarray,
-              val_set: TripletSet, cfg: TrainConfig, log: Callable[[str], None]
-              ) -> dict[str, float]:
+def _baseline(model: DeepRanking, cache: _Cache, ix: Index, val: _Val, cfg: TrainConfig,
+              log: Callable[[str], None]) -> dict[str, float]:
     """Epoch 0 of the history: the untrained head, and the pretrained backbone for reference."""
     entry = {"epoch": 0, "loss": float("nan"), "train_triplet_accuracy": float("nan"),
-             **_validate(model, cache, ix, val_rows, val_set, cfg)}
-    rels = [cfg.category, f"{cfg.category}+{cfg.color}"]
-    pre = evaluate_catalog(np.asarray(ix.embeddings)[val_rows],
-                           ix.items.iloc[val_rows].reset_index(drop=True),
-                           [[cfg.category], [cfg.category, cfg.color]], ks=[cfg.k]).metrics
-    for rel in rels:
-        entry[f"pretrained_precision@{cfg.k}/{rel}"] = pre[f"precision@{cfg.k}/{rel}"]
-    log(f"pretrained backbone on validation: precision@{cfg.k} "
-        + ", ".join(f"{rel} {pre[f'precision@{cfg.k}/{rel}']:.3f}" for rel in rels))
+             **_validate(model, cache, ix, val, cfg)}
+    pre = _measure(np.asarray(ix.embeddings, np.float32)[val.gallery], ix, val, cfg)
+    entry.update({f"pretrained_{k}": v for k, v in pre.items()})
+    log("pretrained backbone on validation: " + ", ".join(f"{k} {v:.3f}" for k, v in pre.items()))
     return entry
+
+
+def _verdict(history: list[dict[str, float]], best_epoch: int, keys: Sequence[str]
+             ) -> dict[str, Any]:
+    """The best epoch against the pretrained backbone, on the same validation queries."""
+    best = history[best_epoch]
+    trained, pretrained = _score(best, keys), _score(history[0], keys, "pretrained_")
+    return {"better": trained > pretrained, "score": trained, "pretrained_score": pretrained,
+            "metrics": {k: {"trained": best["val_" + k], "pretrained": history[0]["pretrained_" + k]}
+                        for k in keys}}
+
+
+def _mine(model: DeepRanking, cache: _Cache, ix: Index, rows: np.ndarray, cfg: TrainConfig
+          ) -> np.ndarray:
+    """Per item row: the rows of the ``cfg.hard_negatives`` nearest other products among
+    ``rows`` in the current embedding (-1 elsewhere)."""
+    emb = _embed_all(model, cache, rows, cfg.finetune_stages)
+    prod = pd.factorize(ix.items[cfg.product].astype("string").fillna("").to_numpy()[rows])[0]
+    extra = int(np.bincount(prod).max())
+    found, _ = rank(emb, emb, min(len(rows), cfg.hard_negatives + extra))
+    other = (found >= 0) & (prod[np.maximum(found, 0)] != prod[:, None])
+    out = np.full((len(ix), cfg.hard_negatives), -1, np.int64)
+    for i in range(len(rows)):
+        near = found[i][other[i]][:cfg.hard_negatives]
+        out[rows[i], :len(near)] = rows[near]
+    return out
 
 
 def _run_epoch(model: DeepRanking, labels: _Labels, opt: torch.optim.Optimizer, cache: _Cache,
@@ -392,38 +472,54 @@ def train(index: str | os.PathLike, out: str | os.PathLike, config: TrainConfig 
         raise LookalikeError(f"index {ix.path} was built with {ix.model!r}; training needs an "
                              "index of a pretrained CNN backbone (e.g. efficientnet-lite0)")
     items = ix.items
-    for col, opt in ((cfg.category, "--category"), (cfg.color, "--color"),
-                     (cfg.product, "--product"), *((c, "--keep") for c in cfg.keep)):
-        if col not in items.columns:
-            raise LookalikeError(f"column {col!r} ({opt}) is not in index {ix.path}; it has: "
-                                 f"{', '.join(ix.attributes)}")
-    split = assign_splits(items[cfg.product].to_numpy(), test=cfg.test_fraction,
-                          val=cfg.val_fraction, seed=cfg.split_seed)
+    cfg = resolve_roles(ix, cfg, log)
+    if cfg.split_by == "photo":
+        split = photo_splits(items[ITEM_ID].to_numpy(), items[cfg.product].to_numpy(),
+                             test=cfg.test_fraction, val=cfg.val_fraction, seed=cfg.split_seed)
+    else:
+        split = assign_splits(items[cfg.product].to_numpy(), test=cfg.test_fraction,
+                              val=cfg.val_fraction, seed=cfg.split_seed)
     train_rows = np.flatnonzero(split == "train")
     val_rows = np.flatnonzero(split == "val")
     if len(train_rows) < 2 or len(val_rows) < 2:
-        raise LookalikeError(f"too few products to split: {len(train_rows)} training and "
+        raise LookalikeError(f"too few {cfg.split_by}s to split: {len(train_rows)} training and "
                              f"{len(val_rows)} validation items")
     photos = items[cfg.product].iloc[train_rows].map(
         items[cfg.product].iloc[train_rows].value_counts())
     p_same = cfg.p_same_product
     if p_same is None:
-        p_same = 0.9 if (photos > 1).mean() >= 0.5 else 0.0
-    val_set = sample_triplets(items, cfg.val_triplets, category=cfg.category, color=cfg.color,
-                              product=cfg.product, p_same_product=p_same,
-                              p_in_class=cfg.p_in_class, rows=val_rows, seed=cfg.seed + 10_000)
+        p_same = 0.9 if (photos > 1).mean() >= 0.5 or cfg.category is None else 0.0
+    per_epoch = cfg.triplets_per_epoch or int(np.clip(PER_ITEM * len(train_rows), MIN_TRIPLETS,
+                                                      MAX_TRIPLETS))
+    # --split-by photo: held-out photos of known products are ranked among every training
+    # and validation photo; by product: validation products among themselves
+    gallery = np.sort(np.concatenate([train_rows, val_rows])) if cfg.split_by == "photo" \
+        else val_rows
+    several = items[cfg.product].iloc[gallery].value_counts().max() > 1
+    keys = _metric_keys(cfg, bool(several))
+    if not keys:
+        raise LookalikeError("nothing to validate on: no category column, and no product has "
+                             "several photos among the validation items")
+    val = _Val(val_rows, gallery,
+               sample_triplets(items, cfg.val_triplets, category=cfg.category, color=cfg.color,
+                               product=cfg.product, p_same_product=p_same,
+                               p_in_class=cfg.p_in_class, rows=val_rows,
+                               seed=cfg.seed + 10_000), keys)
     aug_rows = np.zeros(0, np.int64)
     if p_same > 0:  # the rows whose same-product positive will be an augmented view
         for rows in (train_rows, val_rows):
             alone = single_photo(items, rows, cfg.product, cfg.category, cfg.color)
             aug_rows = np.concatenate([aug_rows, rows[alone]])
-    log(f"training on {len(train_rows)} items, validating on {len(val_rows)}; "
-        f"{int((split == 'test').sum())} test items left unseen; p_same_product={p_same}")
+    roles = ", ".join(f"{r} {c!r}" for r, c in (("category", cfg.category),
+                                                ("colour", cfg.color)) if c) or "products only"
+    log(f"training on {len(train_rows)} items, validating on {len(val_rows)} (split by "
+        f"{cfg.split_by}); {int((split == 'test').sum())} test items left unseen; roles: "
+        f"{roles}; p_same_product={p_same}; {per_epoch} triplets per epoch")
     tune = cfg.finetune_stages
     model, head, tuned = _make_model(ix.model, cfg)
     t0 = time.perf_counter()
-    cache = _build_cache(ix, model, np.concatenate([train_rows, val_rows]), aug_rows, tune,
-                         progress)
+    cache = _build_cache(ix, model, np.unique(np.concatenate([train_rows, gallery])), aug_rows,
+                         tune, progress)
     t_cache = time.perf_counter() - t0
     labels = _Labels(cfg.dim, items, [cfg.category, cfg.color, *cfg.keep])
     groups = [{"params": [*head, *labels.parameters()], "lr": cfg.lr}]
@@ -441,20 +537,22 @@ def train(index: str | os.PathLike, out: str | os.PathLike, config: TrainConfig 
         start_epoch = state["epoch"] + 1
         log(f"resuming after epoch {state['epoch'] + 1} (best so far: epoch {best_epoch})")
     if not history:
-        history.append(_baseline(model, cache, ix, val_rows, val_set, cfg, log))
+        history.append(_baseline(model, cache, ix, val, cfg, log))
     out.mkdir(parents=True, exist_ok=True)
     epochs_since_best = len(history) - 1 - best_epoch if best_epoch else 0
     t_train = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
-        ts = sample_triplets(items, cfg.triplets_per_epoch, category=cfg.category,
-                             color=cfg.color, product=cfg.product, p_same_product=p_same,
-                             p_in_class=cfg.p_in_class, rows=train_rows, seed=cfg.seed + epoch)
+        mined = _mine(model, cache, ix, train_rows, cfg) if cfg.category is None else None
+        ts = sample_triplets(items, per_epoch, category=cfg.category, color=cfg.color,
+                             product=cfg.product, p_same_product=p_same,
+                             p_in_class=cfg.p_in_class, rows=train_rows, seed=cfg.seed + epoch,
+                             hard_negatives=mined)
         loss, accuracy = _run_epoch(model, labels, opt, cache, ts, cfg, epoch, progress)
         entry = {"epoch": epoch + 1, "loss": loss, "train_triplet_accuracy": accuracy,
-                 **_validate(model, cache, ix, val_rows, val_set, cfg),
+                 **_validate(model, cache, ix, val, cfg),
                  "seconds": time.perf_counter() - t_train}
         history.append(entry)
-        score = _score(entry, cfg)
+        score = _score(entry, keys)
         if score > best_score:
             best_score, best_epoch, epochs_since_best = score, epoch + 1, 0
             best_state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -462,10 +560,8 @@ def train(index: str | os.PathLike, out: str | os.PathLike, config: TrainConfig 
             epochs_since_best += 1
         log(f"epoch {epoch + 1}: loss {entry['loss']:.4f}, train triplet accuracy "
             f"{entry['train_triplet_accuracy']:.3f}, val triplet accuracy "
-            f"{entry['val_triplet_accuracy']:.3f}, val precision@{cfg.k} "
-            f"{cfg.category} {entry[f'val_precision@{cfg.k}/{cfg.category}']:.3f}, "
-            f"{cfg.category}+{cfg.color} "
-            f"{entry[f'val_precision@{cfg.k}/{cfg.category}+{cfg.color}']:.3f}"
+            f"{entry['val_triplet_accuracy']:.3f}, "
+            + ", ".join(f"val {k} {entry['val_' + k]:.3f}" for k in keys)
             + ("  (best)" if epochs_since_best == 0 else ""))
         _save_checkpoint(ckpt_path, model, labels, opt, epoch, history, best_score, best_state,
                          best_epoch, cfg, ix)
@@ -478,11 +574,16 @@ def train(index: str | os.PathLike, out: str | os.PathLike, config: TrainConfig 
     t0 = time.perf_counter()
     export_trained(out, ix, best_state, cfg, history, best_epoch, split_counts={
         s: int((split == s).sum()) for s in ("train", "val", "test")})
-    plot_curve(history, cfg, out / CURVE)
+    plot_curve(history, keys, out / CURVE)
     timings = {"cache_s": t_cache, "train_s": t_fit, "export_s": time.perf_counter() - t0,
                "total_s": time.perf_counter() - t_start}
-    _update_meta(out, {"timings": timings})
-    return TrainSummary(out, len(history) - 1, best_epoch, history, timings)
+    verdict = _verdict(history, best_epoch, keys)
+    log(f"on validation the trained model is {'BETTER' if verdict['better'] else 'NOT better'} "
+        f"than the pretrained backbone: "
+        + ", ".join(f"{k} {m['trained']:.3f} vs {m['pretrained']:.3f}"
+                    for k, m in verdict["metrics"].items()))
+    _update_meta(out, {"timings": timings, "verdict": verdict})
+    return TrainSummary(out, len(history) - 1, best_epoch, history, timings, verdict)
 
 
 def _save_checkpoint(path: Path, model: DeepRanking, labels: _Labels, opt: torch.optim.Optimizer,
@@ -512,6 +613,7 @@ def export_trained(out: Path, ix: Index, state: dict[str, torch.Tensor], cfg: Tr
                         source=str(out.resolve()))
     meta = {"embedder": spec.to_dict(), "backbone": ix.spec.to_dict(), "config": asdict(cfg),
             "index": str(ix.path), "preprocess": ix.preprocess.to_dict(),
+            "catalog": {k: ix.manifest["catalog"].get(k) for k in ("columns", "attributes")},
             "trained": now(), "best_epoch": best_epoch,
             "history": history, "splits": split_counts}
     tmp = out / f".{TRAINED_SPEC}.tmp"
@@ -528,8 +630,9 @@ def _update_meta(out: Path, extra: dict[str, Any]) -> None:
     os.replace(tmp, out / TRAINED_SPEC)
 
 
-def plot_curve(history: list[dict[str, float]], cfg: TrainConfig, out: Path) -> Path:
-    """Loss and validation metrics per epoch (epoch 0: before training)."""
+def plot_curve(history: list[dict[str, float]], keys: Sequence[str], out: Path) -> Path:
+    """Loss and validation metrics per epoch (epoch 0: before training), with the pretrained
+    backbone's as dashed lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -537,26 +640,22 @@ def plot_curve(history: list[dict[str, float]], cfg: TrainConfig, out: Path) -> 
 
     epochs = [h["epoch"] for h in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
-    what = "triplet + classification" if cfg.aux_weight else "triplet"
-    a.plot(epochs[1:], [h["loss"] for h in history[1:]], marker="o",
-           label=f"training loss ({what})")
+    a.plot(epochs[1:], [h["loss"] for h in history[1:]], marker="o", label="training loss")
     a.xaxis.get_major_locator().set_params(integer=True)
     a.set_xlabel("epoch")
     a.set_ylabel("loss")
     a.grid(alpha=0.3)
     a.legend()
-    for key, label in ((f"val_precision@{cfg.k}/{cfg.category}", cfg.category),
-                       (f"val_precision@{cfg.k}/{cfg.category}+{cfg.color}",
-                        f"{cfg.category}+{cfg.color}")):
-        line = b.plot(epochs, [h[key] for h in history], marker="o", label=label)[0]
-        pre = history[0].get(f"pretrained_precision@{cfg.k}/" + key.split("/", 1)[1])
+    for key in keys:
+        line = b.plot(epochs, [h["val_" + key] for h in history], marker="o", label=key)[0]
+        pre = history[0].get("pretrained_" + key)
         if pre is not None:
             b.axhline(pre, ls="--", color=line.get_color(), alpha=0.6,
-                      label=f"{label}, pretrained backbone")
+                      label=f"{key}, pretrained backbone")
     b.plot(epochs, [h["val_triplet_accuracy"] for h in history], marker=".", color="gray",
            label="triplet accuracy")
     b.set_xlabel("epoch (0 = untrained head)")
-    b.set_ylabel(f"validation precision@{cfg.k}")
+    b.set_ylabel("validation")
     b.set_ylim(0, 1)
     b.grid(alpha=0.3)
     b.legend(fontsize=7)

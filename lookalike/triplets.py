@@ -11,11 +11,18 @@ The original recipe's four kinds:
 Queries are drawn uniformly over items, so categories come up in proportion to their size.
 Rows that cannot be formed (a category+colour with one item, a category with one colour, a
 catalogue with one category) are skipped and counted by reason.
+
+A catalogue without a colour column samples as if every item had the same colour (positives:
+same category; negatives: another category). One with neither category nor colour samples
+same-product positives only, and its negatives are other products: the hardest ones when
+``hard_negatives`` lists, per item, the nearest items of other products (mined from the
+current embedding by the caller).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +31,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .catalog import PRODUCT_ID
+from .catalog import DEFAULT_CATEGORY, DEFAULT_COLOR, PRODUCT_ID
 from .errors import LookalikeError
 
 POSITIVE_TYPES = ("same_product", "same_product_augmented", "same_category_color")
@@ -83,16 +90,44 @@ def _other_in_group(rng: np.random.Generator, q: np.ndarray, order: np.ndarray,
     return order[np.minimum(idx, len(order) - 1)]
 
 
-def eligible(items: pd.DataFrame, category: str, color: str) -> np.ndarray:
-    """Items that can take part in triplets: they have a category and a colour."""
-    cat = items[category].astype("string")
-    col = items[color].astype("string")
-    return (cat.notna() & col.notna() & (cat.str.strip() != "")
-            & (col.str.strip() != "")).to_numpy(dtype=bool)
+def roles(columns: Collection[str], index_roles: tuple[str | None, str | None],
+          category: str | None, color: str | None, log: Callable[[str], None] = print
+          ) -> tuple[str | None, str | None]:
+    """The category and colour columns triplets are drawn by: those named, else the index's
+    (``index_roles``), else articleType and baseColour where the items have them. A default
+    left out is said in a note; a named column that is absent is an error."""
+    for col, opt in ((category, "--category"), (color, "--color")):
+        if col is not None and col not in columns:
+            raise LookalikeError(f"column {col!r} ({opt}) is not in the index; it has: "
+                                 f"{', '.join(map(str, columns))}")
+    if category is None:
+        category = index_roles[0] or (DEFAULT_CATEGORY if DEFAULT_CATEGORY in columns else None)
+        if category is None:
+            log("note: no category column: training on products alone (positives: other "
+                "photos of the product; negatives: the nearest other products)")
+    if color is None and category is not None:
+        color = index_roles[1] or (DEFAULT_COLOR if DEFAULT_COLOR in columns else None)
+        if color is None:
+            log(f"note: no {DEFAULT_COLOR!r} column: colour takes no part (name one with "
+                "--color)")
+    if category is None and color is not None:
+        raise LookalikeError("--color needs a category column (--category)")
+    return category, color
 
 
-def single_photo(items: pd.DataFrame, rows: np.ndarray, product: str, category: str,
-                 color: str) -> np.ndarray:
+def eligible(items: pd.DataFrame, category: str | None, color: str | None) -> np.ndarray:
+    """Items that can take part in triplets: they have a category and a colour (those of the
+    two the catalogue has)."""
+    ok = np.ones(len(items), bool)
+    for c in (category, color):
+        if c is not None:
+            s = items[c].astype("string")
+            ok &= (s.notna() & (s.str.strip() != "")).to_numpy(dtype=bool)
+    return ok
+
+
+def single_photo(items: pd.DataFrame, rows: np.ndarray, product: str, category: str | None,
+                 color: str | None) -> np.ndarray:
     """Which of ``rows`` are the only eligible photo of their product among ``rows``: the
     ones whose same-product positive is an augmented view."""
     ok = eligible(items, category, color)[rows]
@@ -101,14 +136,23 @@ def single_photo(items: pd.DataFrame, rows: np.ndarray, product: str, category: 
     return ok & (pd.Series(prod).map(counts).fillna(0).to_numpy() == 1)
 
 
-def sample_triplets(items: pd.DataFrame, n: int, *, category: str, color: str,
+def sample_triplets(items: pd.DataFrame, n: int, *, category: str | None, color: str | None,
                     product: str = PRODUCT_ID, p_same_product: float = 0.9,
                     p_in_class: float = 0.3, rows: np.ndarray | None = None,
-                    seed: int = 0) -> TripletSet:
+                    seed: int = 0, hard_negatives: np.ndarray | None = None) -> TripletSet:
     """Sample ``n`` triplets among ``rows`` of ``items`` (default: all). Returned rows index
-    ``items``. Items without a category or colour take no part and are counted."""
+    ``items``. Items without a category or colour take no part and are counted. Without a
+    ``color``, every item counts as one colour; without a ``category`` either, positives are
+    same-product ones and negatives other products (drawn from ``hard_negatives[row]``, the
+    item rows nearest each row among other products, where given)."""
+    if category is None and color is not None:
+        raise LookalikeError("a colour role needs a category role")
+    if category is None:
+        p_same_product, p_in_class = 1.0, 0.0
+    elif color is None:
+        p_in_class = 0.0
     for col, opt in ((category, "--category"), (color, "--color"), (product, "--product")):
-        if col not in items.columns:
+        if col is not None and col not in items.columns:
             raise LookalikeError(f"column {col!r} ({opt}) not found; the items have: "
                                  f"{', '.join(map(str, items.columns))}")
     for p, name in ((p_same_product, "p_same_product"), (p_in_class, "p_in_class")):
@@ -120,14 +164,15 @@ def sample_triplets(items: pd.DataFrame, n: int, *, category: str, color: str,
     known = eligible(items, category, color)[pool]
     skipped = {"items without category or colour (left out)": int((~known).sum())}
     pool = pool[known]
-    cat_s = items[category].astype("string").iloc[pool]
-    col_s = items[color].astype("string").iloc[pool]
     if len(pool) < 2:
         raise LookalikeError(f"need at least 2 items with a {category!r} and a {color!r} to form "
                              f"triplets, found {len(pool)}")
-    cat = pd.factorize(cat_s.to_numpy())[0]
-    col = pd.factorize(col_s.to_numpy())[0]
     prod = pd.factorize(items[product].astype("string").fillna("").iloc[pool].to_numpy())[0]
+    # a missing role: one colour for all; no category either: each product its own category
+    cat = prod if category is None else \
+        pd.factorize(items[category].astype("string").iloc[pool].to_numpy())[0]
+    col = np.zeros(len(pool), np.int64) if color is None else \
+        pd.factorize(items[color].astype("string").iloc[pool].to_numpy())[0]
     m = len(pool)
     rng = np.random.default_rng(seed)
 
@@ -159,6 +204,14 @@ def sample_triplets(items: pd.DataFrame, n: int, *, category: str, color: str,
     neg_sorted = np.where(nt == 0, idx_in, idx_out)
     neg = ko[np.minimum(neg_sorted, m - 1)]
     no_neg = np.where(nt == 0, in_span == 0, out_span == 0)
+    if hard_negatives is not None:  # mined: one of each query's nearest other products
+        where_in_pool = np.full(len(items), -1, np.int64)
+        where_in_pool[pool] = np.arange(m)
+        cand = where_in_pool[np.maximum(hard_negatives[pool[q]], 0)]
+        cand[hard_negatives[pool[q]] < 0] = -1
+        pick = cand[np.arange(n), rng.integers(0, cand.shape[1], n)]
+        mined = (nt == 1) & (pick >= 0)
+        neg = np.where(mined, pick, neg)
 
     ok = ~no_pos & ~no_neg
     skipped["no other item of the same category and colour"] = int(no_pos.sum())
@@ -185,5 +238,5 @@ def write_triplets(triplets: TripletSet, item_ids: np.ndarray, out: str | os.Pat
     return out
 
 
-__all__ = ["COLUMNS", "NEGATIVE_TYPES", "POSITIVE_TYPES", "TripletSet", "eligible",
+__all__ = ["COLUMNS", "NEGATIVE_TYPES", "POSITIVE_TYPES", "TripletSet", "eligible", "roles",
            "sample_triplets", "single_photo", "write_triplets"]

@@ -17,14 +17,16 @@ MSG
 fi
 mkdir -p "$OUT"
 echo "== building the index of $CATALOG"
-"$BIN/lookalike" build "$CATALOG" --out "$OUT/index"
+# the catalogue's columns: LOOKALIKE_ID_COLUMN, LOOKALIKE_IMAGE_COLUMN, LOOKALIKE_PRODUCT_COLUMN,
+# LOOKALIKE_CATEGORY_COLUMN, LOOKALIKE_COLOR_COLUMN (read by lookalike build; the index keeps them)
+"$BIN/lookalike" build "$CATALOG" --out "$OUT/index" ${LOOKALIKE_IMAGES:+--images "$LOOKALIKE_IMAGES"}
 "$BIN/lookalike" info "$OUT/index"
 # a few queries of different kinds: the first item of each of the four largest groups
 ITEMS=$("$BIN/python" - "$OUT/index" <<'PY'
 import sys
 from lookalike import Index
 ix = Index.open(sys.argv[1])
-col = next((a for a in ("articleType", "category", "type") if a in ix.attributes), None)
+col = ix.category
 items = ix.items if col is None else ix.items.drop_duplicates(col)
 if col:
     top = ix.items[col].value_counts().index[:4]

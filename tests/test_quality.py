@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
@@ -10,6 +11,7 @@ from click.testing import CliRunner
 from lookalike import LookalikeError
 from lookalike.cli import cli
 from lookalike.quality import (
+    default_relevances,
     evaluate_indexes,
     read_label_mapping,
     read_query_set,
@@ -154,3 +156,42 @@ def test_report_files(two_indexes: dict[str, Path], tmp_path: Path) -> None:
     for rel in linked:
         assert (tmp_path / "report" / rel).stat().st_size > 1000, rel
         assert f'src="{rel}"' in html
+
+
+def test_report_opens_with_plain_words(two_indexes: dict[str, Path], tmp_path: Path) -> None:
+    from lookalike.report import headline, mislabelled, recall_cap
+
+    res = evaluate_indexes([two_indexes["mobilenet-v2"]], relevances=[["type"], ["type", "colour"]],
+                           ks=[1, 3], query_set=read_query_set(two_indexes["queries"]),
+                           mapping=read_label_mapping(two_indexes["mapping"]))[0]
+    words = headline(res)
+    p = res.metrics["precision@3/type"]
+    assert words[0].startswith(f"{round(p * 3)} of the top 3 similar items share the item's type; ")
+    assert "also share its colour" in words[0] and "better than a random pick" in words[0]
+    # chance: a random other item shares the type; the tiny catalogue's 24 items, 3 types
+    assert any(w.startswith("Another photo of the same product") for w in words)
+    assert words[-1].startswith("Outside photos:")
+    assert recall_cap(res).startswith("recall@3 for type can reach at most")
+    write_report([res], tmp_path / "r", gallery_queries=2)
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert md.splitlines()[2] == f"**{words[0]}**"
+    # a query whose neighbours are mostly of another type: possibly mislabelled
+    ev = res.catalog
+    tops = ev.ranking("type")[0][:, :3]
+    types = res.index.items["type"].astype(str).to_numpy()
+    for q in range(len(ev.query_rows)):
+        own, top = types[ev.query_rows[q]], types[tops[q][tops[q] >= 0]]
+        values, counts = np.unique(top, return_counts=True)
+        want = values[counts.argmax()] if values[counts.argmax()] != own and \
+            counts.max() >= 0.6 * len(top) else None
+        assert mislabelled(res, q, "type", 3) == want
+
+
+def test_default_relevances_leave_out_what_is_not_seen() -> None:
+    items = pd.DataFrame({"type": list("aabbcc"), "colour": list("xyxyxy"),
+                          "season": list("ssttss"), "year": [2011, 2011, 2012, 2012, 2011, 2012],
+                          "gender": list("mmmwww")})
+    attrs = list(items.columns)
+    assert default_relevances(items, attrs) == [["type"], ["colour"], ["gender"]]
+    assert default_relevances(items, attrs, "type", "colour") == \
+        [["type"], ["type", "colour"], ["colour"], ["gender"]]

@@ -29,7 +29,8 @@ def test_health_and_openapi(client: TestClient) -> None:
     r = client.get("/health")
     assert r.status_code == 200 and r.json() == {"status": "ok", "items": 24,
                                                   "model": "mobilenet-v2",
-                                                  "preprocess": list(DEFAULT_PREPROCESS.steps)}
+                                                  "preprocess": list(DEFAULT_PREPROCESS.steps),
+                                                  "fit": DEFAULT_PREPROCESS.fit, "rerank": "none"}
     spec = client.get("/openapi.json").json()
     assert {"/items/{item_id}", "/items/{item_id}/image", "/items/{item_id}/similar",
             "/search", "/health"} <= set(spec["paths"])

@@ -235,3 +235,114 @@ def test_an_int8_index_trains_on_fp32_features(shop: dict[str, Path], tmp_path: 
     np.testing.assert_allclose(feats.numpy(), np.asarray(ix32.embeddings)[rows], atol=1e-5)
     assert not np.allclose(feats.numpy(), np.asarray(ix8.embeddings)[rows], atol=1e-3)
     assert small.shape == (12, 3, 56, 56)
+
+
+SMALL = {"dim": 16, "epochs": 1, "triplets_per_epoch": 200, "val_triplets": 40,
+         "batch_size": 64, "test_fraction": 0.2, "val_fraction": 0.25}
+
+
+@pytest.mark.parametrize("shape", ["products only", "category only", "category and colour"])
+def test_training_takes_its_roles_from_the_index(shop: dict[str, Path], tmp_path: Path,
+                                                  shape: str) -> None:
+    """No role options: a catalogue of products with several photos and no labels, one with a
+    category and no colour, and one named like myntra-9k (articleType, baseColour)."""
+    df = pd.read_csv(shop["csv"])
+    keep = {"products only": ["id", "product", "image_path"],
+            "category only": ["id", "product", "type", "image_path"],
+            "category and colour": ["id", "product", "type", "colour", "image_path"]}[shape]
+    df = df[keep].rename(columns={"colour": "baseColour"})
+    if shape == "category and colour":
+        df = df.rename(columns={"type": "articleType"})
+    df.to_csv(shop["root"] / "roles.csv", index=False)
+    cat = read_catalog(shop["root"] / "roles.csv", shop["root"], product_column="product",
+                       category_column="type" if shape == "category only" else None)
+    build_index(cat, tmp_path / "ix", model="mobilenet-v2")
+    lines: list[str] = []
+    s = train(tmp_path / "ix", tmp_path / "m", TrainConfig(**SMALL), progress=False,
+              log=lines.append)
+    config = json.loads((tmp_path / "m" / "model.json").read_text())["config"]
+    want = {"products only": (None, None), "category only": ("type", None),
+            "category and colour": ("articleType", "baseColour")}[shape]
+    assert (config["category"], config["color"]) == want
+    assert any(x.startswith("note:") for x in lines) == (shape != "category and colour")
+    assert set(s.verdict["metrics"]) == {
+        "products only": {"recall@10/product"},
+        "category only": {"precision@10/type", "recall@10/product"},
+        "category and colour": {"precision@10/articleType",
+                                "precision@10/articleType+baseColour", "recall@10/product"},
+    }[shape]
+    assert any("than the pretrained backbone" in x for x in lines)
+    # a role named and absent is still an error
+    with pytest.raises(LookalikeError, match=r"column 'colour' \(--color\)"):
+        train(tmp_path / "ix", tmp_path / "m2", TrainConfig(**{**SMALL, "color": "colour"}),
+              progress=False, log=lambda _: None)
+
+
+def test_split_by_photo_trains_every_product(shop: dict[str, Path], tmp_path: Path) -> None:
+    from lookalike.splits import photo_splits
+
+    ids = [f"p{i}-{v}" for i in range(200) for v in range(3)]
+    products = [i.split("-")[0] for i in ids]
+    split = photo_splits(ids, products, test=0.3, val=0.3)
+    frame = pd.DataFrame({"product": products, "split": split})
+    assert (frame.groupby("product")["split"].apply(lambda s: (s == "train").any())).all()
+    assert {"val", "test"} <= set(split)  # and some photos are held out
+    assert list(photo_splits(ids, products, test=0.3, val=0.3)) == list(split)  # seeded
+    s = train(shop["index"], tmp_path / "m", TrainConfig(**{**CFG, **SMALL, "split_by": "photo"}),
+              progress=False, log=lambda _: None)
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert meta["config"]["split_by"] == "photo" and meta["splits"]["val"] > 0
+    assert "recall@10/product" in s.verdict["metrics"]
+
+
+def test_train_says_when_it_did_not_help(shop: dict[str, Path], tmp_path: Path) -> None:
+    """A head that does not learn (learning rate 0) is worse than the backbone it projects:
+    the run says so, and --require-better turns that into a failure."""
+    args = ["train", str(shop["index"]), "--category", "type", "--color", "colour", "--dim", "8",
+            "--epochs", "1", "--triplets-per-epoch", "100", "--batch-size", "50", "--lr", "0",
+            "--val-fraction", "0.25", "-q"]
+    r = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    assert "does NOT beat the pretrained backbone" in r.output
+    assert json.loads((tmp_path / "a" / "model.json").read_text())["verdict"]["better"] is False
+    r = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "b"), "--require-better"])
+    assert r.exit_code == 1 and (tmp_path / "b" / "model.onnx").exists()
+
+
+def test_columns_are_said_once(shop: dict[str, Path], tmp_path: Path) -> None:
+    """A catalogue with its own column names: after one build with the column flags, add,
+    train, build --model and evaluate need none."""
+    df = pd.read_csv(shop["csv"])
+    shop_df = pd.DataFrame({"sku": df["id"], "title": df["product"], "type": df["type"],
+                            "colour": df["colour"], "picture": df["image_path"]})
+    shop_df.iloc[:60].to_csv(shop["root"] / "own.csv", index=False)
+    shop_df.iloc[60:].to_csv(shop["root"] / "own-delta.csv", index=False)
+    run = CliRunner().invoke
+    r = run(cli, ["build", str(shop["root"] / "own.csv"), "-o", str(tmp_path / "ix"), "-q",
+                  "--model", "mobilenet-v2", "--id-column", "sku", "--image-column", "picture",
+                  "--product-column", "title", "--category-column", "type",
+                  "--color-column", "colour"])
+    assert r.exit_code == 0, r.output
+    r = run(cli, ["add", str(tmp_path / "ix"), str(shop["root"] / "own-delta.csv"), "-q"])
+    assert r.exit_code == 0 and "12 added" in r.output, r.output
+    r = run(cli, ["train", str(tmp_path / "ix"), "-o", str(tmp_path / "m"), "--dim", "16",
+                  "--epochs", "1", "--triplets-per-epoch", "200", "--batch-size", "64",
+                  "--val-fraction", "0.25", "-q"])
+    assert r.exit_code == 0, r.output
+    assert "roles: category 'type', colour 'colour'" in r.output
+    assert "than the pretrained backbone" in r.output
+    r = run(cli, ["build", str(shop["root"] / "own.csv"), "--model", str(tmp_path / "m"),
+                  "-o", str(tmp_path / "ix2"), "-q"])
+    assert r.exit_code == 0, r.output
+    ix2 = Index.open(tmp_path / "ix2")
+    assert ix2.category == "type" and ix2.color == "colour" and len(ix2) == 60
+    assert ix2.items["product_id"].iloc[0] == shop_df["title"].iloc[0]
+    pd.DataFrame({"image_path": ["img/shirt-red-0-0.jpg", "img/shoe-blue-1-1.jpg"],
+                  "label": ["top", "footwear"]}).to_csv(shop["root"] / "q.csv", index=False)
+    (shop["root"] / "m.yaml").write_text("attribute: type\nlabels:\n  top: [shirt]\n"
+                                         "  footwear: [shoe]\n")
+    r = run(cli, ["evaluate", str(tmp_path / "ix"), str(tmp_path / "ix2"), "-k", "1,5",
+                  "--queries", str(shop["root"] / "q.csv"), "--mapping",
+                  str(shop["root"] / "m.yaml"), "--json", "-q"])
+    assert r.exit_code == 0, r.output
+    assert all("accuracy@1/query:type" in v for v in json.loads(r.stdout).values())

@@ -29,7 +29,10 @@ from .live import LiveIndex
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 40_000_000
 MAX_K = 100
-OPTIONS = {"k", "per_product"}
+OPTIONS = {"k", "per_product", "rerank"}
+RERANK = Query(None, description="Re-ranking: none, vote[=N] (rank the category most of the N "
+                                  "nearest items have first), expand[=N] (α-query expansion), "
+                                  "or both comma-separated; default: the index's own.")
 STATIC = Path(__file__).parent / "static"
 MAX_FILTER_VALUES = 100
 API_KEY_ENV = "LOOKALIKE_API_KEY"
@@ -118,7 +121,8 @@ def create_app(index_path: str | os.PathLike, *,
         """Liveness, and what is being served."""
         index = live.index
         return {"status": "ok", "items": len(index), "model": index.model,
-                "preprocess": list(index.preprocess.steps)}
+                "preprocess": list(index.preprocess.steps), "fit": index.preprocess.fit,
+                "rerank": str(index.rerank)}
 
     @app.get("/items/{item_id}")
     def item(item_id: str) -> dict[str, Any]:
@@ -151,34 +155,41 @@ def create_app(index_path: str | os.PathLike, *,
     @app.get("/items/{item_id}/similar")
     def similar(item_id: str, request: Request,
                 k: int = Query(10, ge=1, le=MAX_K, description="How many results."),
-                per_product: bool = Query(False, description="One result per product.")
-                ) -> dict[str, Any]:
+                per_product: bool = Query(False, description="One result per product."),
+                rerank: str | None = RERANK) -> dict[str, Any]:
         """Items that look like this one (itself excluded), best first. Any other query
         parameter filters by attribute: ``?gender=Men``."""
         index = live.index
         where = _where(request, index)
         try:
-            if where is None and not per_product:  # the common case: batched with others
+            r = index.reranking(rerank)
+            if where is None and not per_product and not r:  # batched with others
                 return _results(batcher.similar(index, item_id, k))
-            return _results(index.similar(item_id, k, where=where, per_product=per_product))
+            return _results(index.similar(item_id, k, where=where, per_product=per_product,
+                                          rerank=r))
         except UnknownItemError as e:
             raise HTTPException(404, str(e)) from None
+        except LookalikeError as e:
+            raise HTTPException(422, str(e)) from None
 
     @app.post("/search")
     def search(request: Request,
                image: Annotated[UploadFile, File(description="The photo (multipart field "
                                                              "'image').")],
-               k: int = Query(10, ge=1, le=MAX_K), per_product: bool = Query(False)
-               ) -> dict[str, Any]:
+               k: int = Query(10, ge=1, le=MAX_K), per_product: bool = Query(False),
+               rerank: str | None = RERANK) -> dict[str, Any]:
         """Items that look like an uploaded photo, best first (same filters as /similar)."""
         index = live.index
         where = _where(request, index)
         data = _read_upload(image, max_upload_bytes)
         try:
+            r = index.reranking(rerank)  # refused before the photo is decoded
             hits = index.search(data, k, where=where, per_product=per_product,
-                                max_pixels=max_pixels)
+                                max_pixels=max_pixels, rerank=r)
         except ImageError as e:
             raise _image_error(e) from None
+        except LookalikeError as e:
+            raise HTTPException(422, str(e)) from None
         return _results(hits)
 
     @app.post("/items", status_code=201)
