@@ -36,7 +36,7 @@ from .images import (
 from .neighbors import drop_self, write_neighbors
 from .preprocess import Preprocess
 from .quantize import INT8_MODEL
-from .rerank import Rerank, expand_queries, vote
+from .rerank import VOTE_POOL, Rerank, expand_queries, vote
 from .search import Where
 from .segments import Segments, View
 from .store import catch_up, compact, generation, now, open_segments
@@ -345,14 +345,15 @@ class Index:
         column = self.category
         if not r.vote or column is None or (where and column in where):
             return search(query, k, where, exclude)
-        found, scores = search(query, r.vote, where, exclude)
-        names = [seg.metadata(s, [column])[column] for s in found.tolist()]
-        values = sorted({str(x) for x in names if x is not None})
-        if not values:
-            return found[:k], scores[:k]
-        won = vote(np.array([[values.index(str(x)) if x is not None else -1 for x in names]]),
-                   scores[None])[0]
-        first = search(query, k, {**(where or {}), column: values[won]}, exclude)
+        # one search of a pool: its first r.vote vote, and when it holds k items of the winner
+        # (in order, so the winner's best k overall) it is the answer
+        found, scores = search(query, max(r.vote, VOTE_POOL * k), where, exclude)
+        won, answer = self._from_pool(seg, found, scores, k, r)
+        if won is None:
+            return search(query, k, where, exclude)
+        if answer is not None and not per_product:  # (per product: a product's best photo of
+            return answer  # the category may be outside the pool)
+        first = search(query, k, {**(where or {}), column: won}, exclude)
         if len(first[0]) >= k:
             return first
         rest = search(query, k, where, [*exclude, *first[0].tolist()])
@@ -364,17 +365,47 @@ class Index:
         return (np.concatenate([first[0], rest[0][:take]]),
                 np.concatenate([first[1], rest[1][:take]]))
 
-    def similar_slots(self, snap: Snapshot, slots: Sequence[int], ks: Sequence[int]
-                      ) -> list[list[Hit]]:
+    def _from_pool(self, seg: Segments, found: np.ndarray, scores: np.ndarray, k: int,
+                   r: Rerank) -> tuple[str | None, tuple[np.ndarray, np.ndarray] | None]:
+        """The category the first ``r.vote`` of a best-first pool vote for (None: no votes),
+        and the pool's first ``k`` of it when the pool holds that many."""
+        column = self.category
+        keep = found >= 0
+        found, scores = found[keep], scores[keep]
+        names = seg.values(column, found.tolist())
+        values = sorted({str(x) for x in names[:r.vote] if x is not None})
+        if not values:
+            return None, None
+        won = vote(np.array([[values.index(str(x)) if x is not None else -1
+                              for x in names[:r.vote]]]), scores[None, :r.vote])[0]
+        hit = np.flatnonzero([str(x) == values[won] for x in names])
+        return values[won], (found[hit[:k]], scores[hit[:k]]) if len(hit) >= k else None
+
+    def similar_slots(self, snap: Snapshot, slots: Sequence[int], ks: Sequence[int],
+                      rerank: Rerank | str | None = None) -> list[list[Hit]]:
         """Unfiltered similar items for many items of one snapshot in one pass (the server
-        batches concurrent requests this way): each item itself left out."""
+        batches concurrent requests this way): each item itself left out, re-ranked by the
+        category vote as :meth:`similar` does (query expansion is not batched)."""
         seg, v = snap
+        r = self.reranking(rerank)
+        if r.expand:
+            raise LookalikeError("query expansion is not batched: use Index.similar")
         rows = np.asarray(slots, np.int64)
         k = min(max(ks), max(v.count - 1, 0))
         if k == 0:
             return [[] for _ in slots]
-        found, scores = drop_self(*seg.search_many(v, seg.vectors(rows), k + 1), rows)
-        return [self._hits(seg, f[:kk], s[:kk]) for f, s, kk in zip(found, scores, ks)]
+        if not r.vote or self.category is None:
+            found, scores = drop_self(*seg.search_many(v, seg.vectors(rows), k + 1), rows)
+            return [self._hits(seg, f[:kk], s[:kk]) for f, s, kk in zip(found, scores, ks)]
+        pool = min(max(r.vote, VOTE_POOL * k), v.count - 1)
+        found, scores = drop_self(*seg.search_many(v, seg.vectors(rows), pool + 1), rows)
+        out = []
+        for slot, f, s, kk in zip(rows.tolist(), found, scores, ks):
+            won, answer = self._from_pool(seg, f, s, kk, r)
+            if won is None or answer is None:  # the rare query the pool cannot answer
+                answer = self._ranked(snap, seg.vector(slot), kk, None, False, [slot], r)
+            out.append(self._hits(seg, *answer))
+        return out
 
     def search(self, image: ImageSource, k: int = 10, *, where: Where | None = None,
                per_product: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,

@@ -494,6 +494,12 @@ def _json_value(v: Any) -> Any:
               help="Folder the query image paths are relative to [default: the table's folder].")
 @click.option("--query-image-column", default="image_path", show_default=True)
 @click.option("--query-label-column", default="label", show_default=True)
+@click.option("--query-group-column", default=None, metavar="COLUMN",
+              help="Who took each query photo (e.g. sender_id): with --query-split, only one "
+                   "side of a split by group, as lookalike train splits them.")
+@click.option("--query-split", type=click.Choice(["train", "test"]), default=None)
+@click.option("--query-test-fraction", default=0.5, show_default=True, type=float,
+              help="Share of the groups on the test side.")
 @click.option("--triplets", type=click.Path(dir_okay=False, exists=True),
               help="Triplet file (query_id, positive_id, negative_id): triplet accuracy.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False),
@@ -513,7 +519,8 @@ def _json_value(v: Any) -> Any:
 def evaluate(indexes: tuple[str, ...], relevances: tuple[str, ...], ks: str, sample: int | None,
              seed: int, exclude_product: bool, by: tuple[str, ...], queries: str | None,
              mapping: str | None, query_images: str | None, query_image_column: str,
-             query_label_column: str, triplets: str | None, report_dir: str | None,
+             query_label_column: str, query_group_column: str | None, query_split: str | None,
+             query_test_fraction: float, triplets: str | None, report_dir: str | None,
              gallery_queries: int, as_json: bool, split: str | None, test_fraction: float,
              val_fraction: float, split_seed: int, rerank: Rerank | None, quiet: bool) -> None:
     """Retrieval quality of INDEXES (one, or several to compare on the same queries)."""
@@ -535,7 +542,9 @@ def evaluate(indexes: tuple[str, ...], relevances: tuple[str, ...], ks: str, sam
         indexes, relevances=[r.split("+") for r in relevances] or None, ks=k_list, sample=sample,
         seed=seed, exclude_product=exclude_product,
         query_set=read_query_set(queries, images=query_images, image_column=query_image_column,
-                                 label_column=query_label_column) if queries else None,
+                                 label_column=query_label_column,
+                                 group_column=query_group_column, split=query_split,
+                                 test_fraction=query_test_fraction) if queries else None,
         query_label_column=query_label_column,
         mapping=read_label_mapping(mapping) if mapping else None, triplets=triplets,
         split=split, split_options={"test": test_fraction, "val": val_fraction,
@@ -637,6 +646,20 @@ def triplets(index: str, n: int, out: str, category: str | None, color: str | No
               show_default=True,
               help="product: validate on products never trained on; photo: every product "
                    "trains, held-out photos of known products validate.")
+@click.option("--queries", type=click.Path(dir_okay=False, exists=True),
+              help="Outside photos with labels (e.g. customers' photos) as more anchors: "
+                   "positives are catalogue items their label maps to (--mapping), negatives "
+                   "the others. Split by --query-group-column: the test share of groups is "
+                   "never read (measure on it with lookalike evaluate --query-split test).")
+@click.option("--mapping", type=click.Path(dir_okay=False, exists=True),
+              help="YAML/JSON/CSV: outside label → catalogue values that count.")
+@click.option("--query-images", type=click.Path(file_okay=False))
+@click.option("--query-label-column", default="label", show_default=True)
+@click.option("--query-group-column", default=None, metavar="COLUMN",
+              help="Who took each outside photo, e.g. sender_id.")
+@click.option("--query-test-fraction", default=0.5, show_default=True, type=float)
+@click.option("--query-share", default=0.25, show_default=True, type=float,
+              help="Share of each epoch's triplets anchored on outside photos.")
 @click.option("--require-better", is_flag=True,
               help="Exit with status 1 when the model is not better than the pretrained "
                    "backbone on validation (the model is still written).")
@@ -676,6 +699,8 @@ def train(index: str, out: str, quiet: bool, resume: bool, require_better: bool,
     from .train import train as run_training
 
     options["keep"] = tuple(options["keep"])
+    if (options["queries"] is None) != (options["mapping"] is None):
+        raise click.UsageError("--queries and --mapping go together")
     s = run_training(index, out, TrainConfig(**options), resume=resume, progress=not quiet,
                      log=click.echo)
     click.echo(f"model written to {s.out}: best epoch {s.best_epoch} of {s.epochs_run}, "

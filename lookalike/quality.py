@@ -7,6 +7,7 @@ and lines the indexes up so that a comparison uses exactly the same queries.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Sequence
@@ -31,7 +32,7 @@ from .evaluate import (
 )
 from .images import ImageSource
 from .rerank import Ranker, Rerank, reranked
-from .splits import assign_splits
+from .splits import assign_splits, group_splits
 
 TRIPLET_COLUMNS = ("query_id", "positive_id", "negative_id")
 TRIPLET_TYPES = ("positive_type", "negative_type")
@@ -116,16 +117,37 @@ def read_label_mapping(path: str | os.PathLike) -> LabelMapping:
 
 
 def read_query_set(path: str | os.PathLike, *, images: str | os.PathLike | None = None,
-                   image_column: str = "image_path", label_column: str = "label") -> Catalog:
+                   image_column: str = "image_path", label_column: str = "label",
+                   group_column: str | None = None, split: str | None = None,
+                   test_fraction: float = 0.5, seed: int = 0) -> Catalog:
     """A table of query photos with a label each (e.g. street-photos/photos.csv). The image
-    path is the query's id; rows whose photo is missing are reported in ``missing``."""
+    path is the query's id; rows whose photo is missing are reported in ``missing``.
+
+    With ``group_column`` (e.g. ``sender_id``: who took the photo) and ``split`` (``train`` or
+    ``test``), only the photos of that split of groups: a group lands in test with probability
+    ``test_fraction`` by a seeded hash of its value (:func:`lookalike.splits.group_splits`,
+    as ``lookalike train --queries`` splits them), so that no person's photos are both trained
+    on and measured."""
+    if split is not None and group_column is None:
+        raise LookalikeError("a query split needs the group column (--query-split with "
+                             "--query-group-column)")
     cat = read_catalog(path, images, id_column=image_column, image_column=image_column,
-                       attributes=[label_column])
+                       attributes=[label_column] + ([group_column] if group_column else []))
     if cat.items[label_column].isna().any():
         rows = (cat.items[label_column].isna().to_numpy().nonzero()[0][:10] + 2).tolist()
         raise LookalikeError(f"query set {Path(path).name}: rows without a label "
                              f"(column {label_column!r}) at line(s) {rows}")
-    return cat
+    if split is None:
+        return cat
+    keep = np.flatnonzero(group_splits(cat.items[group_column].to_numpy(), test=test_fraction,
+                                       seed=seed) == split)
+    if not len(keep):
+        raise LookalikeError(f"query set {Path(path).name}: no photo falls in the {split!r} "
+                             f"split of {group_column!r}")
+    position = {int(r): i for i, r in enumerate(keep)}
+    return dataclasses.replace(
+        cat, items=cat.items.iloc[keep].reset_index(drop=True),
+        missing={position[r]: why for r, why in cat.missing.items() if r in position})
 
 
 def read_triplets(path: str | os.PathLike, item_ids: pd.Series) -> pd.DataFrame:

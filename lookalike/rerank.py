@@ -26,6 +26,8 @@ from .errors import LookalikeError
 from .evaluate import rank
 
 NAMES = ("vote", "expand")
+#: an index's vote searches this many times k first: most answers lie in that pool
+VOTE_POOL = 4
 
 
 @dataclass(frozen=True)

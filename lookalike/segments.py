@@ -260,13 +260,20 @@ class Segments:
         if slot >= self.n0:
             rec = self.records[slot - self.n0]
             return {c: plain(rec.get(c)) for c in columns}
-        out = {}
-        for c in columns:
-            if c not in self._columns:
-                self._columns[c] = self.base_items[c].tolist() if c in self.base_items.columns \
-                    else [None] * self.n0
-            out[c] = plain(self._columns[c][slot])
-        return out
+        return {c: plain(self._column(c)[slot]) for c in columns}
+
+    def values(self, column: str, slots: Sequence[int]) -> list[Any]:
+        """One column's values of many slots (built or added), as plain values."""
+        base = self._column(column)
+        return [plain(base[s]) if s < self.n0 else plain(self.records[s - self.n0].get(column))
+                for s in slots]
+
+    def _column(self, c: str) -> list[Any]:
+        """A built column as a list, made once (metadata lookups by slot are then cheap)."""
+        if c not in self._columns:
+            self._columns[c] = self.base_items[c].tolist() if c in self.base_items.columns \
+                else [None] * self.n0
+        return self._columns[c]
 
     def product(self, slot: int) -> Any:
         if slot >= self.n0:

@@ -48,3 +48,14 @@ def photo_splits(item_ids: Sequence[object], product_ids: Sequence[object], *,
                                  ).idxmin().to_numpy()
     out[first] = "train"
     return out
+
+
+QUERY_SPLITS = ("train", "test")
+
+
+def group_splits(groups: Sequence[object], *, test: float = 0.5, seed: int = 0) -> np.ndarray:
+    """``"train"`` or ``"test"`` per outside photo by a seeded hash of its group (e.g. who took
+    it): all photos of a group land on the same side."""
+    if not 0 < test < 1:
+        raise LookalikeError(f"the test share of groups must be between 0 and 1, got {test}")
+    return np.where(split_unit(groups, seed) < test, "test", "train")

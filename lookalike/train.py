@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from .api import Index
 from .catalog import ITEM_ID, PRODUCT_ID
+from .embed import embed_images
 from .embedders import (
     TRAINED_ONNX,
     TRAINED_SPEC,
@@ -80,6 +81,16 @@ class TrainConfig:
     backbone_lr_scale: float = 0.1  # their learning rate relative to lr
     split_by: str = "product"  # or "photo": every product trains, some of its photos validate
     hard_negatives: int = 20  # no category: negatives among the nearest this many products
+    # outside photos with labels (e.g. customers' photos) as anchors: positives are catalogue
+    # items of the label's mapped values, negatives the others; split by who took them
+    queries: str | None = None  # photos.csv (image path, label, group)
+    mapping: str | None = None  # label → catalogue values (lookalike evaluate --mapping)
+    query_images: str | None = None
+    query_label_column: str = "label"
+    query_group_column: str | None = None  # e.g. sender_id; None: every photo its own group
+    query_test_fraction: float = 0.5  # groups held out for measuring (never read here)
+    query_val_fraction: float = 0.25  # of the other groups: validation
+    query_share: float = 0.25  # share of each epoch's triplets anchored on outside photos
 
     def relevances(self) -> list[list[str]]:
         """What validation measures besides finding a product's other photos."""
@@ -143,15 +154,20 @@ def _augment(img: Image.Image, rng: np.random.Generator) -> Image.Image:
 
 
 def _load_pixels(ix: Index, rows: Sequence[int], size: int, pool: ThreadPoolExecutor,
-                 augment_seed: int | None = None) -> np.ndarray:
-    """uint8 (len(rows), size, size, 3), decoded by ``pool``'s threads."""
+                 augment_seed: int | None = None,
+                 photos: Sequence[str | os.PathLike] | None = None) -> np.ndarray:
+    """uint8 (len(rows), size, size, 3), decoded by ``pool``'s threads: the items' photos, or
+    ``photos[i]`` for ``rows[i]`` (outside photos), preprocessed as the index's."""
     ids = ix.items["item_id"].astype(str).to_numpy()
+    where = dict(zip(rows, photos)) if photos is not None else None
 
     def one(row: int) -> np.ndarray:
+        name = f"photo {where[row]}" if where is not None else f"item {ids[row]}"
         try:
-            img = ix.preprocess(load_image(ix.image_path(ids[row]), draft_size=size))
+            img = ix.preprocess(load_image(where[row] if where is not None
+                                           else ix.image_path(ids[row]), draft_size=size))
         except ImageError as e:
-            raise LookalikeError(f"item {ids[row]}: its photo can no longer be read: {e}") from None
+            raise LookalikeError(f"{name}: its photo can no longer be read: {e}") from None
         if augment_seed is not None:
             img = _augment(img, np.random.default_rng([augment_seed, int(row)]))
         return to_model_input(img, size)
@@ -207,7 +223,9 @@ def front_runner(model: DeepRanking, tune: int, folder: Path) -> Callable[[np.nd
 
 
 def _cache_views(ix: Index, model: DeepRanking, rows: np.ndarray, tune: int, progress: bool,
-                 augment_seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 augment_seed: int | None = None,
+                 photos: Sequence[str | os.PathLike] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode ``rows``' photos in background threads while the previous chunk is turned into
     branch inputs and (when tuning, or for augmented views) backbone inputs."""
     spec = ix.spec
@@ -220,20 +238,24 @@ def _cache_views(ix: Index, model: DeepRanking, rows: np.ndarray, tune: int, pro
     # exports the fp32 backbone: the features it learns from must be fp32's)
     int8_index = ix.spec.precision == "int8"
     embedder = None
-    if tune == 0 and (augment_seed is not None or int8_index):
+    if tune == 0 and (augment_seed is not None or int8_index or photos is not None):
         embedder = create_embedder(ix.spec.name) if int8_index else ix.embedder
     with tempfile.TemporaryDirectory() as tmp, \
             ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool, \
             ThreadPoolExecutor(max_workers=1) as loader, \
             tqdm(total=len(rows), unit="img", desc=desc, disable=not progress) as bar:
         front = front_runner(model, tune, Path(tmp)) if tune and len(rows) else None
-        pending = loader.submit(_load_pixels, ix, chunks[0], spec.input_size, pool,
-                                augment_seed) if chunks else None
+        at = {int(r): p for r, p in zip(rows, photos)} if photos is not None else None
+
+        def load(chunk: np.ndarray) -> Any:
+            return loader.submit(_load_pixels, ix, chunk, spec.input_size, pool, augment_seed,
+                                 None if at is None else [at[int(r)] for r in chunk])
+
+        pending = load(chunks[0]) if chunks else None
         for i in range(len(chunks)):
             px = pending.result()
             if i + 1 < len(chunks):  # decode the next chunk while this one is computed
-                pending = loader.submit(_load_pixels, ix, chunks[i + 1], spec.input_size, pool,
-                                        augment_seed)
+                pending = load(chunks[i + 1])
             t = torch.from_numpy(px)
             smalls.append(subsample4(t, spec).half())
             if front is not None:
@@ -262,6 +284,119 @@ def _build_cache(ix: Index, model: DeepRanking, rows: np.ndarray, aug_rows: np.n
     return cache
 
 
+# --------------------------------------------------------------------------- outside photos
+
+@dataclass
+class _Outside:
+    """Labelled outside photos (e.g. customers' photos) as training anchors: cache rows
+    ``base + j`` (after the catalogue's), the training and validation ones by group; the
+    held-out groups are not read at all."""
+
+    base: int
+    photos: list[Path | str]
+    labels: list[str]
+    relevant: dict[str, np.ndarray]  # label → catalogue items that count as a match
+    fit: np.ndarray  # positions in ``photos`` trained on
+    val: np.ndarray  # positions validated on
+    key: str  # the validation metric, precision@k/query:<attribute>
+
+    @property
+    def rows(self) -> np.ndarray:
+        return self.base + np.arange(len(self.photos))
+
+
+def _read_outside(ix: Index, cfg: TrainConfig, log: Callable[[str], None]) -> _Outside:
+    from .quality import read_label_mapping, read_query_set
+    from .splits import group_splits
+
+    if cfg.mapping is None:
+        raise LookalikeError("training on outside photos (--queries) needs --mapping")
+    mapping = read_label_mapping(cfg.mapping)
+    relevant = mapping.masks(ix.items)
+    group = cfg.query_group_column
+    if group is None:
+        log("note: no --query-group-column: every outside photo is its own group (photos of "
+            "one person may then be both trained on and measured)")
+    qs = read_query_set(cfg.queries, images=cfg.query_images,
+                        label_column=cfg.query_label_column, group_column=group)
+    items = qs.items
+    groups = items[group].astype(str).to_numpy() if group else items["item_id"].to_numpy()
+    side = group_splits(groups, test=cfg.query_test_fraction, seed=cfg.split_seed)
+    inner = group_splits(groups, test=cfg.query_val_fraction, seed=cfg.split_seed + 1)
+    usable = np.array([i not in qs.missing and str(lab) in relevant
+                       and relevant[str(lab)].any()
+                       for i, lab in enumerate(items[cfg.query_label_column])], bool)
+    fit = np.flatnonzero(usable & (side == "train") & (inner == "train"))
+    val = np.flatnonzero(usable & (side == "train") & (inner == "test"))
+    if len(fit) == 0 or len(val) == 0:
+        raise LookalikeError(f"outside photos: {len(fit)} to train on and {len(val)} to "
+                             "validate on after the split by group; give more photos or groups")
+    log(f"outside photos: {len(fit)} trained on, {len(val)} validating, "
+        f"{int((side == 'test').sum())} of the held-out groups never read "
+        f"({cfg.query_group_column or 'photo'} split, test share {cfg.query_test_fraction})")
+    return _Outside(len(ix), [qs.image_file(i) for i in range(len(items))],
+                    items[cfg.query_label_column].astype(str).tolist(), relevant, fit, val,
+                    f"precision@{cfg.k}/{mapping.name}")
+
+
+def _cache_outside(ix: Index, model: DeepRanking, cache: _Cache, out: _Outside, val: _Val,
+                   tune: int, progress: bool) -> None:
+    """Add the training and validation outside photos to ``cache`` (rows ``out.base + j``),
+    and the backbone's own vectors of the validation ones to ``val`` (the baseline)."""
+    pos = np.concatenate([out.fit, out.val])
+    photos = [out.photos[i] for i in pos]
+    inputs, small = _cache_views(ix, model, out.base + pos, tune, progress, photos=photos)
+    slot = np.full(out.base + len(out.photos), -1, np.int64)
+    slot[:len(cache.slot)] = cache.slot
+    slot[out.base + pos] = len(cache.inputs) + np.arange(len(pos))
+    cache.slot = slot
+    cache.inputs = torch.cat([cache.inputs, inputs.to(cache.inputs.dtype)])
+    cache.small = torch.cat([cache.small, small.to(cache.small.dtype)])
+    if tune == 0:  # the cached inputs are the backbone's unit vectors already
+        val.outside_pretrained = inputs[len(out.fit):].float().numpy()
+    else:
+        emb = embed_images(ix.embedder, [out.photos[i] for i in out.val],
+                           preprocess=ix.preprocess)
+        val.outside_pretrained = emb.embeddings
+
+
+def _outside_triplets(out: _Outside, train_rows: np.ndarray, n: int, seed: int) -> TripletSet:
+    """``n`` triplets anchored on the training outside photos: a catalogue item of the
+    photo's mapped values as the positive, one of other values as the negative."""
+    rng = np.random.default_rng([seed, 7])
+    anchors = out.fit[rng.integers(0, len(out.fit), n)]
+    pos = np.empty(n, np.int64)
+    neg = np.empty(n, np.int64)
+    for lab in {out.labels[a] for a in anchors}:
+        mine = np.array([out.labels[a] == lab for a in anchors])
+        good = train_rows[out.relevant[lab][train_rows]]
+        bad = train_rows[~out.relevant[lab][train_rows]]
+        if not len(good) or not len(bad):
+            raise LookalikeError(f"outside label {lab!r}: no training item counts as a match, "
+                                 "or every one does")
+        pos[mine] = good[rng.integers(0, len(good), int(mine.sum()))]
+        neg[mine] = bad[rng.integers(0, len(bad), int(mine.sum()))]
+    return TripletSet(out.base + anchors, pos, neg, np.full(n, 2, np.int8),
+                      np.ones(n, np.int8), requested=n)
+
+
+def _joined(a: TripletSet, b: TripletSet) -> TripletSet:
+    return TripletSet(*(np.concatenate([getattr(a, f), getattr(b, f)]) for f in
+                        ("query", "positive", "negative", "positive_type", "negative_type")),
+                      requested=a.requested + b.requested, skipped=a.skipped)
+
+
+def _outside_precision(q: np.ndarray, gallery: np.ndarray, rows: np.ndarray,
+                       out: _Outside, k: int) -> float:
+    """precision@k of outside validation photos (embeddings ``q``) among the catalogue rows
+    ``rows`` (embeddings ``gallery``)."""
+    from .evaluate import evaluate_queries
+
+    masks = {lab: m[rows] for lab, m in out.relevant.items()}
+    ev = evaluate_queries(q, [out.labels[i] for i in out.val], gallery, masks, [k], name="q")
+    return float(np.nanmean(ev.per_query[f"precision@{k}/q"]))
+
+
 # --------------------------------------------------------------------------- training
 
 class _Labels(nn.Module):
@@ -278,8 +413,12 @@ class _Labels(nn.Module):
         self.heads = nn.ModuleList(nn.Linear(dim, int(c.max()) + 1) for c in codes)
 
     def loss(self, z: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
-        t = self.targets[torch.from_numpy(rows)]
-        return sum(F.cross_entropy(head(z), t[:, j]) for j, head in enumerate(self.heads))
+        """Cross-entropy per column; rows past the catalogue (outside photos) have no label
+        and are left out."""
+        known = torch.from_numpy(rows < len(self.targets))
+        t = self.targets[torch.from_numpy(np.minimum(rows, len(self.targets) - 1))]
+        return sum(F.cross_entropy(head(z[known]), t[known][:, j])
+                   for j, head in enumerate(self.heads))
 
 
 def _embed_rows(model: DeepRanking, cache: _Cache, rows: np.ndarray, tune: int,
@@ -320,17 +459,25 @@ class _Val:
     gallery: np.ndarray
     triplets: TripletSet
     keys: list[str]
+    outside: _Outside | None = None
+    outside_pretrained: np.ndarray | None = None  # the backbone's vectors of outside.val
 
 
-def _measure(emb: np.ndarray, ix: Index, val: _Val, cfg: TrainConfig) -> dict[str, float]:
-    """The metrics of ``val.keys`` for gallery embeddings ``emb``."""
+def _measure(emb: np.ndarray, ix: Index, val: _Val, cfg: TrainConfig,
+             outside_q: np.ndarray | None = None) -> dict[str, float]:
+    """The metrics of ``val.keys`` for gallery embeddings ``emb`` (and the outside
+    validation photos' embeddings ``outside_q``)."""
     position = np.full(len(ix), -1)
     position[val.gallery] = np.arange(len(val.gallery))
     ev = evaluate_catalog(emb, ix.items.iloc[val.gallery].reset_index(drop=True),
                           cfg.relevances(), ks=[cfg.k],
                           products=ix.items[cfg.product].to_numpy()[val.gallery],
                           query_rows=position[val.queries])
-    return {key: float(ev.metrics.get(key, float("nan"))) for key in val.keys}
+    out = {key: float(ev.metrics.get(key, float("nan"))) for key in val.keys}
+    if val.outside is not None and outside_q is not None:
+        out[val.outside.key] = _outside_precision(outside_q, emb, val.gallery, val.outside,
+                                                  cfg.k)
+    return out
 
 
 def _validate(model: DeepRanking, cache: _Cache, ix: Index, val: _Val,
@@ -347,8 +494,14 @@ def _validate(model: DeepRanking, cache: _Cache, ix: Index, val: _Val,
             p[aug] = _embed_rows(model, cache, t.positive[aug], tune,
                                  np.ones(int(aug.sum()), bool)).numpy()
     acc = float(((q * p).sum(1) > (q * n).sum(1)).mean()) if len(q) else float("nan")
+    outside_q = None
+    if val.outside is not None:
+        model.eval()
+        with torch.no_grad():
+            outside_q = _embed_rows(model, cache, val.outside.base + val.outside.val,
+                                    tune).numpy()
     return {"val_triplet_accuracy": acc,
-            **{f"val_{k}": v for k, v in _measure(emb, ix, val, cfg).items()}}
+            **{f"val_{k}": v for k, v in _measure(emb, ix, val, cfg, outside_q).items()}}
 
 
 def _score(entry: dict[str, float], keys: Sequence[str], prefix: str = "val_") -> float:
@@ -362,7 +515,8 @@ def _baseline(model: DeepRanking, cache: _Cache, ix: Index, val: _Val, cfg: Trai
     """Epoch 0 of the history: the untrained head, and the pretrained backbone for reference."""
     entry = {"epoch": 0, "loss": float("nan"), "train_triplet_accuracy": float("nan"),
              **_validate(model, cache, ix, val, cfg)}
-    pre = _measure(np.asarray(ix.embeddings, np.float32)[val.gallery], ix, val, cfg)
+    pre = _measure(np.asarray(ix.embeddings, np.float32)[val.gallery], ix, val, cfg,
+                   val.outside_pretrained)
     entry.update({f"pretrained_{k}": v for k, v in pre.items()})
     log("pretrained backbone on validation: " + ", ".join(f"{k} {v:.3f}" for k, v in pre.items()))
     return entry
@@ -496,7 +650,8 @@ def train(index: str | os.PathLike, out: str | os.PathLike, config: TrainConfig 
     gallery = np.sort(np.concatenate([train_rows, val_rows])) if cfg.split_by == "photo" \
         else val_rows
     several = items[cfg.product].iloc[gallery].value_counts().max() > 1
-    keys = _metric_keys(cfg, bool(several))
+    outside = _read_outside(ix, cfg, log) if cfg.queries else None
+    keys = _metric_keys(cfg, bool(several)) + ([outside.key] if outside else [])
     if not keys:
         raise LookalikeError("nothing to validate on: no category column, and no product has "
                              "several photos among the validation items")
@@ -504,7 +659,7 @@ def train(index: str | os.PathLike, out: str | os.PathLike, config: TrainConfig 
                sample_triplets(items, cfg.val_triplets, category=cfg.category, color=cfg.color,
                                product=cfg.product, p_same_product=p_same,
                                p_in_class=cfg.p_in_class, rows=val_rows,
-                               seed=cfg.seed + 10_000), keys)
+                               seed=cfg.seed + 10_000), keys, outside)
     aug_rows = np.zeros(0, np.int64)
     if p_same > 0:  # the rows whose same-product positive will be an augmented view
         for rows in (train_rows, val_rows):
@@ -520,6 +675,8 @@ def train(index: str | os.PathLike, out: str | os.PathLike, config: TrainConfig 
     t0 = time.perf_counter()
     cache = _build_cache(ix, model, np.unique(np.concatenate([train_rows, gallery])), aug_rows,
                          tune, progress)
+    if outside is not None:
+        _cache_outside(ix, model, cache, outside, val, tune, progress)
     t_cache = time.perf_counter() - t0
     labels = _Labels(cfg.dim, items, [cfg.category, cfg.color, *cfg.keep])
     groups = [{"params": [*head, *labels.parameters()], "lr": cfg.lr}]
@@ -541,19 +698,28 @@ def train(index: str | os.PathLike, out: str | os.PathLike, config: TrainConfig 
     out.mkdir(parents=True, exist_ok=True)
     epochs_since_best = len(history) - 1 - best_epoch if best_epoch else 0
     t_train = time.perf_counter()
+    last_state = None
     for epoch in range(start_epoch, cfg.epochs):
         mined = _mine(model, cache, ix, train_rows, cfg) if cfg.category is None else None
         ts = sample_triplets(items, per_epoch, category=cfg.category, color=cfg.color,
                              product=cfg.product, p_same_product=p_same,
                              p_in_class=cfg.p_in_class, rows=train_rows, seed=cfg.seed + epoch,
                              hard_negatives=mined)
+        if outside is not None:
+            ts = _joined(ts, _outside_triplets(outside, train_rows,
+                                               max(1, round(per_epoch * cfg.query_share)),
+                                               cfg.seed + epoch))
         loss, accuracy = _run_epoch(model, labels, opt, cache, ts, cfg, epoch, progress)
         entry = {"epoch": epoch + 1, "loss": loss, "train_triplet_accuracy": accuracy,
                  **_validate(model, cache, ix, val, cfg),
                  "seconds": time.perf_counter() - t_train}
         history.append(entry)
         score = _score(entry, keys)
-        if score > best_score:
+        # with outside photos, an epoch worse on them than the pretrained backbone never wins
+        eligible = outside is None or \
+            entry["val_" + outside.key] >= history[0]["pretrained_" + outside.key]
+        last_state = {k: v.clone() for k, v in model.state_dict().items()}
+        if score > best_score and eligible:
             best_score, best_epoch, epochs_since_best = score, epoch + 1, 0
             best_state = {k: v.clone() for k, v in model.state_dict().items()}
         else:
@@ -568,6 +734,10 @@ def train(index: str | os.PathLike, out: str | os.PathLike, config: TrainConfig 
         if epochs_since_best >= cfg.patience:
             log(f"validation has not improved for {cfg.patience} epochs: stopping")
             break
+    if best_state is None and last_state is not None:
+        log("no epoch beat the pretrained backbone on the outside validation photos: the last "
+            "epoch is written, and it is not better")
+        best_state, best_epoch = last_state, len(history) - 1
     if best_state is None:
         raise LookalikeError("no epoch was trained (epochs=0?)")
     t_fit = time.perf_counter() - t_train

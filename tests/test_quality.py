@@ -195,3 +195,33 @@ def test_default_relevances_leave_out_what_is_not_seen() -> None:
     assert default_relevances(items, attrs) == [["type"], ["colour"], ["gender"]]
     assert default_relevances(items, attrs, "type", "colour") == \
         [["type"], ["type", "colour"], ["colour"], ["gender"]]
+
+
+def test_query_photos_split_by_who_took_them(two_indexes: dict[str, Path], tmp_path: Path) -> None:
+    from lookalike.splits import group_splits
+
+    senders = [f"s{i}" for i in range(40) for _ in range(3)]
+    side = group_splits(senders, test=0.5)
+    by_sender = pd.Series(side).groupby(senders).nunique()
+    assert (by_sender == 1).all() and set(side) == {"train", "test"}  # a person on one side
+    q = pd.read_csv(two_indexes["queries"])
+    q["sender_id"] = ["a", "b", "c", "d", "e"]
+    q.to_csv(tmp_path / "q.csv", index=False)
+    images = two_indexes["queries"].parent
+    sides = {s: read_query_set(tmp_path / "q.csv", images=images, group_column="sender_id",
+                               split=s) for s in ("train", "test")}
+    got = sorted(p for s in sides.values() for p in s.items["image_path"])
+    assert got == sorted(q["image_path"]) and all(len(s) for s in sides.values())
+    assert set(sides["train"].items["sender_id"]).isdisjoint(sides["test"].items["sender_id"])
+    r = CliRunner().invoke(cli, ["evaluate", str(two_indexes["mobilenet-v2"]), "-r", "type",
+                                 "-k", "1", "--queries", str(tmp_path / "q.csv"),
+                                 "--query-images", str(images), "--mapping",
+                                 str(two_indexes["mapping"]), "--query-group-column",
+                                 "sender_id", "--query-split", "test", "--json"])
+    assert r.exit_code == 0, r.output
+    test = sides["test"].items
+    counted = (test["label"].isin(["top", "footwear"])  # mapped, and a photo that reads
+               & (test["image_path"] != "photos/empty.jpg")).sum()
+    assert json.loads(r.stdout)["queries/query:type"] == counted
+    with pytest.raises(LookalikeError, match="needs the group column"):
+        read_query_set(tmp_path / "q.csv", images=images, split="test")

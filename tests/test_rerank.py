@@ -194,3 +194,17 @@ def test_query_views_are_averaged(tiny_catalog: Path, tmp_path: Path) -> None:
         ix.embed(photo, views="spin")
     r = build_tiny(tiny_catalog, tmp_path / "bad", "--views", "spin")
     assert r.exit_code != 0 and "spin" in r.output
+
+
+def test_batched_similar_equals_one_by_one(tiny_index: Path) -> None:
+    """The server's batched path (several items in one pass) gives the lists Index.similar
+    gives, with the vote, for pools that hold the answer and for those that do not."""
+    ix = Index.open(tiny_index)
+    ids = ix.items["item_id"].tolist()
+    snap = ix.snapshot()
+    for how, k in (("vote=3", 3), ("vote=4", 8), ("none", 5)):
+        got = ix.similar_slots(snap, [snap.slot(i) for i in ids], [k] * len(ids), how)
+        want = [ix.similar(i, k, rerank=how) for i in ids]
+        assert [[h.item_id for h in g] for g in got] == [[h.item_id for h in w] for w in want]
+    with pytest.raises(LookalikeError, match="not batched"):
+        ix.similar_slots(snap, [0], [3], "expand=1")

@@ -346,3 +346,45 @@ def test_columns_are_said_once(shop: dict[str, Path], tmp_path: Path) -> None:
                   str(shop["root"] / "m.yaml"), "--json", "-q"])
     assert r.exit_code == 0, r.output
     assert all("accuracy@1/query:type" in v for v in json.loads(r.stdout).values())
+
+
+def test_outside_photos_train_by_group(shop: dict[str, Path], tmp_path: Path) -> None:
+    """Labelled outside photos are anchors; the held-out groups are never read, and an epoch
+    worse on the outside validation photos than the backbone never counts as the best."""
+    rows = []
+    for i, shape in enumerate(SHAPES * 16):
+        img = garment((90 + 5 * i, 90, 200 - 4 * i), shape, size=120, seed=500 + i)
+        img = img.rotate(8 * (i % 3), fillcolor=(200, 190, 170))  # not a catalogue photo
+        img.save(shop["root"] / "img" / f"out-{i}.jpg")
+        rows.append((f"img/out-{i}.jpg", {"shirt": "top", "shoe": "footwear", "bag": "bag"}[shape],
+                     f"person{i % 24}"))
+    pd.DataFrame(rows, columns=["image_path", "label", "sender_id"]).to_csv(
+        shop["root"] / "outside.csv", index=False)
+    (shop["root"] / "outside.yaml").write_text(
+        "attribute: type\nlabels:\n  top: [shirt]\n  footwear: [shoe]\n  bag: [bag]\n")
+    lines: list[str] = []
+    cfg = TrainConfig(**{**CFG, "queries": str(shop["root"] / "outside.csv"),
+                         "mapping": str(shop["root"] / "outside.yaml"),
+                         "query_group_column": "sender_id", "query_share": 0.5,
+                         "query_test_fraction": 0.4, "query_val_fraction": 0.4})
+    s = train(shop["index"], tmp_path / "m", cfg, progress=False, log=lines.append)
+    said = next(x for x in lines if x.startswith("outside photos:"))
+    assert "held-out groups never read" in said
+    key = "precision@10/query:type"
+    assert key in s.verdict["metrics"] and f"val_{key}" in s.history[1]
+    if s.best_epoch:  # the chosen epoch is not worse than the backbone on outside photos
+        assert s.history[s.best_epoch][f"val_{key}"] >= s.history[0][f"pretrained_{key}"] \
+            or any("no epoch beat" in x for x in lines)
+    # the split by sender is the one lookalike evaluate selects
+    from lookalike.quality import read_query_set
+
+    held = read_query_set(shop["root"] / "outside.csv", group_column="sender_id", split="test",
+                          test_fraction=0.4)
+    trained = read_query_set(shop["root"] / "outside.csv", group_column="sender_id",
+                             split="train", test_fraction=0.4)
+    assert set(held.items["sender_id"]).isdisjoint(trained.items["sender_id"])
+    n_fit, n_val = (int(w) for w in said.split(":")[1].split()[::3][:2])
+    assert n_fit + n_val == len(trained) and len(held) > 0
+    with pytest.raises(LookalikeError, match="--mapping"):
+        train(shop["index"], tmp_path / "m2", TrainConfig(**{**CFG, "queries": cfg.queries}),
+              progress=False, log=lambda _: None)

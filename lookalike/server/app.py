@@ -163,8 +163,8 @@ def create_app(index_path: str | os.PathLike, *,
         where = _where(request, index)
         try:
             r = index.reranking(rerank)
-            if where is None and not per_product and not r:  # batched with others
-                return _results(batcher.similar(index, item_id, k))
+            if where is None and not per_product and not r.expand:  # batched with others
+                return _results(batcher.similar(index, item_id, k, r))
             return _results(index.similar(item_id, k, where=where, per_product=per_product,
                                           rerank=r))
         except UnknownItemError as e:

@@ -14,27 +14,31 @@ import threading
 from concurrent.futures import Future
 
 from ..api import Hit, Index, Snapshot
+from ..rerank import Rerank
 
 MAX_BATCH = 256
+NO_RERANK = Rerank()
 
 
 class SimilarBatcher:
-    """``similar(index, item_id, k)`` → the hits of the item's nearest others, best first.
-    Requests against different snapshots of a changing index are answered separately."""
+    """``similar(index, item_id, k, rerank)`` → the hits of the item's nearest others, best
+    first. Requests against different snapshots of a changing index, or asking for another
+    re-ranking, are answered separately."""
 
     def __init__(self, max_batch: int = MAX_BATCH) -> None:
         self.max_batch = max_batch
-        self._queue: queue.Queue[tuple[Index, Snapshot, int, int, Future] | None] = \
+        self._queue: queue.Queue[tuple[Index, Snapshot, int, int, Rerank, Future] | None] = \
             queue.Queue()
         self._thread = threading.Thread(target=self._run, name="similar-batcher", daemon=True)
         self._thread.start()
 
-    def similar(self, index: Index, item_id: str, k: int) -> list[Hit]:
+    def similar(self, index: Index, item_id: str, k: int, rerank: Rerank = NO_RERANK
+                ) -> list[Hit]:
         """Raises UnknownItemError (at once, in the caller's thread) for an unknown id."""
         snap = index.snapshot()
         slot = snap.slot(item_id)
         fut: Future = Future()
-        self._queue.put((index, snap, slot, k, fut))
+        self._queue.put((index, snap, slot, k, rerank, fut))
         return fut.result()
 
     def close(self) -> None:
@@ -56,14 +60,15 @@ class SimilarBatcher:
                     self._queue.put(None)  # stop after this batch
                     break
                 batch.append(item)
-            groups: dict[tuple[int, int], list[tuple[Index, Snapshot, int, int, Future]]] = {}
+            groups: dict[tuple[int, int, Rerank],
+                         list[tuple[Index, Snapshot, int, int, Rerank, Future]]] = {}
             for item in batch:
-                groups.setdefault((id(item[0]), id(item[1].view)), []).append(item)
+                groups.setdefault((id(item[0]), id(item[1].view), item[4]), []).append(item)
             for group in groups.values():
                 try:
                     index, snap = group[0][0], group[0][1]
                     hits = index.similar_slots(snap, [g[2] for g in group],
-                                               [g[3] for g in group])
+                                               [g[3] for g in group], group[0][4])
                     for (*_, fut), h in zip(group, hits):
                         fut.set_result(h)
                 except BaseException as e:  # noqa: BLE001 (hand every waiter the failure)
