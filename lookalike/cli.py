@@ -660,6 +660,11 @@ def triplets(index: str, n: int, out: str, category: str | None, color: str | No
 @click.option("--query-test-fraction", default=0.5, show_default=True, type=float)
 @click.option("--query-share", default=0.25, show_default=True, type=float,
               help="Share of each epoch's triplets anchored on outside photos.")
+@click.option("--camera", default="", metavar="STEPS",
+              help="Camera-like views of the catalogue photos as queries: any of background, "
+                   "scale, rotate, perspective, light (comma-separated) [default: none].")
+@click.option("--camera-share", default=0.5, show_default=True, type=float,
+              help="Share of the queries shown as a camera-like view.")
 @click.option("--require-better", is_flag=True,
               help="Exit with status 1 when the model is not better than the pretrained "
                    "backbone on validation (the model is still written).")
@@ -699,6 +704,7 @@ def train(index: str, out: str, quiet: bool, resume: bool, require_better: bool,
     from .train import train as run_training
 
     options["keep"] = tuple(options["keep"])
+    options["camera"] = tuple(c.strip() for c in options["camera"].split(",") if c.strip())
     if (options["queries"] is None) != (options["mapping"] is None):
         raise click.UsageError("--queries and --mapping go together")
     s = run_training(index, out, TrainConfig(**options), resume=resume, progress=not quiet,

@@ -156,9 +156,12 @@ class MilvusStore:
             b = breadth or self.info["params"][SEARCH_KNOB[kind]]
             params[SEARCH_KNOB[kind]] = min(MAX_TOPK, max(b, k)) if kind == "HNSW" \
                 else min(b, MAX_NPROBE)
+        # Strong: a search sees every write acknowledged before it (the default, Bounded, may
+        # miss the last seconds' writes, a freshly built collection included)
         res = self.client.search(self.collection, data=np.asarray(queries, np.float32).tolist(),
                                  limit=min(k, MAX_TOPK), filter=expression,
-                                 search_params={"metric_type": "IP", "params": params})
+                                 search_params={"metric_type": "IP", "params": params},
+                                 consistency_level="Strong")
         return [(list(hits.ids), list(hits.distances)) for hits in res]
 
     def drop(self) -> None:
@@ -208,7 +211,8 @@ def create(uri: str, name: str, items: pd.DataFrame, embeddings: np.ndarray,
     index_params = c.prepare_index_params()
     index_params.add_index(field_name="vector", index_type=index_type, metric_type="IP",
                            params=build)
-    c.create_collection(name, schema=schema, index_params=index_params)
+    c.create_collection(name, schema=schema, index_params=index_params,
+                        consistency_level="Strong")
     info: dict[str, Any] = {"type": "milvus", "uri": uri, "collection": name, "dim": d,
                             "index_type": index_type, "fields": fields,
                             "params": {**build, **({SEARCH_KNOB[index_type]:

@@ -91,6 +91,9 @@ class TrainConfig:
     query_test_fraction: float = 0.5  # groups held out for measuring (never read here)
     query_val_fraction: float = 0.25  # of the other groups: validation
     query_share: float = 0.25  # share of each epoch's triplets anchored on outside photos
+    # camera-like views of the catalogue photos as queries (CAMERA_STEPS), this share of them
+    camera: tuple[str, ...] = ()
+    camera_share: float = 0.5
 
     def relevances(self) -> list[list[str]]:
         """What validation measures besides finding a product's other photos."""
@@ -153,9 +156,68 @@ def _augment(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
 
 
+CAMERA_STEPS = ("background", "scale", "rotate", "perspective", "light")
+
+
+def _camera(img: Image.Image, rng: np.random.Generator, steps: Sequence[str]) -> Image.Image:
+    """A catalogue photo made to look like a phone photo of the garment, by ``steps`` in
+    CAMERA_STEPS order: on a bed-or-floor-like background (its mask from the plain shop
+    backdrop), zoomed in, turned, seen at a slant, under other light."""
+    if "background" in steps:
+        img = _on_background(img, rng)
+    w, h = img.size
+    fill = tuple(int(v) for v in np.asarray(img)[[0, -1]].reshape(-1, 3).mean(0))
+    if "scale" in steps:  # 50–100 % of the area, aspect 3:4 to 4:3
+        area, aspect = rng.uniform(0.5, 1.0), np.exp(rng.uniform(np.log(0.75), np.log(4 / 3)))
+        cw = int(min(w, np.sqrt(area * w * h * aspect)))
+        ch = int(min(h, np.sqrt(area * w * h / aspect)))
+        x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        img = img.crop((x, y, x + cw, y + ch))
+        w, h = img.size
+    if "rotate" in steps:
+        img = img.rotate(float(rng.uniform(-20, 20)), resample=Image.BILINEAR, fillcolor=fill)
+    if "perspective" in steps:  # each corner moves up to 12 % of the side
+        d = rng.uniform(-0.12, 0.12, 8) * np.array([w, h] * 4)
+        corners = np.array([0, 0, 0, h, w, h, w, 0], float) + d  # PIL: UL, LL, LR, UR
+        img = img.transform((w, h), Image.QUAD, tuple(corners), Image.BILINEAR, fillcolor=fill)
+    if "light" in steps:  # white balance, exposure and contrast of another lamp
+        a = np.asarray(img, np.float32) / 255.0
+        a = a * rng.uniform(0.85, 1.15, 3) * rng.uniform(0.7, 1.15)
+        a = np.clip(a, 0, 1) ** rng.uniform(0.8, 1.25)
+        img = Image.fromarray((a * 255).astype(np.uint8))
+    return img
+
+
+def _on_background(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """The garment (the photo minus its plain backdrop) on a textured colour, like a bed, a
+    floor or a table; unchanged when the backdrop is not plain or nothing stands out."""
+    import cv2
+
+    from .preprocess import backdrop, garment_mask
+
+    a = np.asarray(img.convert("RGB"))
+    seen = backdrop(a)
+    if seen[1] < 0.7:
+        return img
+    mask, _ = garment_mask(a, seen=seen)
+    if mask is None:
+        return img
+    h, w = a.shape[:2]
+    m = cv2.GaussianBlur(cv2.resize(mask.astype(np.float32), (w, h)), (0, 0), 1.5)[..., None]
+    base = rng.uniform(40, 230, 3)
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    tilt = (xx * rng.uniform(-40, 40) + yy * rng.uniform(-40, 40))[..., None]
+    grain = cv2.GaussianBlur(rng.normal(0, 18, (h, w)).astype(np.float32), (0, 0),
+                             float(rng.uniform(0.5, 4)))[..., None]
+    bg = np.clip(base + tilt + grain, 0, 255)
+    return Image.fromarray((a * m + bg * (1 - m)).astype(np.uint8))
+
+
 def _load_pixels(ix: Index, rows: Sequence[int], size: int, pool: ThreadPoolExecutor,
                  augment_seed: int | None = None,
-                 photos: Sequence[str | os.PathLike] | None = None) -> np.ndarray:
+                 photos: Sequence[str | os.PathLike] | None = None,
+                 augment: Callable[[Image.Image, np.random.Generator], Image.Image] = _augment
+                 ) -> np.ndarray:
     """uint8 (len(rows), size, size, 3), decoded by ``pool``'s threads: the items' photos, or
     ``photos[i]`` for ``rows[i]`` (outside photos), preprocessed as the index's."""
     ids = ix.items["item_id"].astype(str).to_numpy()
@@ -169,7 +231,7 @@ def _load_pixels(ix: Index, rows: Sequence[int], size: int, pool: ThreadPoolExec
         except ImageError as e:
             raise LookalikeError(f"{name}: its photo can no longer be read: {e}") from None
         if augment_seed is not None:
-            img = _augment(img, np.random.default_rng([augment_seed, int(row)]))
+            img = augment(img, np.random.default_rng([augment_seed, int(row)]))
         return to_model_input(img, size)
 
     return np.stack(list(pool.map(one, rows))) if len(rows) else \
@@ -224,7 +286,8 @@ def front_runner(model: DeepRanking, tune: int, folder: Path) -> Callable[[np.nd
 
 def _cache_views(ix: Index, model: DeepRanking, rows: np.ndarray, tune: int, progress: bool,
                  augment_seed: int | None = None,
-                 photos: Sequence[str | os.PathLike] | None = None
+                 photos: Sequence[str | os.PathLike] | None = None,
+                 augment: Callable[[Image.Image, np.random.Generator], Image.Image] = _augment
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode ``rows``' photos in background threads while the previous chunk is turned into
     branch inputs and (when tuning, or for augmented views) backbone inputs."""
@@ -249,7 +312,7 @@ def _cache_views(ix: Index, model: DeepRanking, rows: np.ndarray, tune: int, pro
 
         def load(chunk: np.ndarray) -> Any:
             return loader.submit(_load_pixels, ix, chunk, spec.input_size, pool, augment_seed,
-                                 None if at is None else [at[int(r)] for r in chunk])
+                                 None if at is None else [at[int(r)] for r in chunk], augment)
 
         pending = load(chunks[0]) if chunks else None
         for i in range(len(chunks)):
@@ -360,6 +423,25 @@ def _cache_outside(ix: Index, model: DeepRanking, cache: _Cache, out: _Outside, 
         val.outside_pretrained = emb.embeddings
 
 
+def _cache_camera(ix: Index, model: DeepRanking, cache: _Cache, rows: np.ndarray, base: int,
+                  cfg: TrainConfig, progress: bool) -> None:
+    """One camera-like view (``cfg.camera`` steps, seeded per row) of each of ``rows``' photos,
+    cached at rows ``base + row``."""
+    unknown = [c for c in cfg.camera if c not in CAMERA_STEPS]
+    if unknown:
+        raise LookalikeError(f"unknown camera step(s) {', '.join(unknown)}; choose from "
+                             f"{', '.join(CAMERA_STEPS)}")
+    inputs, small = _cache_views(ix, model, rows, cfg.finetune_stages, progress,
+                                 augment_seed=cfg.seed + 2,
+                                 augment=lambda img, rng: _camera(img, rng, cfg.camera))
+    slot = np.full(base + len(ix), -1, np.int64)
+    slot[:len(cache.slot)] = cache.slot
+    slot[base + rows] = len(cache.inputs) + np.arange(len(rows))
+    cache.slot = slot
+    cache.inputs = torch.cat([cache.inputs, inputs.to(cache.inputs.dtype)])
+    cache.small = torch.cat([cache.small, small.to(cache.small.dtype)])
+
+
 def _outside_triplets(out: _Outside, train_rows: np.ndarray, n: int, seed: int) -> TripletSet:
     """``n`` triplets anchored on the training outside photos: a catalogue item of the
     photo's mapped values as the positive, one of other values as the negative."""
@@ -411,12 +493,16 @@ class _Labels(nn.Module):
         self.targets = torch.from_numpy(np.stack(codes, axis=1).astype(np.int64)
                                         if codes else np.zeros((len(items), 0), np.int64))
         self.heads = nn.ModuleList(nn.Linear(dim, int(c.max()) + 1) for c in codes)
+        self.alias = np.zeros(0, np.int64)  # rows past the catalogue → item row or -1
 
     def loss(self, z: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
-        """Cross-entropy per column; rows past the catalogue (outside photos) have no label
-        and are left out."""
-        known = torch.from_numpy(rows < len(self.targets))
-        t = self.targets[torch.from_numpy(np.minimum(rows, len(self.targets) - 1))]
+        """Cross-entropy per column; a row past the catalogue takes the label of the item
+        ``alias`` names (a camera view: its photo's item), or none (-1: an outside photo)."""
+        rows = np.where(rows < len(self.targets), rows,
+                        self.alias[np.maximum(rows - len(self.targets), 0)]
+                        if len(self.alias) else -1)
+        known = torch.from_numpy(rows >= 0)
+        t = self.targets[torch.from_numpy(np.maximum(rows, 0))]
         return sum(F.cross_entropy(head(z[known]), t[known][:, j])
                    for j, head in enumerate(self.heads))
 
@@ -677,8 +763,13 @@ def train(index: str | os.PathLike, out: str | os.PathLike, config: TrainConfig 
                          tune, progress)
     if outside is not None:
         _cache_outside(ix, model, cache, outside, val, tune, progress)
+    camera_base = len(cache.slot)  # camera views: rows camera_base + item row
+    if cfg.camera:
+        _cache_camera(ix, model, cache, train_rows, camera_base, cfg, progress)
     t_cache = time.perf_counter() - t0
     labels = _Labels(cfg.dim, items, [cfg.category, cfg.color, *cfg.keep])
+    labels.alias = np.concatenate([np.full(camera_base - len(ix), -1, np.int64),
+                                   np.arange(len(ix)) if cfg.camera else np.zeros(0, np.int64)])
     groups = [{"params": [*head, *labels.parameters()], "lr": cfg.lr}]
     if tuned:
         groups.append({"params": tuned, "lr": cfg.lr * cfg.backbone_lr_scale})
@@ -705,6 +796,9 @@ def train(index: str | os.PathLike, out: str | os.PathLike, config: TrainConfig 
                              product=cfg.product, p_same_product=p_same,
                              p_in_class=cfg.p_in_class, rows=train_rows, seed=cfg.seed + epoch,
                              hard_negatives=mined)
+        if cfg.camera:  # a share of the queries seen as a phone would see them
+            swap = np.random.default_rng([cfg.seed, epoch, 3]).random(len(ts)) < cfg.camera_share
+            ts.query = np.where(swap, camera_base + ts.query, ts.query)
         if outside is not None:
             ts = _joined(ts, _outside_triplets(outside, train_rows,
                                                max(1, round(per_epoch * cfg.query_share)),

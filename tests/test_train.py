@@ -388,3 +388,27 @@ def test_outside_photos_train_by_group(shop: dict[str, Path], tmp_path: Path) ->
     with pytest.raises(LookalikeError, match="--mapping"):
         train(shop["index"], tmp_path / "m2", TrainConfig(**{**CFG, "queries": cfg.queries}),
               progress=False, log=lambda _: None)
+
+
+def test_camera_views_train(shop: dict[str, Path], tmp_path: Path) -> None:
+    """Camera-like views: each step changes the photo and keeps it a picture of the garment;
+    a run with all of them trains, and an unknown step is refused."""
+    from lookalike.train import CAMERA_STEPS, _camera
+
+    img = Image.open(shop["root"] / "img" / "shirt-red-0-0.jpg").convert("RGB")
+    a = np.asarray(img, np.float32)
+    for step in CAMERA_STEPS:
+        out = _camera(img, np.random.default_rng(1), (step,))
+        b = np.asarray(out.resize(img.size), np.float32)
+        assert out.mode == "RGB" and np.abs(a - b).mean() > 1, step
+    same = _camera(img, np.random.default_rng(1), CAMERA_STEPS)
+    assert np.array_equal(np.asarray(same),
+                          np.asarray(_camera(img, np.random.default_rng(1), CAMERA_STEPS)))
+    s = train(shop["index"], tmp_path / "m", TrainConfig(**{**CFG, **SMALL,
+                                                            "camera": CAMERA_STEPS}),
+              progress=False, log=lambda _: None)
+    assert s.epochs_run == 1 and "camera" in json.loads(
+        (tmp_path / "m" / "model.json").read_text())["config"]
+    with pytest.raises(LookalikeError, match="unknown camera step"):
+        train(shop["index"], tmp_path / "m2", TrainConfig(**{**CFG, "camera": ("blur",)}),
+              progress=False, log=lambda _: None)
