@@ -29,7 +29,6 @@ from .images import (
     DEFAULT_MAX_PIXELS,
     ImageSource,
     is_uri,
-    load_model_input,
     load_model_views,
     parse_views,
 )
@@ -266,15 +265,9 @@ class Index:
             views = self.views if views is None else parse_views(views)
         except ValueError as e:
             raise LookalikeError(str(e)) from None
-        try:
-            if not views:
-                pixels = load_model_input(image, self.spec.input_size, max_pixels=max_pixels,
-                                          preprocess=self.preprocess or None)[None]
-            else:
-                pre = self.preprocess
-                pixels = load_model_views(image, self.spec.input_size, views,
-                                          max_pixels=max_pixels,
-                                          preprocess=pre if pre.steps else None, fit=pre.fit)
+        try:  # the index's Preprocess applies its fit too
+            pixels = load_model_views(image, self.spec.input_size, views, max_pixels=max_pixels,
+                                      preprocess=self.preprocess or None)
         except ImageError as e:
             name = f"photo {image}" if isinstance(image, (str, os.PathLike)) else "the photo"
             raise ImageError(f"{name}: {e}") from None

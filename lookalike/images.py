@@ -293,8 +293,15 @@ def load_model_input(source: ImageSource, size: int, *, max_pixels: int = DEFAUL
             if rgb.shape[:2] == (size, size):
                 return rgb
             return to_model_input(fit_square(Image.fromarray(rgb), fit), size)
+    return to_model_input(_square(source, size, max_pixels, preprocess, fit), size)
+
+
+def _square(source: ImageSource, size: int, max_pixels: int,
+            preprocess: Callable[[Image.Image], Image.Image] | None, fit: str) -> Image.Image:
+    """``source`` decoded by Pillow, preprocessed and made square: the photo the model sees,
+    before its resize."""
     img = load_image(source, max_pixels=max_pixels, draft_size=size)
-    return to_model_input(fit_square(preprocess(img) if preprocess else img, fit), size)
+    return fit_square(preprocess(img) if preprocess else img, fit)
 
 
 def parse_views(text: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -315,8 +322,7 @@ def load_model_views(source: ImageSource, size: int, views: Sequence[str], *,
                      fit: str = "squash") -> np.ndarray:
     """uint8 (1 + len(views), size, size, 3): the photo as :func:`load_model_input` makes it,
     then each of ``views`` of it (decoded once)."""
-    img = load_image(source, max_pixels=max_pixels, draft_size=size)
-    img = fit_square(preprocess(img) if preprocess else img, fit)
+    img = _square(source, size, max_pixels, preprocess, fit)
     out = [img]
     for v in views:
         if v == "flip":

@@ -126,12 +126,15 @@ def resolve_roles(ix: Index, cfg: TrainConfig, log: Callable[[str], None]) -> Tr
     """``cfg`` with its roles taken from what the index has: a role left to its default and
     absent is left out with a note; one named and absent is an error."""
     have = set(ix.items.columns)
-    for col, opt in ((cfg.category, "--category"), (cfg.color, "--color"),
-                     (cfg.product, "--product"), *((c, "--keep") for c in cfg.keep)):
-        if col is not None and col not in have:
+    for col, opt in ((cfg.product, "--product"), *((c, "--keep") for c in cfg.keep)):
+        if col not in have:
             raise LookalikeError(f"column {col!r} ({opt}) is not in index {ix.path}; it has: "
                                  f"{', '.join(ix.attributes)}")
     category, color = roles(have, (ix.category, ix.color), cfg.category, cfg.color, log)
+    unknown = [c for c in cfg.camera if c not in CAMERA_STEPS]
+    if unknown:
+        raise LookalikeError(f"unknown camera step(s) {', '.join(unknown)}; choose from "
+                             f"{', '.join(CAMERA_STEPS)}")
     if cfg.split_by not in SPLIT_BY:
         raise LookalikeError(f"unknown split {cfg.split_by!r}; choose one of "
                              f"{', '.join(SPLIT_BY)}")
@@ -263,6 +266,17 @@ class _Cache:
             x[a], small[a] = self.aug_inputs[sa], self.aug_small[sa]
         return x.float(), small.float()
 
+    def extend(self, rows: np.ndarray, inputs: torch.Tensor, small: torch.Tensor,
+               size: int) -> None:
+        """Cache ``rows`` (past the catalogue: outside photos, camera views) with their
+        inputs; the row space grows to ``size``."""
+        slot = np.full(size, -1, np.int64)
+        slot[:len(self.slot)] = self.slot
+        slot[rows] = len(self.inputs) + np.arange(len(rows))
+        self.slot = slot
+        self.inputs = torch.cat([self.inputs, inputs.to(self.inputs.dtype)])
+        self.small = torch.cat([self.small, small.to(self.small.dtype)])
+
 
 class _Front(nn.Module):
     """uint8 pixels → the backbone's activations before its last ``tune`` stages."""
@@ -363,10 +377,6 @@ class _Outside:
     val: np.ndarray  # positions validated on
     key: str  # the validation metric, precision@k/query:<attribute>
 
-    @property
-    def rows(self) -> np.ndarray:
-        return self.base + np.arange(len(self.photos))
-
 
 def _read_outside(ix: Index, cfg: TrainConfig, log: Callable[[str], None]) -> _Outside:
     from .quality import read_label_mapping, read_query_set
@@ -409,12 +419,7 @@ def _cache_outside(ix: Index, model: DeepRanking, cache: _Cache, out: _Outside, 
     pos = np.concatenate([out.fit, out.val])
     photos = [out.photos[i] for i in pos]
     inputs, small = _cache_views(ix, model, out.base + pos, tune, progress, photos=photos)
-    slot = np.full(out.base + len(out.photos), -1, np.int64)
-    slot[:len(cache.slot)] = cache.slot
-    slot[out.base + pos] = len(cache.inputs) + np.arange(len(pos))
-    cache.slot = slot
-    cache.inputs = torch.cat([cache.inputs, inputs.to(cache.inputs.dtype)])
-    cache.small = torch.cat([cache.small, small.to(cache.small.dtype)])
+    cache.extend(out.base + pos, inputs, small, out.base + len(out.photos))
     if tune == 0:  # the cached inputs are the backbone's unit vectors already
         val.outside_pretrained = inputs[len(out.fit):].float().numpy()
     else:
@@ -427,19 +432,10 @@ def _cache_camera(ix: Index, model: DeepRanking, cache: _Cache, rows: np.ndarray
                   cfg: TrainConfig, progress: bool) -> None:
     """One camera-like view (``cfg.camera`` steps, seeded per row) of each of ``rows``' photos,
     cached at rows ``base + row``."""
-    unknown = [c for c in cfg.camera if c not in CAMERA_STEPS]
-    if unknown:
-        raise LookalikeError(f"unknown camera step(s) {', '.join(unknown)}; choose from "
-                             f"{', '.join(CAMERA_STEPS)}")
     inputs, small = _cache_views(ix, model, rows, cfg.finetune_stages, progress,
                                  augment_seed=cfg.seed + 2,
                                  augment=lambda img, rng: _camera(img, rng, cfg.camera))
-    slot = np.full(base + len(ix), -1, np.int64)
-    slot[:len(cache.slot)] = cache.slot
-    slot[base + rows] = len(cache.inputs) + np.arange(len(rows))
-    cache.slot = slot
-    cache.inputs = torch.cat([cache.inputs, inputs.to(cache.inputs.dtype)])
-    cache.small = torch.cat([cache.small, small.to(cache.small.dtype)])
+    cache.extend(base + rows, inputs, small, base + len(ix))
 
 
 def _outside_triplets(out: _Outside, train_rows: np.ndarray, n: int, seed: int) -> TripletSet:
@@ -447,10 +443,11 @@ def _outside_triplets(out: _Outside, train_rows: np.ndarray, n: int, seed: int) 
     photo's mapped values as the positive, one of other values as the negative."""
     rng = np.random.default_rng([seed, 7])
     anchors = out.fit[rng.integers(0, len(out.fit), n)]
+    anchor_labels = np.asarray(out.labels, dtype=object)[anchors]
     pos = np.empty(n, np.int64)
     neg = np.empty(n, np.int64)
-    for lab in {out.labels[a] for a in anchors}:
-        mine = np.array([out.labels[a] == lab for a in anchors])
+    for lab in set(anchor_labels):
+        mine = anchor_labels == lab
         good = train_rows[out.relevant[lab][train_rows]]
         bad = train_rows[~out.relevant[lab][train_rows]]
         if not len(good) or not len(bad):
@@ -485,7 +482,8 @@ class _Labels(nn.Module):
     """A linear classifier on the embedding per labelled column (training only, not
     exported): category, colour and any ``keep`` columns."""
 
-    def __init__(self, dim: int, items: pd.DataFrame, columns: Sequence[str]) -> None:
+    def __init__(self, dim: int, items: pd.DataFrame, columns: Sequence[str | None],
+                 alias: np.ndarray | None = None) -> None:
         super().__init__()
         self.columns = list(dict.fromkeys(c for c in columns if c is not None))
         codes = [pd.factorize(items[c].astype("string").fillna("").to_numpy())[0]
@@ -493,7 +491,8 @@ class _Labels(nn.Module):
         self.targets = torch.from_numpy(np.stack(codes, axis=1).astype(np.int64)
                                         if codes else np.zeros((len(items), 0), np.int64))
         self.heads = nn.ModuleList(nn.Linear(dim, int(c.max()) + 1) for c in codes)
-        self.alias = np.zeros(0, np.int64)  # rows past the catalogue → item row or -1
+        # rows past the catalogue → the item row whose labels they take, or -1
+        self.alias = np.zeros(0, np.int64) if alias is None else alias
 
     def loss(self, z: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
         """Cross-entropy per column; a row past the catalogue takes the label of the item
@@ -767,9 +766,9 @@ def train(index: str | os.PathLike, out: str | os.PathLike, config: TrainConfig 
     if cfg.camera:
         _cache_camera(ix, model, cache, train_rows, camera_base, cfg, progress)
     t_cache = time.perf_counter() - t0
-    labels = _Labels(cfg.dim, items, [cfg.category, cfg.color, *cfg.keep])
-    labels.alias = np.concatenate([np.full(camera_base - len(ix), -1, np.int64),
-                                   np.arange(len(ix)) if cfg.camera else np.zeros(0, np.int64)])
+    labels = _Labels(cfg.dim, items, [cfg.category, cfg.color, *cfg.keep], alias=np.concatenate(
+        [np.full(camera_base - len(ix), -1, np.int64),
+         np.arange(len(ix)) if cfg.camera else np.zeros(0, np.int64)]))
     groups = [{"params": [*head, *labels.parameters()], "lr": cfg.lr}]
     if tuned:
         groups.append({"params": tuned, "lr": cfg.lr * cfg.backbone_lr_scale})
@@ -789,7 +788,6 @@ def train(index: str | os.PathLike, out: str | os.PathLike, config: TrainConfig 
     out.mkdir(parents=True, exist_ok=True)
     epochs_since_best = len(history) - 1 - best_epoch if best_epoch else 0
     t_train = time.perf_counter()
-    last_state = None
     for epoch in range(start_epoch, cfg.epochs):
         mined = _mine(model, cache, ix, train_rows, cfg) if cfg.category is None else None
         ts = sample_triplets(items, per_epoch, category=cfg.category, color=cfg.color,
@@ -812,7 +810,6 @@ def train(index: str | os.PathLike, out: str | os.PathLike, config: TrainConfig 
         # with outside photos, an epoch worse on them than the pretrained backbone never wins
         eligible = outside is None or \
             entry["val_" + outside.key] >= history[0]["pretrained_" + outside.key]
-        last_state = {k: v.clone() for k, v in model.state_dict().items()}
         if score > best_score and eligible:
             best_score, best_epoch, epochs_since_best = score, epoch + 1, 0
             best_state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -828,10 +825,11 @@ def train(index: str | os.PathLike, out: str | os.PathLike, config: TrainConfig 
         if epochs_since_best >= cfg.patience:
             log(f"validation has not improved for {cfg.patience} epochs: stopping")
             break
-    if best_state is None and last_state is not None:
+    if best_state is None and len(history) > 1:  # the model holds the last epoch's weights
         log("no epoch beat the pretrained backbone on the outside validation photos: the last "
             "epoch is written, and it is not better")
-        best_state, best_epoch = last_state, len(history) - 1
+        best_state = {k: v.clone() for k, v in model.state_dict().items()}
+        best_epoch = len(history) - 1
     if best_state is None:
         raise LookalikeError("no epoch was trained (epochs=0?)")
     t_fit = time.perf_counter() - t_train
