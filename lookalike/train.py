@@ -446,7 +446,7 @@ def _outside_triplets(out: _Outside, train_rows: np.ndarray, n: int, seed: int) 
     anchor_labels = np.asarray(out.labels, dtype=object)[anchors]
     pos = np.empty(n, np.int64)
     neg = np.empty(n, np.int64)
-    for lab in set(anchor_labels):
+    for lab in sorted(set(anchor_labels)):  # in a fixed order: the draws stay seeded
         mine = anchor_labels == lab
         good = train_rows[out.relevant[lab][train_rows]]
         bad = train_rows[~out.relevant[lab][train_rows]]

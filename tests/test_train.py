@@ -1,6 +1,7 @@
 """A short training run end to end: train, checkpoint, resume, export, build with the model."""
 
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -412,3 +413,23 @@ def test_camera_views_train(shop: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(LookalikeError, match="unknown camera step"):
         train(shop["index"], tmp_path / "m2", TrainConfig(**{**CFG, "camera": ("blur",)}),
               progress=False, log=lambda _: None)
+
+
+def test_outside_triplets_do_not_depend_on_string_hashing() -> None:
+    """The same seed draws the same outside triplets in every process (Python salts string
+    hashes per process, so a loop over a set of labels would not)."""
+    import subprocess
+    import sys
+
+    code = ("import numpy as np\n"
+            "from lookalike.train import _Outside, _outside_triplets\n"
+            "labels = [f'label{i % 9}' for i in range(90)]\n"
+            "relevant = {f'label{j}': np.arange(200) % 9 == j for j in range(9)}\n"
+            "out = _Outside(200, [''] * 90, labels, relevant, np.arange(60), np.arange(60, 90),"
+            " 'k')\n"
+            "t = _outside_triplets(out, np.arange(200), 500, 3)\n"
+            "print(t.query.tolist(), t.positive.tolist(), t.negative.tolist())\n")
+    runs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": seed}).stdout
+            for seed in ("1", "2", "3")}
+    assert len(runs) == 1
