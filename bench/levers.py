@@ -17,7 +17,14 @@ because it lost). Each row reports:
   per similar-by-id through ``Index.similar``, the best of 3 interleaved rounds; ratios
   against the first row. (Fit rows time the index's own fit: their cost is the same.)
 
+With ``--classifier-index`` (repeatable: an index built from the same catalogue with a model
+from ``lookalike train --classifier-only``, whose embedding is the backbone's), a row per
+classifier: the category it names ranked first (``--rerank classify``). Its catalogue columns
+on all items include the items it was fitted on; the test-split columns do not, nor does the
+test side of the street photos (the train side does, when it was fitted with them).
+
 Usage: .venv/bin/python bench/levers.py [--index bench/out/quality/efficientnet-lite0]
+[--classifier-index bench/out/train/clf-street-index ...]
 (the index: ``lookalike build ../shared/datasets/myntra-9k/catalog.csv --out ...``).
 """
 
@@ -33,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from lookalike import Index
+from lookalike.classifier import coded
 from lookalike.evaluate import evaluate_catalog, evaluate_queries, label_codes, rank
 from lookalike.images import load_model_views
 from lookalike.quality import read_label_mapping
@@ -100,14 +108,16 @@ def ms_per_query(fn, args: list) -> float:
     return float(np.median(t) * 1e3)
 
 
-def timings(ix: Index, photos: list[Path], items: list[str]) -> dict[str, tuple[float, float]]:
+def timings(ix: Index, photos: list[Path], items: list[str], rows: list[tuple]
+            ) -> dict[str, tuple[float, float]]:
     """ms per photo search and per similar-by-id of each row (not DBA), in ``ROUNDS``
     interleaved rounds so that a slow spell of the machine hits every row alike."""
     best: dict[str, tuple[float, float]] = {}
     for _ in range(ROUNDS):
-        for label, _fit, views, how, use_dba in ROWS:
+        for label, _fit, views, how, use_dba, *clf in rows:
             if use_dba:
                 continue
+            ix = clf[0] if clf else ix
             r = Rerank.parse(how)
             photo = ms_per_query(partial(ix.search, k=10, rerank=r, views=views or "none"),
                                  photos)
@@ -121,8 +131,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--index", default="bench/out/quality/efficientnet-lite0")
     ap.add_argument("--timed", type=int, default=40, help="photos and items timed per row")
+    ap.add_argument("--classifier-index", action="append", default=[],
+                    help="an index of the same catalogue whose model has a category classifier")
+    ap.add_argument("--only", action="append", default=[], metavar="TEXT",
+                    help="run only the rows whose label contains TEXT (repeatable); the first "
+                         "row, the ratios' base, always runs")
     args = ap.parse_args()
     ix = Index.open(args.index)
+    rows = [r for i, r in enumerate(ROWS)
+            if i == 0 or not args.only or any(t in r[0] for t in args.only)]
+    for path in args.classifier_index:
+        other = Index.open(path)
+        if other.classifier is None or not np.allclose(other.embeddings, ix.embeddings,
+                                                      atol=1e-4):
+            raise SystemExit(f"{path}: no classifier, or not the embedding of {args.index}")
+        rows.append((f"crop + classify ({Path(path).name})", "crop", "", "classify", False, other))
     if ix.preprocess.steps:
         raise SystemExit("build the index without --preprocess steps")
     g = np.ascontiguousarray(ix.embeddings, np.float32)
@@ -145,14 +168,16 @@ def main() -> None:
     head = ("| lever | street P@10 | street top-1 | train side P@10 | test side P@10 | myntra type "
             "P@1 | type P@10 | type+colour P@10 | test-split type P@10 | test type+colour P@10 "
             "| ms/photo search | ms/similar |")
-    cost = timings(ix, timed_photos, timed_items)
+    cost = timings(ix, timed_photos, timed_items, rows)
     base_ms = cost[ROWS[0][0]]
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
-    for label, fit, views, how, use_dba in ROWS:
+    for label, fit, views, how, use_dba, *clf in rows:
         r = Rerank.parse(how)
         gal = g_dba if use_dba else g
-        ranker = reranked(r, cats) if r else rank
+        head = clf[0].classifier if clf else None
+        ranker = reranked(r, *coded(head, items, "articleType")) if head else \
+            reranked(r, cats) if r else rank
         q = street_vectors(ix, paths, fit, views, cache)
         ev = evaluate_queries(q, photos["label"].tolist(), gal, masks, (1, 10),
                               name="street", ranker=ranker)
@@ -161,7 +186,8 @@ def main() -> None:
         grp = [float(np.nanmean(p10[group == k])) for k in (0, 1)]
         cat = evaluate_catalog(gal, items, RELS, (1, 10), ranker=ranker).metrics
         sub = items.iloc[test].reset_index(drop=True)
-        sub_ranker = reranked(r, cats[test]) if r else rank
+        sub_ranker = reranked(r, *coded(head, sub, "articleType")) if head else \
+            reranked(r, cats[test]) if r else rank
         tst = evaluate_catalog(gal[test], sub, RELS, (10,), ranker=sub_ranker).metrics
         ms_photo, ms_sim = cost.get(label, (float("nan"), float("nan")))
         print(f"| {label} | {np.nanmean(p10):.3f} | {np.nanmean(pq['accuracy@1/street']):.3f} "

@@ -23,6 +23,7 @@ from . import journal
 from .build import BuildSummary, build_index
 from .catalog import IMAGE_PATH, ITEM_ID, PRODUCT_ID, Catalog, read_catalog, resolve_image
 from .changes import Prepared, UpdateSummary, from_delta, from_rows, keep_photo
+from .classifier import CategoryHead, load_head
 from .embedders import DEFAULT_EMBEDDER, Embedder, EmbedderSpec, create_embedder
 from .errors import ImageError, IndexFormatError, ItemExistsError, LookalikeError, UnknownItemError
 from .images import (
@@ -85,6 +86,7 @@ class Index:
         self.auto_compact = auto_compact
         self._embedder: Embedder | None = None
         self._embedder_spec: EmbedderSpec | None = None
+        self._head: CategoryHead | None = None
         self._write = threading.Lock()  # this process's writers, one at a time
         self._compactor: threading.Thread | None = None
 
@@ -138,6 +140,17 @@ class Index:
     def rerank(self) -> Rerank:
         """The re-ranking searches run unless told otherwise (chosen at build)."""
         return Rerank.from_dict(self._seg.manifest.get("search", {}).get("rerank"))
+
+    @property
+    def classifier(self) -> CategoryHead | None:
+        """The category classifier of the index's model (``lookalike train`` fits one; the
+        ``classify`` re-ranking uses it), if the index was built with one."""
+        digest = self._seg.manifest.get("search", {}).get("classifier")
+        if digest is None:
+            return None
+        if self._head is None:
+            self._head = load_head(self.spec.source, digest)
+        return self._head
 
     @property
     def preprocess(self) -> Preprocess:
@@ -314,16 +327,21 @@ class Index:
         raises when it needs a column the index lacks."""
         r = self.rerank if rerank is None else \
             rerank if isinstance(rerank, Rerank) else Rerank.parse(rerank)
-        if r.vote and self.category is None:
-            raise LookalikeError(f"index {self.path} has no category column: the category vote "
-                                 "cannot run (build with one, or re-rank without vote)")
+        if r.categorises and self.category is None:
+            raise LookalikeError(f"index {self.path} has no category column: a category cannot "
+                                 "be ranked first (build with one, or re-rank without vote or "
+                                 "classify)")
+        if r.classify and self.classifier is None:
+            raise LookalikeError(f"index {self.path} has no category classifier: build it with "
+                                 "a model from lookalike train (or re-rank with vote)")
         return r
 
     def _ranked(self, snap: Snapshot, query: np.ndarray, k: int, where: Where | None,
-                per_product: bool, exclude: Sequence[int], rerank: Rerank | str | None
-                ) -> tuple[np.ndarray, np.ndarray]:
+                per_product: bool, exclude: Sequence[int], rerank: Rerank | str | None,
+                known: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The search behind :meth:`search_vector` and :meth:`similar`: α-query expansion,
-        then the category vote (lookalike.rerank), each through the index's own search."""
+        then the category vote or classifier (lookalike.rerank), each through the index's own
+        search; ``known``: the category to rank first, found already."""
         seg, v = snap
         r = self.reranking(rerank)
 
@@ -336,16 +354,21 @@ class Index:
             query = expand_queries(np.asarray(query, np.float32)[None],
                                    seg.vectors(found)[None], scores[None], r.alpha)[0]
         column = self.category
-        if not r.vote or column is None or (where and column in where):
+        if not r.categorises or column is None or (where and column in where):
             return search(query, k, where, exclude)
-        # one search of a pool: its first r.vote vote, and when it holds k items of the winner
-        # (in order, so the winner's best k overall) it is the answer
-        found, scores = search(query, max(r.vote, VOTE_POOL * k), where, exclude)
-        won, answer = self._from_pool(seg, found, scores, k, r)
+        won = known
         if won is None:
-            return search(query, k, where, exclude)
-        if answer is not None and not per_product:  # (per product: a product's best photo of
-            return answer  # the category may be outside the pool)
+            # one search of a pool: its first r.vote vote (or the classifier names the
+            # category), and when it holds k items of the winner (in order, so the winner's
+            # best k overall) it is the answer
+            found, scores = search(query, max(r.vote, VOTE_POOL * k), where, exclude)
+            named = self._classified(query[None], r)
+            won, answer = self._from_pool(seg, found, scores, k, r,
+                                          None if named is None else named[0])
+            if won is None:
+                return search(query, k, where, exclude)
+            if answer is not None and not per_product:  # (per product: a product's best
+                return answer  # photo of the category may be outside the pool)
         first = search(query, k, {**(where or {}), column: won}, exclude)
         if len(first[0]) >= k:
             return first
@@ -358,21 +381,33 @@ class Index:
         return (np.concatenate([first[0], rest[0][:take]]),
                 np.concatenate([first[1], rest[1][:take]]))
 
+    def _classified(self, queries: np.ndarray, r: Rerank) -> list[str] | None:
+        """The classifier's category per query vector (n, d) when ``r`` asks for it, else
+        None."""
+        head = self.classifier if r.classify else None
+        return None if head is None else head.predict(np.asarray(queries, np.float32))
+
     def _from_pool(self, seg: Segments, found: np.ndarray, scores: np.ndarray, k: int,
-                   r: Rerank) -> tuple[str | None, tuple[np.ndarray, np.ndarray] | None]:
+                   r: Rerank, named: str | None = None
+                   ) -> tuple[str | None, tuple[np.ndarray, np.ndarray] | None]:
         """The category the first ``r.vote`` of a best-first pool vote for (None: no votes),
-        and the pool's first ``k`` of it when the pool holds that many."""
+        or the one the classifier ``named``, and the pool's first ``k`` of it when the pool
+        holds that many."""
         column = self.category
         keep = found >= 0
         found, scores = found[keep], scores[keep]
         names = seg.values(column, found.tolist())
-        values = sorted({str(x) for x in names[:r.vote] if x is not None})
-        if not values:
-            return None, None
-        won = vote(np.array([[values.index(str(x)) if x is not None else -1
-                              for x in names[:r.vote]]]), scores[None, :r.vote])[0]
-        hit = np.flatnonzero([str(x) == values[won] for x in names])
-        return values[won], (found[hit[:k]], scores[hit[:k]]) if len(hit) >= k else None
+        if named is not None:
+            won_name = named
+        else:
+            values = sorted({str(x) for x in names[:r.vote] if x is not None})
+            if not values:
+                return None, None
+            won_name = values[vote(np.array([[values.index(str(x)) if x is not None else -1
+                                              for x in names[:r.vote]]]),
+                                   scores[None, :r.vote])[0]]
+        hit = np.flatnonzero([str(x) == won_name for x in names])
+        return won_name, (found[hit[:k]], scores[hit[:k]]) if len(hit) >= k else None
 
     def similar_slots(self, snap: Snapshot, slots: Sequence[int], ks: Sequence[int],
                       rerank: Rerank | str | None = None) -> list[list[Hit]]:
@@ -387,16 +422,21 @@ class Index:
         k = min(max(ks), max(v.count - 1, 0))
         if k == 0:
             return [[] for _ in slots]
-        if not r.vote or self.category is None:
+        if not r.categorises or self.category is None:
             found, scores = drop_self(*seg.search_many(v, seg.vectors(rows), k + 1), rows)
             return [self._hits(seg, f[:kk], s[:kk]) for f, s, kk in zip(found, scores, ks)]
         pool = min(max(r.vote, VOTE_POOL * k), v.count - 1)
-        found, scores = drop_self(*seg.search_many(v, seg.vectors(rows), pool + 1), rows)
+        vectors = seg.vectors(rows)
+        found, scores = drop_self(*seg.search_many(v, vectors, pool + 1), rows)
+        named = self._classified(vectors, r) or [None] * len(rows)
         out = []
-        for slot, f, s, kk in zip(rows.tolist(), found, scores, ks):
-            won, answer = self._from_pool(seg, f, s, kk, r)
-            if won is None or answer is None:  # the rare query the pool cannot answer
-                answer = self._ranked(snap, seg.vector(slot), kk, None, False, [slot], r)
+        for slot, f, s, kk, name in zip(rows.tolist(), found, scores, ks, named):
+            won, answer = self._from_pool(seg, f, s, kk, r, name)
+            if won is None:  # nobody voted: the plain list
+                answer = f[:kk], s[:kk]
+            elif answer is None:  # fewer than k of the winner in the pool
+                answer = self._ranked(snap, seg.vector(slot), kk, None, False, [slot], r,
+                                      known=won)
             out.append(self._hits(seg, *answer))
         return out
 

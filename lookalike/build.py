@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .catalog import ITEM_ID, PHOTO_DIGEST, Catalog
+from .classifier import has_head, head_digest, load_head
 from .decoding import DecoderChoice
 from .embed import embed_images
 from .embedders import DEFAULT_EMBEDDER, Embedder, create_embedder, trained_meta
@@ -91,8 +92,9 @@ def build_index(
     (``pillow`` or ``opencv``) decodes the photos; by default the faster of the two on the
     catalogue's first photos, if their pixels match (the choice is recorded). ``rerank``
     (a :class:`Rerank` or ``"vote,expand"``) is what searches of the index run unless told
-    otherwise; by default :data:`DEFAULT_RERANK` where the catalogue has a category column,
-    else none. ``views`` (``"flip,zoom"``: images.VIEWS) are the extra views a query photo is
+    otherwise; by default :data:`CLASSIFY_RERANK` where the model has a category classifier of
+    the catalogue's category column, else :data:`DEFAULT_RERANK` where it has a category
+    column, else none. ``views`` (``"flip,zoom"``: images.VIEWS) are the extra views a query photo is
     embedded from, averaged (test-time augmentation); default none.
     """
     if index not in KINDS:
@@ -110,18 +112,23 @@ def build_index(
     if (backend == "milvus") != bool(milvus_uri):
         raise LookalikeError("--backend milvus needs --milvus-uri (a Milvus server URI or a "
                              "local file for milvus-lite), and --milvus-uri needs it")
-    has_category = catalog.columns.get("category") is not None
+    embedder = create_embedder(model) if isinstance(model, str) else model
+    category = catalog.columns.get("category")
+    head = classifier_for(embedder, category)
     if rerank is None:
-        rerank = DEFAULT_RERANK if has_category else Rerank()
+        rerank = CLASSIFY_RERANK if head else DEFAULT_RERANK if category else Rerank()
     elif not isinstance(rerank, Rerank):
         rerank = Rerank.parse(rerank)
-    if rerank.vote and not has_category:
-        raise LookalikeError("the category vote needs a category column (--category-column)")
+    if rerank.categorises and not category:
+        raise LookalikeError("ranking a category first (vote or classify) needs a category "
+                             "column (--category-column)")
+    if rerank.classify and not head:
+        raise LookalikeError(f"--rerank classify needs a model with a category classifier of "
+                             f"{category!r} (lookalike train fits one); {embedder.name} has none")
     try:
         views = parse_views(views)
     except ValueError as e:
         raise LookalikeError(str(e)) from None
-    embedder = create_embedder(model) if isinstance(model, str) else model
     if preprocess is None:
         pre = default_preprocess(embedder)
     else:
@@ -170,7 +177,8 @@ def build_index(
         "engine": {"name": engine, **({"address": address or "local"} if engine == "ray" else {})},
         "timings": {k: round(v, 3) for k, v in result.timings.items()},
         "decoder": result.decoder.to_dict() if result.decoder else {"name": decoder},
-        "search": {"rerank": rerank.to_dict(), "views": list(views)},
+        "search": {"rerank": rerank.to_dict(), "views": list(views),
+                   **({"classifier": head} if head else {})},
     }
     if quant:
         manifest["precision"] = quant
@@ -198,8 +206,18 @@ def _int8(fp32: Embedder, paths: list[Any], pre: Preprocess, size: int, seed: in
 
 
 #: what searches of a new index run where its catalogue has a category column (measured:
-#: docs/quality.md)
+#: docs/quality.md) ...
 DEFAULT_RERANK = Rerank(vote=10)
+#: ... and where its model comes with a category classifier of that column
+CLASSIFY_RERANK = Rerank(classify=True)
+
+
+def classifier_for(embedder: Embedder, category: str | None) -> str | None:
+    """The digest of the embedder's category classifier when it has one for ``category``."""
+    folder = embedder.spec.source
+    if not category or not has_head(folder):
+        return None
+    return head_digest(folder) if load_head(folder).column == category else None
 
 
 def default_preprocess(embedder: Embedder) -> Preprocess:

@@ -72,8 +72,8 @@ def _query_options(f: Any) -> Any:
 
 
 RERANK_HELP = ("Re-ranking: none, vote[=N] (the category most of the N nearest items have "
-               "comes first), expand[=N] (α-query expansion with the N nearest), or both "
-               "comma-separated.")
+               "comes first), classify (the category the model's classifier names comes "
+               "first), expand[=N] (α-query expansion with the N nearest), comma-separated.")
 
 
 def _parsed(parse: Any) -> Any:
@@ -175,6 +175,7 @@ _parse_preprocess = _parsed(Preprocess.parse)
                    f"{DEFAULT_PREPROCESS.fit}; for a trained model, its training fit].")
 @click.option("--rerank", default=None, metavar="WAYS", callback=_parse_rerank,
               help=RERANK_HELP + " What searches run unless told otherwise [default: "
+                   f"classify with a trained model that has a category classifier, "
                    f"{DEFAULT_RERANK} with a category column, else none].")
 @click.option("--views", default="none", show_default=True, metavar="VIEWS",
               help=f"Test-time augmentation: query photos are also embedded from these views "
@@ -665,9 +666,14 @@ def triplets(index: str, n: int, out: str, category: str | None, color: str | No
                    "scale, rotate, perspective, light (comma-separated) [default: none].")
 @click.option("--camera-share", default=0.5, show_default=True, type=float,
               help="Share of the queries shown as a camera-like view.")
+@click.option("--classifier-only", is_flag=True,
+              help="Keep INDEX's embedding and fit only the category classifier that "
+                   "--rerank classify uses (seconds; with --queries, the lever that helps "
+                   "camera photos most: docs/quality.md).")
 @click.option("--require-better", is_flag=True,
               help="Exit with status 1 when the model is not better than the pretrained "
-                   "backbone on validation (the model is still written).")
+                   "backbone on validation (with --classifier-only: than the category vote); "
+                   "the model is still written.")
 @click.option("--dim", default=512, show_default=True, type=click.IntRange(2),
               help="Embedding size.")
 @click.option("--gap", default=0.2, show_default=True, type=float,
@@ -709,13 +715,15 @@ def train(index: str, out: str, quiet: bool, resume: bool, require_better: bool,
         raise click.UsageError("--queries and --mapping go together")
     s = run_training(index, out, TrainConfig(**options), resume=resume, progress=not quiet,
                      log=click.echo)
-    click.echo(f"model written to {s.out}: best epoch {s.best_epoch} of {s.epochs_run}, "
-               f"{s.timings['total_s']:.0f} s in all")
+    baseline = "the category vote" if options["classifier_only"] else "the pretrained backbone"
+    click.echo(f"model written to {s.out}: "
+               + (f"best epoch {s.best_epoch} of {s.epochs_run}, " if s.epochs_run else "")
+               + f"{s.timings['total_s']:.0f} s in all")
     if s.better:
-        click.echo(f"it beats the pretrained backbone on validation; use it with "
+        click.echo(f"it beats {baseline} on validation; use it with "
                    f"lookalike build CATALOG --model {s.out} --out INDEX")
     else:
-        click.echo("it does NOT beat the pretrained backbone on validation: keep the index "
+        click.echo(f"it does NOT beat {baseline} on validation: keep the index "
                    "you have (or train with other settings)", err=True)
         if require_better:
             sys.exit(1)

@@ -19,6 +19,7 @@ import pandas as pd
 
 from .api import Index
 from .catalog import IMAGE_PATH, ITEM_ID, PARQUET_SUFFIXES, PRODUCT_ID, Catalog, read_catalog
+from .classifier import coded
 from .embed import EmbedResult, embed_images
 from .errors import ImageError, LookalikeError
 from .evaluate import (
@@ -366,6 +367,9 @@ def _ranker(ix: Index, r: Rerank, gallery: pd.DataFrame) -> Ranker:
     """Exact ranking of ``gallery`` (some of ``ix``'s items) re-ranked as ``r`` says."""
     if not r:
         return rank
+    head = ix.classifier if r.classify else None
+    if head is not None and ix.category:
+        return reranked(r, *coded(head, gallery, ix.category))
     return reranked(r, label_codes(gallery, [ix.category]) if ix.category else None)
 
 

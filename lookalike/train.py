@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -31,7 +32,9 @@ from torch import nn
 from tqdm import tqdm
 
 from .api import Index
+from .build import DEFAULT_RERANK
 from .catalog import ITEM_ID, PRODUCT_ID
+from .classifier import CategoryHead, coded, fit_head
 from .embed import embed_images
 from .embedders import (
     TRAINED_ONNX,
@@ -42,9 +45,10 @@ from .embedders import (
     onnx_session,
 )
 from .errors import ImageError, LookalikeError
-from .evaluate import evaluate_catalog, rank
+from .evaluate import evaluate_catalog, label_codes, rank
 from .images import load_image, to_model_input
 from .ranking import DeepRanking, subsample4, triplet_loss
+from .rerank import Ranker, Rerank, reranked
 from .splits import assign_splits, photo_splits
 from .store import now
 from .triplets import TripletSet, roles, sample_triplets, single_photo
@@ -94,6 +98,8 @@ class TrainConfig:
     # camera-like views of the catalogue photos as queries (CAMERA_STEPS), this share of them
     camera: tuple[str, ...] = ()
     camera_share: float = 0.5
+    # keep the index's embedding and fit only the category classifier (lookalike.classifier)
+    classifier_only: bool = False
 
     def relevances(self) -> list[list[str]]:
         """What validation measures besides finding a product's other photos."""
@@ -373,6 +379,7 @@ class _Outside:
     photos: list[Path | str]
     labels: list[str]
     relevant: dict[str, np.ndarray]  # label → catalogue items that count as a match
+    values: dict[str, tuple[str, ...]]  # label → the category values that count
     fit: np.ndarray  # positions in ``photos`` trained on
     val: np.ndarray  # positions validated on
     key: str  # the validation metric, precision@k/query:<attribute>
@@ -408,8 +415,8 @@ def _read_outside(ix: Index, cfg: TrainConfig, log: Callable[[str], None]) -> _O
         f"{int((side == 'test').sum())} of the held-out groups never read "
         f"({cfg.query_group_column or 'photo'} split, test share {cfg.query_test_fraction})")
     return _Outside(len(ix), [qs.image_file(i) for i in range(len(items))],
-                    items[cfg.query_label_column].astype(str).tolist(), relevant, fit, val,
-                    f"precision@{cfg.k}/{mapping.name}")
+                    items[cfg.query_label_column].astype(str).tolist(), relevant,
+                    mapping.labels, fit, val, f"precision@{cfg.k}/{mapping.name}")
 
 
 def _cache_outside(ix: Index, model: DeepRanking, cache: _Cache, out: _Outside, val: _Val,
@@ -466,13 +473,14 @@ def _joined(a: TripletSet, b: TripletSet) -> TripletSet:
 
 
 def _outside_precision(q: np.ndarray, gallery: np.ndarray, rows: np.ndarray,
-                       out: _Outside, k: int) -> float:
+                       out: _Outside, k: int, ranker: Ranker = rank) -> float:
     """precision@k of outside validation photos (embeddings ``q``) among the catalogue rows
     ``rows`` (embeddings ``gallery``)."""
     from .evaluate import evaluate_queries
 
     masks = {lab: m[rows] for lab, m in out.relevant.items()}
-    ev = evaluate_queries(q, [out.labels[i] for i in out.val], gallery, masks, [k], name="q")
+    ev = evaluate_queries(q, [out.labels[i] for i in out.val], gallery, masks, [k], name="q",
+                          ranker=ranker)
     return float(np.nanmean(ev.per_query[f"precision@{k}/q"]))
 
 
@@ -549,19 +557,19 @@ class _Val:
 
 
 def _measure(emb: np.ndarray, ix: Index, val: _Val, cfg: TrainConfig,
-             outside_q: np.ndarray | None = None) -> dict[str, float]:
+             outside_q: np.ndarray | None = None, ranker: Ranker = rank) -> dict[str, float]:
     """The metrics of ``val.keys`` for gallery embeddings ``emb`` (and the outside
-    validation photos' embeddings ``outside_q``)."""
+    validation photos' embeddings ``outside_q``), ranked by ``ranker``."""
     position = np.full(len(ix), -1)
     position[val.gallery] = np.arange(len(val.gallery))
     ev = evaluate_catalog(emb, ix.items.iloc[val.gallery].reset_index(drop=True),
                           cfg.relevances(), ks=[cfg.k],
                           products=ix.items[cfg.product].to_numpy()[val.gallery],
-                          query_rows=position[val.queries])
+                          query_rows=position[val.queries], ranker=ranker)
     out = {key: float(ev.metrics.get(key, float("nan"))) for key in val.keys}
     if val.outside is not None and outside_q is not None:
         out[val.outside.key] = _outside_precision(outside_q, emb, val.gallery, val.outside,
-                                                  cfg.k)
+                                                  cfg.k, ranker)
     return out
 
 
@@ -687,6 +695,98 @@ def _make_model(backbone: str, cfg: TrainConfig
     return model, head, tuned
 
 
+# --------------------------------------------------------------------------- category classifier
+
+#: the outside photos' weight in the classifier's loss: each is tried, validation chooses
+OUTSIDE_WEIGHTS = (0.5, 1.0, 2.0, 4.0)
+
+
+def _fit_classifier(ix: Index, cfg: TrainConfig, val: _Val, train_rows: np.ndarray,
+                    emb_of: Callable[[np.ndarray], np.ndarray], outside_q: np.ndarray | None,
+                    log: Callable[[str], None]) -> tuple[CategoryHead, dict[str, Any]]:
+    """The category classifier (lookalike.classifier) on the embedding ``emb_of`` gives item
+    rows, fitted on the training items and the training outside photos (their vectors
+    ``outside_q``: the training ones, then the validation ones), and measured on validation
+    against the category vote: the same metrics as training's, each ranking the predicted
+    category first."""
+    assert cfg.category is not None
+    out = val.outside
+    items = ix.items
+    n_fit = 0 if out is None else len(out.fit)
+    fit_q = None if outside_q is None else outside_q[:n_fit]
+    val_q = None if outside_q is None else outside_q[n_fit:]
+    values = [] if out is None else [out.values.get(out.labels[i], ()) for i in out.fit]
+    x = emb_of(train_rows)
+    labels = items[cfg.category].astype("string").fillna("").to_numpy()[train_rows]
+    gallery = emb_of(val.gallery)
+    g_items = items.iloc[val.gallery].reset_index(drop=True)
+    best: tuple[float, float, CategoryHead, dict[str, float]] | None = None
+    for w in OUTSIDE_WEIGHTS if out is not None else (1.0,):
+        head = fit_head(cfg.category, x, labels, fit_q, values, outside_weight=w, seed=cfg.seed)
+        m = _measure(gallery, ix, val, cfg, val_q,
+                     reranked(Rerank(classify=True), *coded(head, g_items, cfg.category)))
+        score = _score(m, val.keys, "")
+        if best is None or score > best[0]:
+            best = (score, w, head, m)
+    assert best is not None
+    score, weight, head, metrics = best
+    voted = _measure(gallery, ix, val, cfg, val_q,
+                     reranked(DEFAULT_RERANK, label_codes(g_items, [cfg.category])))
+    info = {"better_than_vote": score > _score(voted, val.keys, ""), "outside_weight": weight,
+            "metrics": {k: {"classify": metrics[k], "vote": voted[k]} for k in val.keys},
+            "classes": len(head.classes)}
+    log(f"category classifier ({len(head.classes)} {cfg.category} values"
+        + (f", outside photos weighted {weight}" if out is not None else "")
+        + ") on validation, ranking its category first vs the category vote: "
+        + ", ".join(f"{k} {m['classify']:.3f} vs {m['vote']:.3f}"
+                    for k, m in info["metrics"].items()))
+    return head, info
+
+
+def _train_classifier_only(ix: Index, out: Path, cfg: TrainConfig, val: _Val,
+                           train_rows: np.ndarray, split_counts: dict[str, int], t_start: float,
+                           log: Callable[[str], None]) -> TrainSummary:
+    """``--classifier-only``: the index's embedding stays; the model folder holds it (its ONNX
+    file) and the category classifier fitted on it. The verdict: the classifier against the
+    category vote, on validation."""
+    if cfg.category is None:
+        raise LookalikeError("--classifier-only needs a category column (--category); this "
+                             f"index has none among {', '.join(ix.attributes)}")
+    if ix.spec.precision != "fp32":
+        raise LookalikeError(f"--classifier-only needs an index embedded in fp32; {ix.path} is "
+                             f"{ix.spec.precision}")
+    t0 = time.perf_counter()
+    vectors = np.asarray(ix.embeddings, np.float32)
+    outside_q = None
+    if val.outside is not None:  # embedded as searches embed photos: fit, views
+        o = val.outside
+        outside_q = np.stack([ix.embed(o.photos[i]) for i in np.concatenate([o.fit, o.val])])
+    head, info = _fit_classifier(ix, cfg, val, train_rows, lambda rows: vectors[rows],
+                                 outside_q, log)
+    t_fit = time.perf_counter() - t0
+    out.mkdir(parents=True, exist_ok=True)
+    onnx_path = out / TRAINED_ONNX
+    shutil.copyfile(ix.embedder.onnx_path, onnx_path)
+    digest = hashlib.sha256(onnx_path.read_bytes()).hexdigest()[:16]
+    spec = replace(ix.spec, weights=f"{TRAINED_ONNX} sha256:{digest}", source=str(out.resolve()))
+    head.save(out)
+    verdict = {"better": info["better_than_vote"], "against": "category vote",
+               "metrics": {k: {"trained": m["classify"], "pretrained": m["vote"]}
+                           for k, m in info["metrics"].items()}}
+    timings = {"train_s": t_fit, "total_s": time.perf_counter() - t_start}
+    meta = {"embedder": spec.to_dict(), "backbone": ix.spec.to_dict(), "config": asdict(cfg),
+            "index": str(ix.path), "preprocess": ix.preprocess.to_dict(),
+            "catalog": _catalog_meta(ix, cfg),
+            "trained": now(), "classifier": info, "splits": split_counts, "timings": timings,
+            "verdict": verdict}
+    tmp = out / f".{TRAINED_SPEC}.tmp"
+    tmp.write_text(json.dumps(meta, indent=2, default=float))
+    os.replace(tmp, out / TRAINED_SPEC)
+    log(f"on validation the category classifier is "
+        f"{'BETTER' if verdict['better'] else 'NOT better'} than the category vote")
+    return TrainSummary(out, 0, 0, [], timings, verdict)
+
+
 def train(index: str | os.PathLike, out: str | os.PathLike, config: TrainConfig | None = None,
           *, resume: bool = False, progress: bool = True,
           log: Callable[[str], None] = print) -> TrainSummary:
@@ -745,6 +845,12 @@ def train(index: str | os.PathLike, out: str | os.PathLike, config: TrainConfig 
                                product=cfg.product, p_same_product=p_same,
                                p_in_class=cfg.p_in_class, rows=val_rows,
                                seed=cfg.seed + 10_000), keys, outside)
+    split_counts = {s: int((split == s).sum()) for s in ("train", "val", "test")}
+    if cfg.classifier_only:
+        if resume:
+            raise LookalikeError("--resume continues a network's training; a classifier alone "
+                                 "is fitted in seconds: run it again")
+        return _train_classifier_only(ix, out, cfg, val, train_rows, split_counts, t_start, log)
     aug_rows = np.zeros(0, np.int64)
     if p_same > 0:  # the rows whose same-product positive will be an augmented view
         for rows in (train_rows, val_rows):
@@ -834,9 +940,24 @@ def train(index: str | os.PathLike, out: str | os.PathLike, config: TrainConfig 
         raise LookalikeError("no epoch was trained (epochs=0?)")
     t_fit = time.perf_counter() - t_train
     t0 = time.perf_counter()
-    export_trained(out, ix, best_state, cfg, history, best_epoch, split_counts={
-        s: int((split == s).sum()) for s in ("train", "val", "test")})
+    export_trained(out, ix, best_state, cfg, history, best_epoch, split_counts)
     plot_curve(history, keys, out / CURVE)
+    extra: dict[str, Any] = {}
+    if cfg.category is not None:  # the classifier on the model written, kept if it beats the vote
+        model.load_state_dict(best_state)
+        model.eval()
+        with torch.no_grad():
+            outside_q = None if outside is None else _embed_rows(
+                model, cache, outside.base + np.concatenate([outside.fit, outside.val]),
+                tune).numpy()
+        head, extra["classifier"] = _fit_classifier(
+            ix, cfg, val, train_rows, lambda rows: _embed_all(model, cache, rows, tune),
+            outside_q, log)
+        if extra["classifier"]["better_than_vote"]:
+            head.save(out)
+        else:
+            log("the classifier is not better than the vote on validation: not kept (indexes "
+                "of this model re-rank by the vote)")
     timings = {"cache_s": t_cache, "train_s": t_fit, "export_s": time.perf_counter() - t0,
                "total_s": time.perf_counter() - t_start}
     verdict = _verdict(history, best_epoch, keys)
@@ -844,7 +965,7 @@ def train(index: str | os.PathLike, out: str | os.PathLike, config: TrainConfig 
         f"than the pretrained backbone: "
         + ", ".join(f"{k} {m['trained']:.3f} vs {m['pretrained']:.3f}"
                     for k, m in verdict["metrics"].items()))
-    _update_meta(out, {"timings": timings, "verdict": verdict})
+    _update_meta(out, {"timings": timings, "verdict": verdict, **extra})
     return TrainSummary(out, len(history) - 1, best_epoch, history, timings, verdict)
 
 
@@ -875,13 +996,21 @@ def export_trained(out: Path, ix: Index, state: dict[str, torch.Tensor], cfg: Tr
                         source=str(out.resolve()))
     meta = {"embedder": spec.to_dict(), "backbone": ix.spec.to_dict(), "config": asdict(cfg),
             "index": str(ix.path), "preprocess": ix.preprocess.to_dict(),
-            "catalog": {k: ix.manifest["catalog"].get(k) for k in ("columns", "attributes")},
+            "catalog": _catalog_meta(ix, cfg),
             "trained": now(), "best_epoch": best_epoch,
             "history": history, "splits": split_counts}
     tmp = out / f".{TRAINED_SPEC}.tmp"
     tmp.write_text(json.dumps(meta, indent=2, default=float))
     os.replace(tmp, out / TRAINED_SPEC)
     return spec
+
+
+def _catalog_meta(ix: Index, cfg: TrainConfig) -> dict[str, Any]:
+    """The training catalogue's columns as ``build --model`` takes them: the index's, with
+    the category and colour roles training used."""
+    cat = ix.manifest["catalog"]
+    columns = {**(cat.get("columns") or {}), "category": cfg.category, "color": cfg.color}
+    return {"columns": columns, "attributes": cat.get("attributes")}
 
 
 def _update_meta(out: Path, extra: dict[str, Any]) -> None:

@@ -31,7 +31,10 @@ def test_parse_and_describe() -> None:
     assert str(Rerank(vote=5, expand=2)) == "vote=5,expand=2" and str(Rerank()) == "none"
     assert Rerank.from_dict(Rerank(3, 1, 2.0).to_dict()) == Rerank(3, 1, 2.0)
     assert Rerank.from_dict(None) == Rerank()  # an index built before re-ranking
-    for bad in ("votes", "vote=x", "vote=-1"):
+    assert Rerank.parse("classify,expand=2") == Rerank(expand=2, classify=True)
+    assert str(Rerank(classify=True)) == "classify" and Rerank(classify=True).categorises
+    assert Rerank.from_dict(Rerank(classify=True).to_dict()) == Rerank(classify=True)
+    for bad in ("votes", "vote=x", "vote=-1", "vote,classify", "classify=3"):
         with pytest.raises(LookalikeError):
             Rerank.parse(bad)
 
@@ -208,3 +211,28 @@ def test_batched_similar_equals_one_by_one(tiny_index: Path) -> None:
         assert [[h.item_id for h in g] for g in got] == [[h.item_id for h in w] for w in want]
     with pytest.raises(LookalikeError, match="not batched"):
         ix.similar_slots(snap, [0], [3], "expand=1")
+
+
+def test_classifier_learns_set_labels_of_outside_photos() -> None:
+    """fit_head learns catalogue categories; outside photos whose label allows a set of
+    categories move their look into the set: photos that lie nearest category a (as a street
+    photo lies nearest the wrong catalogue items), labelled "b or c", stop being called a."""
+    from lookalike.classifier import fit_head
+
+    rng = np.random.default_rng(0)
+    centres = np.eye(8, dtype=np.float32)[:3]
+    x = np.concatenate([c + 0.05 * rng.normal(size=(40, 8)) for c in centres]).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    labels = ["a"] * 40 + ["b"] * 40 + ["c"] * 40
+    head = fit_head("type", x, labels)
+    assert head.classes == ["a", "b", "c"]
+    assert (np.array(head.predict(x)) == np.array(labels)).mean() > 0.95
+    look = np.eye(8, dtype=np.float32)[5] + 0.8 * centres[0] \
+        + 0.05 * rng.normal(size=(30, 8)).astype(np.float32)
+    look /= np.linalg.norm(look, axis=1, keepdims=True)
+    assert set(head.predict(look)) == {"a"}
+    head = fit_head("type", x, labels, look, [("b", "c")] * len(look))
+    assert "a" not in set(head.predict(look))
+    assert (np.array(head.predict(x)) == np.array(labels)).mean() > 0.95  # still knows these
+    with pytest.raises(LookalikeError, match="at least 2 categories"):
+        fit_head("type", x[:40], labels[:40])

@@ -425,7 +425,7 @@ def test_outside_triplets_do_not_depend_on_string_hashing() -> None:
             "from lookalike.train import _Outside, _outside_triplets\n"
             "labels = [f'label{i % 9}' for i in range(90)]\n"
             "relevant = {f'label{j}': np.arange(200) % 9 == j for j in range(9)}\n"
-            "out = _Outside(200, [''] * 90, labels, relevant, np.arange(60), np.arange(60, 90),"
+            "out = _Outside(200, [''] * 90, labels, relevant, {}, np.arange(60), np.arange(60, 90),"
             " 'k')\n"
             "t = _outside_triplets(out, np.arange(200), 500, 3)\n"
             "print(t.query.tolist(), t.positive.tolist(), t.negative.tolist())\n")
@@ -433,3 +433,118 @@ def test_outside_triplets_do_not_depend_on_string_hashing() -> None:
                            env={**os.environ, "PYTHONHASHSEED": seed}).stdout
             for seed in ("1", "2", "3")}
     assert len(runs) == 1
+
+
+def _outside_photos(shop: dict[str, Path]) -> tuple[str, str]:
+    """48 labelled photos unlike the catalogue's (other sizes, rotated, tinted), 24 senders;
+    their labels map to sets of types (``top`` is right as a shirt or a bag)."""
+    rows = []
+    for i, shape in enumerate(SHAPES * 16):
+        path = shop["root"] / "img" / f"clf-{i}.jpg"
+        if not path.exists():
+            img = garment((90 + 5 * i, 90, 200 - 4 * i), shape, size=120, seed=900 + i)
+            img.rotate(8 * (i % 3), fillcolor=(200, 190, 170)).save(path)
+        rows.append((f"img/clf-{i}.jpg", {"shirt": "top", "shoe": "footwear", "bag": "bag"}[shape],
+                     f"person{i % 24}"))
+    csv = shop["root"] / "clf.csv"
+    pd.DataFrame(rows, columns=["image_path", "label", "sender_id"]).to_csv(csv, index=False)
+    yaml = shop["root"] / "clf.yaml"
+    yaml.write_text("attribute: type\nlabels:\n  top: [shirt, bag]\n  footwear: [shoe]\n"
+                    "  bag: [bag]\n")
+    return str(csv), str(yaml)
+
+
+def test_classifier_only_gives_a_model_that_build_and_search_use(shop: dict[str, Path],
+                                                                 tmp_path: Path) -> None:
+    """--classifier-only keeps the index's embedding (the model embeds exactly as the
+    backbone does), fits the category classifier on catalogue and outside photos, says how
+    it compares with the vote; an index built with the model re-ranks with it by default,
+    and its searches are the lists lookalike evaluate measures."""
+    from lookalike.classifier import load_head
+    from lookalike.evaluate import label_codes
+    from lookalike.rerank import Rerank, reranked
+
+    queries, mapping = _outside_photos(shop)
+    lines: list[str] = []
+    cfg = TrainConfig(**{**CFG, "classifier_only": True, "queries": queries, "mapping": mapping,
+                         "query_group_column": "sender_id", "query_test_fraction": 0.4,
+                         "query_val_fraction": 0.4})
+    out = tmp_path / "clf"
+    s = train(shop["index"], out, cfg, progress=False, log=lines.append)
+    assert any(x.startswith("category classifier (3 type values") for x in lines), lines
+    assert s.verdict["against"] == "category vote" and "better" in s.verdict
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["classifier"]["outside_weight"] in (0.5, 1.0, 2.0, 4.0)
+    head = load_head(out)
+    assert head.column == "type" and head.classes == ["bag", "shirt", "shoe"]
+    ix = Index.open(shop["index"])
+    built = build_index(read_catalog(shop["csv"], product_column="product",
+                                     category_column="type"), tmp_path / "ix", model=str(out))
+    new = Index.open(built.path)
+    # the same embedding as the backbone's index, and the classifier by default
+    assert np.allclose(new.embeddings, ix.embeddings, atol=1e-5)
+    assert new.rerank == Rerank(classify=True) and new.classifier is not None
+    g = np.asarray(new.embeddings, np.float32)
+    items = new.items
+    codes = label_codes(items, ["type"])
+    values = items["type"].tolist()
+    ranker = reranked(Rerank(classify=True), codes, lambda q: np.array(
+        [codes[values.index(c)] for c in head.predict(q)]))
+    ids = items["item_id"].tolist()
+    for row in range(0, len(ids), 5):
+        want, _ = ranker(g[row:row + 1], g, 8, self_rows=np.array([row]))
+        hits = new.similar(ids[row], 8)
+        assert [h.item_id for h in hits] == [ids[r] for r in want[0]]
+        predicted = head.predict(g[row:row + 1])[0]
+        assert hits[0].metadata["type"] == predicted  # its category first
+    snap = new.snapshot()
+    batched = new.similar_slots(snap, [snap.slot(i) for i in ids], [6] * len(ids))
+    assert [[h.item_id for h in b] for b in batched] == \
+        [[h.item_id for h in new.similar(i, 6)] for i in ids]
+    # a photo search ranks the classifier's category first
+    photo = shop["root"] / "img" / "clf-1.jpg"
+    hits = new.search(photo, 5)
+    assert hits[0].metadata["type"] == head.predict(new.embed(photo))[0]
+    # the backbone's index has no classifier: classify is refused, with the way to get one
+    plain = build_index(read_catalog(shop["csv"], category_column="type"), tmp_path / "plain",
+                        model="mobilenet-v2")
+    with pytest.raises(LookalikeError, match="no category classifier"):
+        Index.open(plain.path).similar(ids[0], 3, rerank="classify")
+    with pytest.raises(LookalikeError, match="category classifier"):
+        build_index(read_catalog(shop["csv"], category_column="type"), tmp_path / "no",
+                    model="mobilenet-v2", rerank="classify")
+
+
+def test_a_changed_classifier_is_refused(shop: dict[str, Path], tmp_path: Path) -> None:
+    """An index never re-ranks with a classifier other than the one it was built with."""
+    from lookalike.classifier import load_head
+    from lookalike.errors import IndexFormatError
+
+    out = tmp_path / "clf"
+    train(shop["index"], out, TrainConfig(**{**CFG, "classifier_only": True}), progress=False,
+          log=lambda _: None)
+    built = build_index(read_catalog(shop["csv"], product_column="product",
+                                     category_column="type"), tmp_path / "ix", model=str(out))
+    head = load_head(out)
+    head.bias[0] += 1.0
+    head.save(out)
+    with pytest.raises(IndexFormatError, match="changed since the index was built"):
+        Index.open(built.path).similar("shirt-red-0-0", 3)
+    with pytest.raises(LookalikeError, match="needs a category column"):
+        train(shop["index"], tmp_path / "x", TrainConfig(**{**CFG, "category": None,
+                                                            "color": None,
+                                                            "classifier_only": True}),
+              progress=False, log=lambda _: None)
+
+
+def test_full_training_fits_a_classifier_when_it_beats_the_vote(shop: dict[str, Path],
+                                                                tmp_path: Path) -> None:
+    lines: list[str] = []
+    s = train(shop["index"], tmp_path / "m", TrainConfig(**{**CFG, **SMALL}), progress=False,
+              log=lines.append)
+    meta = json.loads((s.out / "model.json").read_text())
+    info = meta["classifier"]
+    assert set(info["metrics"]) == set(s.verdict["metrics"])
+    kept = (s.out / "category_head.npz").is_file()
+    assert kept == info["better_than_vote"]
+    assert kept or any("not kept" in x for x in lines)

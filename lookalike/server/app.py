@@ -31,8 +31,9 @@ DEFAULT_MAX_PIXELS = 40_000_000
 MAX_K = 100
 OPTIONS = {"k", "per_product", "rerank"}
 RERANK = Query(None, description="Re-ranking: none, vote[=N] (rank the category most of the N "
-                                  "nearest items have first), expand[=N] (α-query expansion), "
-                                  "or both comma-separated; default: the index's own.")
+                                  "nearest items have first), classify (rank the category the "
+                                  "model's classifier names first), expand[=N] (α-query "
+                                  "expansion), comma-separated; default: the index's own.")
 STATIC = Path(__file__).parent / "static"
 MAX_FILTER_VALUES = 100
 API_KEY_ENV = "LOOKALIKE_API_KEY"
