@@ -109,11 +109,12 @@ class Index:
 
     @property
     def manifest(self) -> dict[str, Any]:
-        """The folder's manifest, its item count as of now and, when the journal holds
-        changes, how many (``journal``)."""
+        """The folder's manifest, its item count as of now (``counts.items``; at the last build
+        or compaction: ``counts.built``) and, when the journal holds changes, how many
+        (``journal``)."""
         seg, v = self.snapshot()
         m = dict(seg.manifest)
-        m["counts"] = {**m["counts"], "items": v.count}
+        m["counts"] = {**m["counts"], "items": v.count, "built": m["counts"]["items"]}
         if seg.applied:
             m["journal"] = {"changes": seg.applied}
         return m
@@ -457,20 +458,22 @@ class Index:
 
     # --- changing ------------------------------------------------------------------------------
 
-    def read_delta(self, path: str | os.PathLike, images: str | os.PathLike | None = None
-                   ) -> Catalog:
+    def read_delta(self, path: str | os.PathLike, images: str | os.PathLike | None = None, *,
+                   allow_outside_images: bool = False) -> Catalog:
         """A catalogue delta, read with the columns the index was built with."""
         cols = self._seg.manifest["catalog"]["columns"]
         return read_catalog(path, images, id_column=cols["id"], image_column=cols["image"],
                             product_column=cols.get("product"), attributes=self.attributes,
                             category_column=cols.get("category"),
-                            color_column=cols.get("color"))
+                            color_column=cols.get("color"),
+                            allow_outside_images=allow_outside_images)
 
     def add(self, items: Catalog | str | os.PathLike | pd.DataFrame | Sequence[Mapping[str, Any]],
             photos: Sequence[ImageSource] | None = None, *, vectors: np.ndarray | None = None,
             images: str | os.PathLike | None = None, replace: bool = True,
             batch_size: int = 32, progress: bool = False,
-            max_pixels: int = DEFAULT_MAX_PIXELS) -> UpdateSummary:
+            max_pixels: int = DEFAULT_MAX_PIXELS,
+            allow_outside_images: bool = False) -> UpdateSummary:
         """Add items, or replace those with the same id; one journal entry for all of them.
 
         ``items`` is either a catalogue delta (a :class:`Catalog`, or the path of one, read
@@ -485,7 +488,7 @@ class Index:
 
         Returns when the change is durable and searchable here."""
         if isinstance(items, (str, os.PathLike)):
-            items = self.read_delta(items, images)
+            items = self.read_delta(items, images, allow_outside_images=allow_outside_images)
         if isinstance(items, Catalog):
             if photos is not None or vectors is not None:
                 raise LookalikeError("a catalogue delta brings its own photos; give photos= "

@@ -21,6 +21,7 @@ from .milvus import BACKENDS
 from .preprocess import DEFAULT_PREPROCESS, Preprocess
 from .quantize import INT8_MODEL, PRECISIONS, quantize_catalogue
 from .ray_engine import ENGINES, embed_on_ray
+from .rebuild import check_replace, replay
 from .rerank import Rerank
 from .store import now, read_manifest, versions, write_index
 
@@ -36,6 +37,7 @@ class BuildSummary:
     index: dict[str, Any] = field(default_factory=dict)  # the manifest's vector index entry
     precision: dict[str, Any] = field(default_factory=dict)  # int8: calibration and check
     decoder: DecoderChoice | None = None  # the photo decoder chosen, and on what
+    kept_changes: str | None = None  # on_changes="keep": what was replayed, in words
 
     @property
     def catalog_rows(self) -> int:
@@ -68,6 +70,7 @@ def build_index(
     decoder: str | None = None,
     rerank: Rerank | str | None = None,
     views: Sequence[str] | str | None = None,
+    on_changes: str = "refuse",
 ) -> BuildSummary:
     """Embed every photo of ``catalog`` and write the index folder ``out`` atomically.
 
@@ -94,8 +97,11 @@ def build_index(
     (a :class:`Rerank` or ``"vote,expand"``) is what searches of the index run unless told
     otherwise; by default :data:`CLASSIFY_RERANK` where the model has a category classifier of
     the catalogue's category column, else :data:`DEFAULT_RERANK` where it has a category
-    column, else none. ``views`` (``"flip,zoom"``: images.VIEWS) are the extra views a query photo is
-    embedded from, averaged (test-time augmentation); default none.
+    column, else none. ``views`` (``"flip,zoom"``: images.VIEWS) are the extra views a query
+    photo is embedded from, averaged (test-time augmentation); default none. ``out`` may be an
+    index already: one with changes since its build (items added or removed) is replaced only
+    with ``on_changes="force"`` (they are dropped) or ``"keep"`` (they are replayed onto the
+    new build, lookalike.rebuild); by default the build refuses, before any photo is embedded.
     """
     if index not in KINDS:
         raise LookalikeError(f"unknown index type {index!r}; choose one of {', '.join(KINDS)}")
@@ -112,6 +118,7 @@ def build_index(
     if (backend == "milvus") != bool(milvus_uri):
         raise LookalikeError("--backend milvus needs --milvus-uri (a Milvus server URI or a "
                              "local file for milvus-lite), and --milvus-uri needs it")
+    pending = check_replace(out, on_changes)
     embedder = create_embedder(model) if isinstance(model, str) else model
     category = catalog.columns.get("category")
     head = classifier_for(embedder, category)
@@ -186,9 +193,10 @@ def build_index(
     path = write_index(out, manifest, items, result.embeddings, index, params or None,
                        milvus_uri=milvus_uri,
                        extra_files={INT8_MODEL: embedder.onnx_path} if quant else None)
+    kept = replay(path, pending) if pending is not None else None
     return BuildSummary(path, spec.name, len(items), skipped, result.timings,
                         manifest["preprocess"]["outcomes"], read_manifest(path)["index"], quant,
-                        result.decoder)
+                        result.decoder, kept)
 
 
 def _int8(fp32: Embedder, paths: list[Any], pre: Preprocess, size: int, seed: int,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .checks import MAX_ID_CHARS, id_problem, shown
 from .errors import CatalogError, ImageError
 from .images import file_digest, is_uri, join_location, read_bytes
 
@@ -113,13 +114,19 @@ def read_catalog(
     attributes: list[str] | None = None,
     category_column: str | None = None,
     color_column: str | None = None,
+    allow_outside_images: bool = False,
+    id_rule: bool = True,
 ) -> Catalog:
     """Read and validate a catalogue; image paths are relative to ``images`` (default: the
     catalogue's folder), which may be a filesystem URI (``s3://bucket/photos``): then photos
     are not looked for here, and one that is missing is reported when it is read.
     ``category_column`` names the attribute that says what kind of item each is (e.g.
     articleType): the category vote re-ranks by it; ``color_column`` its colour (training
-    uses both)."""
+    uses both). A local photo path that leads outside ``images`` (``../x.jpg``, an absolute
+    path, a link out of it) is a bad row, reported and left out, unless
+    ``allow_outside_images``: the server shows catalogue photos to anyone who asks. Ids follow
+    the item id rule (lookalike.checks) unless ``id_rule`` is off (a set of query photos,
+    named by their paths, is never served)."""
     path = Path(path)
     text_cols = [c for c in (id_column, image_column, product_column) if c]
     df = _read_table(path, text_cols)
@@ -152,14 +159,22 @@ def read_catalog(
         rows = [line(i) for i in empty.to_numpy().nonzero()[0][:10]]
         raise CatalogError(f"{int(empty.sum())} row(s) of {path.name} have no item id "
                            f"(column {id_column!r}) at {where}(s) {rows}")
+    bad = [(i, problem) for i, v in enumerate(ids.tolist())
+           if id_rule and (problem := id_problem(v))]
+    if bad:
+        listed = "; ".join(f"{where} {line(i)}: {shown(ids.iat[i])} {problem}"
+                           for i, problem in bad[:5])
+        raise CatalogError(f"{len(bad)} item id(s) of {path.name} (column {id_column!r}) break "
+                           f"the id rule (printable text without '/', at most {MAX_ID_CHARS} "
+                           f"characters): {listed}")
     dup = ids.duplicated(keep=False)
     if dup.any():
         groups = (pd.Series(range(len(ids)))[dup.to_numpy()]
                   .groupby(ids[dup].to_numpy()).apply(list))
-        shown = "; ".join(f"{k!r} at {where}s {[line(i) for i in v]}"
-                          for k, v in list(groups.items())[:5])
+        dups = "; ".join(f"{k!r} at {where}s {[line(i) for i in v]}"
+                         for k, v in list(groups.items())[:5])
         raise CatalogError(f"{len(groups)} duplicate item id(s) in {path.name} "
-                           f"(column {id_column!r}): {shown}")
+                           f"(column {id_column!r}): {dups}")
 
     items = pd.DataFrame({ITEM_ID: ids.to_numpy()})
     items[PRODUCT_ID] = (_as_text(df[product_column]).to_numpy() if product_column
@@ -176,11 +191,21 @@ def read_catalog(
     if not remote and not Path(root).is_dir():
         raise CatalogError(f"image folder not found: {root} (--images)")
     missing: dict[int, str] = {}
+    inside = None if remote else Path(root).resolve()
     for i, rel in enumerate(items[IMAGE_PATH].tolist()):
         if pd.isna(rel) or not str(rel).strip():
             missing[i] = f"no image path (column {image_column!r} is empty)"
-        elif not remote and not is_uri(rel) and not Path(resolve_image(root, rel)).is_file():
+        elif is_uri(rel) and str(rel).lower().startswith("file:") and not allow_outside_images:
+            missing[i] = (f"image path {rel!r} is a local file URI; give paths under the image "
+                          "folder (or allow it with --allow-outside-images)")
+        elif remote or is_uri(rel):
+            continue
+        elif not Path(resolve_image(root, rel)).is_file():
             missing[i] = f"image file missing: {resolve_image(root, rel)}"
+        elif not allow_outside_images and inside is not None and \
+                not Path(resolve_image(root, rel)).resolve().is_relative_to(inside):
+            missing[i] = (f"image path {rel!r} leads outside the image folder {inside} "
+                          "(allow it with --allow-outside-images)")
     if len(missing) == len(items):
         first = next(iter(missing.values()))
         raise CatalogError(f"none of the {len(items)} images of {path.name} can be found "

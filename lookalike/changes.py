@@ -20,6 +20,7 @@ from PIL import Image
 
 from . import journal
 from .catalog import IMAGE_PATH, ITEM_ID, PHOTO_DIGEST, PRODUCT_ID, ROW, Catalog, photo_digest
+from .checks import check_item_id, checked_metadata, column_kinds
 from .embed import embed_images
 from .errors import ImageError, LookalikeError
 from .images import ImageSource, file_digest, is_uri
@@ -59,8 +60,16 @@ def from_delta(ix: Any, delta: Catalog, batch_size: int, progress: bool) -> Prep
     ids = delta.items[ITEM_ID].astype(str).tolist()
     no_duplicates(ids, f"the delta {delta.source.name}")
     paths = [delta.image_file(r) for r in range(len(delta))]
+    kinds = index_kinds(ix)
+    values: dict[int, dict[str, Any]] = {}
     todo: list[int] = []
     for r, item_id in enumerate(ids):
+        try:
+            values[r] = checked_metadata({a: plain(delta.items[a].iat[r]) for a in ix.attributes},
+                                         kinds, item_id)
+        except LookalikeError as e:
+            out.skipped[item_id] = str(e)
+            continue
         if r in delta.missing:
             out.skipped[item_id] = delta.missing[r]
         elif item_id in ix and _unchanged(ix, item_id, delta, r, photo_digest(paths[r])):
@@ -77,8 +86,7 @@ def from_delta(ix: Any, delta: Catalog, batch_size: int, progress: bool) -> Prep
         item = delta.items.iloc[r]
         records.append({ROW: -1, ITEM_ID: ids[r], PRODUCT_ID: str(item[PRODUCT_ID]),
                         IMAGE_PATH: absolute(paths[r]),
-                        **{a: plain(item[a]) for a in ix.attributes},
-                        PHOTO_DIGEST: digest})
+                        **values[r], PHOTO_DIGEST: digest})
     for pos, reason in emb.skipped.items():
         out.skipped[ids[todo[pos]]] = reason
     return Prepared(records, emb.embeddings, [None] * len(records), out)
@@ -106,13 +114,11 @@ def from_rows(ix: Any, rows: pd.DataFrame | Sequence[Mapping[str, Any]],
     if unknown:
         raise LookalikeError(f"unknown attribute(s) {unknown}; the index has: "
                              f"{', '.join(ix.attributes)}")
-    ids = []
-    for i, r in enumerate(recs):
-        item_id = plain(r.get(ITEM_ID))
-        if item_id is None or not str(item_id).strip():
-            raise LookalikeError(f"row {i}: item_id must not be empty")
-        ids.append(str(item_id))
+    ids = [check_item_id(plain(r.get(ITEM_ID)), f"(row {i})") for i, r in enumerate(recs)]
     no_duplicates(ids, "the rows")
+    kinds = index_kinds(ix)
+    values = [checked_metadata({a: plain(r.get(a)) for a in ix.attributes}, kinds, ids[i])
+              for i, r in enumerate(recs)]
     if (photos is None) == (vectors is None):
         raise LookalikeError("give the rows' photos= or their vectors=, one of the two")
     given = photos if photos is not None else vectors
@@ -139,9 +145,14 @@ def from_rows(ix: Any, rows: pd.DataFrame | Sequence[Mapping[str, Any]],
     records = [{ROW: -1, ITEM_ID: ids[i],
                 PRODUCT_ID: ids[i] if products[i] in (None, "") else str(products[i]),
                 IMAGE_PATH: paths[i],
-                **{a: plain(r.get(a)) for a in ix.attributes}, PHOTO_DIGEST: digests[i]}
+                **values[i], PHOTO_DIGEST: digests[i]}
                for i, r in enumerate(recs)]
     return Prepared(records, out, keep, UpdateSummary())
+
+
+def index_kinds(ix: Any) -> dict[str, str]:
+    """What each attribute column of the index holds (lookalike.checks.column_kinds)."""
+    return column_kinds(ix.snapshot().seg.base_items, ix.attributes)
 
 
 def no_duplicates(ids: Sequence[str], what: str) -> None:

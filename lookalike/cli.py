@@ -71,6 +71,9 @@ def _query_options(f: Any) -> Any:
     return f
 
 
+OUTSIDE_HELP = ("Accept photo paths that lead outside the image folder (../x.jpg, absolute "
+                "paths, links out of it); by default such rows are skipped and reported, since "
+                "the server shows catalogue photos to anyone who asks.")
 RERANK_HELP = ("Re-ranking: none, vote[=N] (the category most of the N nearest items have "
                "comes first), classify (the category the model's classifier names comes "
                "first), expand[=N] (α-query expansion with the N nearest), comma-separated.")
@@ -222,6 +225,13 @@ _parse_preprocess = _parsed(Preprocess.parse)
               show_default=True,
               help="Photo decoder: auto times Pillow and OpenCV on the catalogue's first photos "
                    "and takes the faster, OpenCV only if its pixels match Pillow's.")
+@click.option("--allow-outside-images", is_flag=True, help=OUTSIDE_HELP)
+@click.option("--force", is_flag=True,
+              help="Replace an --out index that has changes since its build (items added or "
+                   "removed, e.g. through the server), dropping them.")
+@click.option("--keep-changes", is_flag=True,
+              help="Replace an --out index that has changes since its build, replaying them "
+                   "onto the new build (added items embedded again from their photos).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def build(catalog: str, images: str | None, out: str, model: str, id_column: str,
           image_column: str, product_column: str | None, attributes: str | None,
@@ -230,7 +240,7 @@ def build(catalog: str, images: str | None, out: str, model: str, id_column: str
           index_kind: str, vectors: str, precision: str, calibration_size: int,
           calibration_seed: int, strict: bool, engine: str, address: str | None,
           actors: int | None, backend: str, milvus_uri: str | None, decoder: str,
-          quiet: bool) -> None:
+          allow_outside_images: bool, force: bool, keep_changes: bool, quiet: bool) -> None:
     """Embed every photo of CATALOG (CSV or Parquet) and write an index folder."""
     cols = _columns(model, {"id": id_column, "image": image_column, "product": product_column,
                             "category": category_column, "color": color_column})
@@ -238,7 +248,10 @@ def build(catalog: str, images: str | None, out: str, model: str, id_column: str
                        product_column=cols["product"],
                        attributes=[a.strip() for a in attributes.split(",") if a.strip()]
                        if attributes is not None else None, category_column=cols["category"],
-                       color_column=cols["color"])
+                       color_column=cols["color"], allow_outside_images=allow_outside_images)
+    if force and keep_changes:
+        raise click.UsageError("--force drops an index's changes, --keep-changes keeps them: "
+                               "choose one")
     for role, default, what in (("category", DEFAULT_CATEGORY, "no category vote"),
                                 ("color", DEFAULT_COLOR, "training leaves colour out")):
         if cols[role] is None:  # the default role, where the catalogue has it
@@ -261,10 +274,13 @@ def build(catalog: str, images: str | None, out: str, model: str, id_column: str
                     calibration_size=calibration_size, calibration_seed=calibration_seed,
                     strict=strict, decoder=None if decoder == "auto" else decoder,
                     rerank=rerank, views=views,
-                    milvus_uri=milvus_uri if backend == "milvus" else None)
+                    milvus_uri=milvus_uri if backend == "milvus" else None,
+                    on_changes="force" if force else "keep" if keep_changes else "refuse")
     t = s.timings
     click.echo(f"index {s.path}: {s.items} items embedded with {s.model}, "
                f"{len(s.skipped)} skipped, of {s.catalog_rows} catalogue rows")
+    if s.kept_changes:
+        click.echo(s.kept_changes)
     if engine == "ray":
         click.echo(f"time {t['total_s']:.1f} s ({t['images_per_s']:.0f} images/s on Ray, "
                    f"{t['actors']:.0f} workers per stage; summed over workers: inference "
@@ -338,12 +354,15 @@ def compact(index: str) -> None:
 @click.argument("delta", type=click.Path(dir_okay=False, exists=True))
 @click.option("--images", type=click.Path(file_okay=False),
               help="Folder the delta's image paths are relative to [default: its folder].")
+@click.option("--allow-outside-images", is_flag=True, help=OUTSIDE_HELP)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def add(index: str, delta: str, images: str | None, quiet: bool) -> None:
+def add(index: str, delta: str, images: str | None, allow_outside_images: bool,
+        quiet: bool) -> None:
     """Add the new items of DELTA (a catalogue with the index's columns) to INDEX, and
     re-embed those whose photo or metadata changed; one atomic change."""
     ix = Index.open(index)
-    s = ix.add(delta, images=images, progress=not quiet)
+    s = ix.add(delta, images=images, progress=not quiet,
+               allow_outside_images=allow_outside_images)
     click.echo(f"index {index}: {len(s.added)} added, {len(s.replaced)} replaced, "
                f"{len(s.unchanged)} unchanged, {len(s.skipped)} skipped"
                + (f" (change {s.change})" if s.change else " (nothing changed)"))
@@ -737,7 +756,12 @@ def train(index: str, out: str, quiet: bool, resume: bool, require_better: bool,
               type=click.IntRange(1), help="Larger uploads are refused with 413.")
 @click.option("--max-pixels", default=40_000_000, show_default=True, type=click.IntRange(1),
               help="Uploaded photos with more pixels are refused with 413.")
-def serve(index: str, host: str, port: int, max_upload_bytes: int, max_pixels: int) -> None:
+@click.option("--max-decode-pixels", default=40_000_000, show_default=True,
+              type=click.IntRange(1),
+              help="Pixels of uploaded photos decoded at once; more wait their turn (memory "
+                   "stays bounded under a burst of large photos).")
+def serve(index: str, host: str, port: int, max_upload_bytes: int, max_pixels: int,
+          max_decode_pixels: int) -> None:
     """Serve INDEX over HTTP (API docs at /docs); --port 0 takes a free port and prints it.
     Items that other processes add or remove are served within a second."""
     import socket
@@ -746,7 +770,8 @@ def serve(index: str, host: str, port: int, max_upload_bytes: int, max_pixels: i
 
     from .server import create_app
 
-    app = create_app(index, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels)
+    app = create_app(index, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels,
+                     max_decode_pixels=max_decode_pixels)
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
@@ -766,7 +791,11 @@ def info(index: str, as_json: bool) -> None:
         click.echo(json.dumps(m, indent=2))
         return
     c = m["counts"]
-    click.echo(f"{index}: {c['items']} items, {c['skipped']} skipped of {c['catalog_rows']} rows")
+    changes = m.get("journal", {}).get("changes", 0)
+    click.echo(f"{index}: {c['items']} items now"
+               + (f" ({c['built']} at the last build or compaction, then {changes} change(s))"
+                  if changes else "")
+               + f"; the build skipped {c['skipped']} of {c['catalog_rows']} catalogue rows")
     click.echo(f"model {m['embedder']['name']} ({m['embedder']['dim']} dims, "
                f"input {m['embedder']['input_size']}px), built {m['created']}")
     click.echo(_describe_index(m))

@@ -181,6 +181,16 @@ def _draft_request(size: tuple[int, int], draft_size: int) -> tuple[int, int]:
     return max(draft_size, w * draft_size // short), max(draft_size, h * draft_size // short)
 
 
+def decoded_pixels(size: tuple[int, int], fmt: str | None, draft_size: int | None) -> int:
+    """The pixels a photo of ``size`` and format ``fmt`` is decoded at (a JPEG at the scale
+    draft mode reaches for ``draft_size``)."""
+    w, h = size
+    if fmt == "JPEG" and draft_size:
+        s = _jpeg_scale(size, _draft_request(size, draft_size))
+        return (w // s) * (h // s)
+    return w * h
+
+
 def _opencv_rgb(data: bytes, max_pixels: int, draft_size: int | None) -> np.ndarray | None:
     """``data``, a plain colour JPEG, decoded by OpenCV at the scale Pillow's draft mode would
     use (libjpeg-turbo downscaling in both), as RGB pixels; or ``None`` where Pillow must decode it:

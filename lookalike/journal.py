@@ -38,6 +38,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .errors import IndexFormatError, LookalikeError
+from .litter import temp_file
 
 JOURNAL = "journal"
 LOG = "changes.log"
@@ -336,7 +337,7 @@ def _append(path: str | os.PathLike, cursor: Cursor,
 def write_file(target: Path, data: bytes) -> None:
     """Write ``data`` to ``target`` durably and atomically (a unique temporary name renamed
     into place)."""
-    tmp = target.with_name(f".{target.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    tmp = temp_file(target, uuid.uuid4().hex[:8])
     try:
         with open(tmp, "wb") as f:
             f.write(data)

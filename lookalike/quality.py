@@ -133,7 +133,8 @@ def read_query_set(path: str | os.PathLike, *, images: str | os.PathLike | None 
         raise LookalikeError("a query split needs the group column (--query-split with "
                              "--query-group-column)")
     cat = read_catalog(path, images, id_column=image_column, image_column=image_column,
-                       attributes=[label_column] + ([group_column] if group_column else []))
+                       attributes=[label_column] + ([group_column] if group_column else []),
+                       allow_outside_images=True, id_rule=False)  # photos to query with
     if cat.items[label_column].isna().any():
         rows = (cat.items[label_column].isna().to_numpy().nonzero()[0][:10] + 2).tolist()
         raise LookalikeError(f"query set {Path(path).name}: rows without a label "

@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 from . import journal, milvus
 from .errors import IndexFormatError
 from .index import build_vector_index, searchable, set_search_params, stored_kind
+from .litter import build_tmp_prefix, remove_dead_builds, remove_dead_files
 from .segments import Segments, View
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,8 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     return json.loads((Path(path) / MANIFEST).read_text())
 
 
-def _is_index(path: Path) -> bool:
+def is_index(path: Path) -> bool:
+    """Whether ``path`` holds a lookalike index folder."""
     try:
         return read_manifest(path).get("format") == FORMAT
     except (OSError, ValueError, AttributeError):
@@ -93,12 +95,13 @@ def write_index(out: str | os.PathLike, manifest: dict[str, Any], items: pd.Data
     keep_backend = None if milvus_uri else manifest.get("backend")
     if embeddings is not None and len(items) != len(embeddings):
         raise ValueError(f"{len(items)} items but {len(embeddings)} embeddings")
-    if out.exists() and not (out.is_dir() and (_is_index(out) or not any(out.iterdir()))):
+    if out.exists() and not (out.is_dir() and (is_index(out) or not any(out.iterdir()))):
         raise IndexFormatError(f"{out} exists and is not a lookalike index; refusing to "
                                "overwrite it (choose another --out or remove it)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    old_backend = read_manifest(out).get("backend") if _is_index(out) else None
+    remove_dead_builds(out)
+    tmp = Path(tempfile.mkdtemp(prefix=build_tmp_prefix(out), dir=out.parent))
+    old_backend = read_manifest(out).get("backend") if is_index(out) else None
     new_backend: dict[str, Any] | None = None
     try:
         items = items.reset_index(drop=True)
@@ -192,7 +195,7 @@ def _recover(path: Path) -> bool:
     for old in sorted(path.parent.glob(f".{path.name}.old-*")):
         try:
             with journal.locked(old, timeout=0):
-                if not path.exists() and _is_index(old):
+                if not path.exists() and is_index(old):
                     os.rename(old, path)
                     journal.fsync_dir(path.parent)
                     return True
@@ -263,6 +266,7 @@ def open_segments(path: str | os.PathLike) -> Segments:
                 continue
             raise
         if generation(path) == gen:
+            remove_dead_files(journal.folder_of(path))
             return seg
     raise IndexFormatError(f"index {path} was replaced {OPEN_RETRIES} times while it was "
                            "being opened; try again")

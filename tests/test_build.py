@@ -33,7 +33,7 @@ def index_dir(catalog, tmp_path: Path) -> Path:
 def test_bad_photos_skipped_with_reasons_and_rows_aligned(catalog, index_dir: Path) -> None:
     ix = Index.open(index_dir)
     m = ix.manifest
-    assert m["counts"] == {"catalog_rows": 30, "items": 24, "skipped": 6}
+    assert m["counts"] == {"catalog_rows": 30, "items": 24, "skipped": 6, "built": 24}
     reasons = {s["item_id"]: s["reason"] for s in m["skipped"]}
     assert set(reasons) == set(BAD_REASONS)
     for item, expected in BAD_REASONS.items():
@@ -103,7 +103,7 @@ def test_cli_end_to_end(tiny_catalog: Path, tmp_path: Path) -> None:
         assert r.exit_code == 0, r.output
         assert g.stat().st_size > 1000
     r = run(cli, ["info", str(out)])
-    assert "24 items, 6 skipped of 30 rows" in r.output
+    assert "24 items now; the build skipped 6 of 30 catalogue rows" in r.output
     # errors: one line, non-zero exit
     r = run(cli, ["similar", str(out), "zzz"])
     assert r.exit_code == 1 and "Error: unknown item id 'zzz'" in r.output

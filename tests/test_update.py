@@ -234,17 +234,16 @@ def test_a_compaction_killed_at_any_step_loses_nothing(split: dict[str, Path], s
 @pytest.mark.slow
 def test_myntra_add_1000_remove_500_equals_a_fresh_build(tmp_path: Path) -> None:
     """Acceptance 3 of issue 7, on the real catalogue with the default embedder."""
-    cat = pd.read_csv(MYNTRA / "catalog.csv", dtype=str)
-    cat["image_path"] = [str(MYNTRA / p) for p in cat["image_path"]]
+    cat = pd.read_csv(MYNTRA / "catalog.csv", dtype=str)  # photo paths under MYNTRA
     base, delta = cat.iloc[:-1000], cat.iloc[-1000:]
-    build_index(read_catalog(_write(base, tmp_path / "base.csv")), tmp_path / "ix")
+    build_index(read_catalog(_write(base, tmp_path / "base.csv"), MYNTRA), tmp_path / "ix")
     ix = Index.open(tmp_path / "ix")
-    assert len(add_items(tmp_path / "ix", read_delta(ix, _write(delta, tmp_path / "d.csv"))).added) \
-        == 1000
+    assert len(add_items(tmp_path / "ix", ix.read_delta(_write(delta, tmp_path / "d.csv"),
+                                                        MYNTRA)).added) == 1000
     gone = cat["id"].sample(500, random_state=0).tolist()
     remove_items(tmp_path / "ix", gone)
     result = cat[~cat["id"].isin(gone)]
-    fresh = Index.open(build_index(read_catalog(_write(result, tmp_path / "r.csv")),
+    fresh = Index.open(build_index(read_catalog(_write(result, tmp_path / "r.csv"), MYNTRA),
                                    tmp_path / "fresh").path)
     changed = Index.open(tmp_path / "ix")
     assert len(changed) == len(fresh) == 9083

@@ -24,6 +24,14 @@ from ..api import Hit, Index
 from ..errors import ImageError, ItemExistsError, LookalikeError, UnknownItemError
 from ..images import is_uri, read_bytes
 from .batcher import SimilarBatcher
+from .limits import (
+    BODY_MARGIN,
+    DEFAULT_DECODE_BUDGET,
+    BodyLimit,
+    DecodeGate,
+    decode_pixels,
+    return_large_blocks,
+)
 from .live import LiveIndex
 
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
@@ -74,10 +82,14 @@ def _image_error(e: ImageError) -> HTTPException:
 def create_app(index_path: str | os.PathLike, *,
                max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
                max_pixels: int = DEFAULT_MAX_PIXELS,
+               max_decode_pixels: int = DEFAULT_DECODE_BUDGET,
                api_key: str | None = None) -> FastAPI:
     """An app serving the index folder ``index_path``. Adding and deleting items needs
     ``api_key`` (default: the LOOKALIKE_API_KEY environment variable) in the X-API-Key
-    header; without a configured key they are refused."""
+    header; without a configured key they are refused. A request body over
+    ``max_upload_bytes`` (and a little for the form around the photo) is refused before it is
+    stored; photos over ``max_pixels`` before they are decoded; and at most
+    ``max_decode_pixels`` of photos are decoded at once (lookalike.server.limits)."""
     live = LiveIndex(index_path)
     key = api_key if api_key is not None else os.environ.get(API_KEY_ENV, "")
     batcher = SimilarBatcher()
@@ -92,6 +104,13 @@ def create_app(index_path: str | os.PathLike, *,
     app = FastAPI(title="lookalike", summary="Visually similar products", lifespan=lifespan,
                   description=f"Index {first.path.name}: {len(first)} items, model {first.model}.")
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_middleware(BodyLimit, limit=max_upload_bytes + BODY_MARGIN)
+    gate = DecodeGate(max_decode_pixels)
+    return_large_blocks()
+
+    def decoding(index: Index, data: bytes) -> Any:
+        """Hold the decode budget for this photo while it is decoded and searched."""
+        return gate.hold(decode_pixels(data, index.spec.input_size))
 
     def authorise(x_api_key: str | None) -> None:
         if not key:
@@ -185,8 +204,9 @@ def create_app(index_path: str | os.PathLike, *,
         data = _read_upload(image, max_upload_bytes)
         try:
             r = index.reranking(rerank)  # refused before the photo is decoded
-            hits = index.search(data, k, where=where, per_product=per_product,
-                                max_pixels=max_pixels, rerank=r)
+            with decoding(index, data):
+                hits = index.search(data, k, where=where, per_product=per_product,
+                                    max_pixels=max_pixels, rerank=r)
         except ImageError as e:
             raise _image_error(e) from None
         except LookalikeError as e:
@@ -207,11 +227,15 @@ def create_app(index_path: str | os.PathLike, *,
             meta = json.loads(metadata)
         except ValueError as e:
             raise HTTPException(422, f"metadata is not valid JSON: {e}") from None
+        except RecursionError:
+            raise HTTPException(422, "metadata is nested too deeply; it is a JSON object of "
+                                     "single values") from None
         if not isinstance(meta, dict):
             raise HTTPException(422, "metadata must be a JSON object of attribute values")
         data = _read_upload(image, max_upload_bytes)
         try:
-            live.add(item_id, data, meta, product_id, max_pixels=max_pixels)
+            with decoding(live.index, data):
+                live.add(item_id, data, meta, product_id, max_pixels=max_pixels)
         except ImageError as e:
             raise _image_error(e) from None
         except ItemExistsError as e:

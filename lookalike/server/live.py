@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from ..api import Index
-from ..errors import LookalikeError
 
 log = logging.getLogger(__name__)
 WATCH_INTERVAL = 0.2  # seconds between looks at the folder for others' changes
@@ -44,8 +43,6 @@ class LiveIndex:
             product_id: str | None = None, *, max_pixels: int) -> None:
         """Embed ``photo``, keep it in the index folder and add the item. Raises ImageError
         for a photo that cannot be used, ItemExistsError for a taken id."""
-        if not str(item_id).strip():
-            raise LookalikeError("item_id must not be empty")
         row = {**(metadata or {}), "item_id": item_id, "product_id": product_id}
         self.index.add([row], photos=[photo], replace=False, max_pixels=max_pixels)
 

@@ -1,0 +1,74 @@
+"""Temporary files and folders that a killed process leaves behind, and their removal.
+
+Every temporary name a writer makes carries its process id (``.NAME.tmp-PID-…``, journal files
+``.NAME.PID-….tmp``). The next build, open or compaction of that folder removes the ones whose
+process is gone: only those it can prove dead. A process on another machine sharing the folder
+cannot be proven dead from here and its files are left alone, as are names without a pid.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (one we may not signal counts)."""
+    if pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_dead(folder: Path, pattern: re.Pattern[str]) -> list[Path]:
+    """Remove the entries of ``folder`` whose name matches ``pattern`` (its ``pid`` group: the
+    writer) and whose writer is gone; returns what was removed."""
+    gone = []
+    try:
+        entries = list(folder.iterdir())
+    except FileNotFoundError:
+        return gone
+    for p in entries:
+        m = pattern.fullmatch(p.name)
+        if not m or alive(int(m.group("pid"))):
+            continue
+        try:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+        except FileNotFoundError:
+            continue
+        log.info("removed %s, left by process %s", p, m.group("pid"))
+        gone.append(p)
+    return gone
+
+
+def build_tmp_prefix(out: Path) -> str:
+    """The prefix of a build's temporary folder beside ``out`` (mkdtemp adds the rest)."""
+    return f".{out.name}.tmp-{os.getpid()}-"
+
+
+def remove_dead_builds(out: Path) -> list[Path]:
+    """Temporary folders of builds and compactions of ``out`` whose process is gone."""
+    return remove_dead(out.parent, re.compile(rf"\.{re.escape(out.name)}\.tmp-(?P<pid>\d+)-.+"))
+
+
+def temp_file(target: Path, tag: str) -> Path:
+    """A temporary name beside ``target`` that says which process writes it."""
+    return target.with_name(f".{target.name}.{os.getpid()}-{tag}.tmp")
+
+
+def remove_dead_files(folder: Path) -> list[Path]:
+    """Temporary files of :func:`temp_file` in ``folder`` whose process is gone."""
+    return remove_dead(folder, re.compile(r"\..+\.(?P<pid>\d+)-[0-9a-f]+\.tmp"))
