@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .checks import MAX_ID_CHARS, id_problem, shown
+from .checks import ID_RULE, id_problem, shown
 from .errors import CatalogError, ImageError
 from .images import file_digest, is_uri, join_location, read_bytes
 
@@ -165,8 +165,7 @@ def read_catalog(
         listed = "; ".join(f"{where} {line(i)}: {shown(ids.iat[i])} {problem}"
                            for i, problem in bad[:5])
         raise CatalogError(f"{len(bad)} item id(s) of {path.name} (column {id_column!r}) break "
-                           f"the id rule (printable text without '/', at most {MAX_ID_CHARS} "
-                           f"characters): {listed}")
+                           f"the id rule: {listed}. {ID_RULE}")
     dup = ids.duplicated(keep=False)
     if dup.any():
         groups = (pd.Series(range(len(ids)))[dup.to_numpy()]

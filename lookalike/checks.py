@@ -1,8 +1,9 @@
 """What an index accepts, checked before anything is stored: item ids and metadata values.
 
-One id rule for catalogues, ``lookalike add``, ``Index.add`` and ``POST /items``: an id is
-printable text (no tab, newline or other control character), has no ``/`` (it is a path segment
-of ``/items/{id}``) and is at most :data:`MAX_ID_CHARS` characters long.
+One id rule for catalogues, ``lookalike add``, ``Index.add`` and ``POST /items``: an id is text
+that is not only spaces, has no control character (tab, newline, …) and no ``/`` (it is a path
+segment of ``/items/{id}``), and is at most :data:`MAX_ID_CHARS` characters long (:data:`ID_RULE`;
+the API's schema says the same with :data:`ID_PATTERN`).
 
 A metadata value must fit its column as the catalogue built it: text for text columns, a number
 for numeric ones (a whole number for integer ones), ``true``/``false`` for boolean ones, or
@@ -13,6 +14,7 @@ that does not fit would otherwise sit in the journal and break every later read 
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,8 +24,14 @@ import pandas as pd
 from .errors import LookalikeError
 
 MAX_ID_CHARS = 256
+_ALLOWED = r"[^/\x00-\x1f\x7f-\x9f]"
+#: the id rule as a regular expression (with the length limit beside it)
+ID_PATTERN = rf"^{_ALLOWED}*[^/\s\x00-\x1f\x7f-\x9f]{_ALLOWED}*$"
+ID_RULE = (f"An item id: text that is not only spaces, without '/' or control characters, at "
+           f"most {MAX_ID_CHARS} characters.")
 MAX_TEXT_CHARS = 4096
 KINDS = ("text", "integer", "number", "bool")
+INT64 = (-(2**63), 2**63 - 1)
 
 
 def shown(value: object, width: int = 40) -> str:
@@ -42,7 +50,7 @@ def id_problem(item_id: object) -> str | None:
         return f"is {len(item_id):,} characters long (at most {MAX_ID_CHARS})"
     if "/" in item_id:
         return "contains '/'"
-    if not item_id.isprintable():
+    if any(unicodedata.category(c) == "Cc" for c in item_id):
         return "contains a control character (tab, newline, …)"
     return None
 
@@ -51,9 +59,8 @@ def check_item_id(item_id: object, where: str = "") -> str:
     """``item_id`` when it follows the id rule, else a LookalikeError naming it."""
     problem = id_problem(item_id)
     if problem:
-        raise LookalikeError(f"item id {shown(item_id)}{' ' + where if where else ''} {problem}; "
-                             f"an item id is printable text without '/', at most "
-                             f"{MAX_ID_CHARS} characters")
+        raise LookalikeError(f"item id {shown(item_id)}{' ' + where if where else ''} {problem}. "
+                             f"{ID_RULE}")
     return str(item_id)
 
 
@@ -91,10 +98,14 @@ def value_problem(value: object, kind: str) -> str | None:
             f"is {type(value).__name__}, and the column holds true/false"
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
         return f"is {type(value).__name__}, and the column holds numbers"
+    if isinstance(value, (int, np.integer)) and not INT64[0] <= int(value) <= INT64[1]:
+        return "is outside the 64-bit integer range"
     if not math.isfinite(float(value)):
         return "is not a finite number"
     if kind == "integer" and float(value) != int(value):
         return "is not a whole number, and the column holds whole numbers"
+    if kind == "integer" and not INT64[0] <= int(value) <= INT64[1]:
+        return "is outside the 64-bit integer range"
     return None
 
 

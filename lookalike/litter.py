@@ -1,13 +1,16 @@
 """Temporary files and folders that a killed process leaves behind, and their removal.
 
 Every temporary name a writer makes carries its process id (``.NAME.tmp-PID-…``, journal files
-``.NAME.PID-….tmp``). The next build, open or compaction of that folder removes the ones whose
-process is gone: only those it can prove dead. A process on another machine sharing the folder
-cannot be proven dead from here and its files are left alone, as are names without a pid.
+``.NAME.PID-….tmp``), and a build's temporary folder holds a lock file its writer keeps locked
+(``flock``) while it writes. The next open, build or compaction of that folder removes what it
+can prove dead: no process with that id here, and (for a folder) its lock free, which also
+holds for a writer in another PID namespace of this machine. Names without a pid are left
+alone.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import re
@@ -30,6 +33,48 @@ def alive(pid: int) -> bool:
     return True
 
 
+LOCK = ".writer.lock"
+
+
+class Held:
+    """A lock file in a temporary folder, locked while its writer works in it."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / LOCK
+        self.fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        """Remove the lock file and let go of it (idempotent)."""
+        if self.fd is None:
+            return
+        self.path.unlink(missing_ok=True)
+        os.close(self.fd)
+        self.fd = None
+
+
+def hold_while_writing(folder: Path) -> Held:
+    return Held(folder)
+
+
+def _writer_gone(p: Path) -> bool:
+    """For a folder with a lock file: whether nobody holds that lock."""
+    lock = p / LOCK
+    if not p.is_dir() or not lock.exists():
+        return True
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def remove_dead(folder: Path, pattern: re.Pattern[str]) -> list[Path]:
     """Remove the entries of ``folder`` whose name matches ``pattern`` (its ``pid`` group: the
     writer) and whose writer is gone; returns what was removed."""
@@ -40,7 +85,7 @@ def remove_dead(folder: Path, pattern: re.Pattern[str]) -> list[Path]:
         return gone
     for p in entries:
         m = pattern.fullmatch(p.name)
-        if not m or alive(int(m.group("pid"))):
+        if not m or alive(int(m.group("pid"))) or not _writer_gone(p):
             continue
         try:
             if p.is_dir() and not p.is_symlink():

@@ -34,9 +34,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import journal, milvus
+from .catalog import IMAGE_PATH, ITEM_ID
+from .checks import column_kinds, shown, value_problem
 from .errors import IndexFormatError
 from .index import build_vector_index, searchable, set_search_params, stored_kind
-from .litter import build_tmp_prefix, remove_dead_builds, remove_dead_files
+from .litter import build_tmp_prefix, hold_while_writing, remove_dead_builds, remove_dead_files
 from .segments import Segments, View
 
 log = logging.getLogger(__name__)
@@ -101,6 +103,7 @@ def write_index(out: str | os.PathLike, manifest: dict[str, Any], items: pd.Data
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_dead_builds(out)
     tmp = Path(tempfile.mkdtemp(prefix=build_tmp_prefix(out), dir=out.parent))
+    held = hold_while_writing(tmp)  # proof of life for whoever cleans up beside us
     old_backend = read_manifest(out).get("backend") if is_index(out) else None
     new_backend: dict[str, Any] | None = None
     try:
@@ -143,6 +146,7 @@ def write_index(out: str | os.PathLike, manifest: dict[str, Any], items: pd.Data
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o755)
+        held.release()  # (the folder becomes the index: no lock file in it)
         with journal.locked(out) if out.exists() else contextlib.nullcontext():
             if before_swap is not None:
                 before_swap(tmp)
@@ -159,6 +163,7 @@ def write_index(out: str | os.PathLike, manifest: dict[str, Any], items: pd.Data
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
+        held.release()
         shutil.rmtree(tmp, ignore_errors=True)
         if new_backend:
             milvus.MilvusStore(new_backend).drop()
@@ -267,6 +272,7 @@ def open_segments(path: str | os.PathLike) -> Segments:
             raise
         if generation(path) == gen:
             remove_dead_files(journal.folder_of(path))
+            remove_dead_builds(path)
             return seg
     raise IndexFormatError(f"index {path} was replaced {OPEN_RETRIES} times while it was "
                            "being opened; try again")
@@ -355,9 +361,45 @@ def compact(seg: Segments, v: View) -> int:
             raise IndexFormatError(f"index {path} was replaced while it was being compacted; "
                                    "nothing was changed")
         journal.carry(path, tmp, after=v.seq, dim=None if seg.milvus else seg.dim)
-        if (path / PHOTOS).is_dir():
-            shutil.copytree(path / PHOTOS, tmp / PHOTOS, copy_function=os.link)
+        if (path / PHOTOS).is_dir():  # the photos an item names; the rest were kept by a
+            # writer killed before its journal record (under the lock, no writer is mid-way)
+            later = [r for e in journal.read(tmp, journal.Cursor(), None)[0]
+                     if e.change.get("op") == "add" for r in e.records]
+            named = {Path(str(p)).name for p in [*items[IMAGE_PATH].dropna().tolist(),
+                                                  *(r.get(IMAGE_PATH) for r in later)]
+                     if p and Path(str(p)).parent.name == PHOTOS}  # (kept as absolute
+            # paths; comparing names only, a relative and an absolute spelling agree)
+            shutil.copytree(path / PHOTOS, tmp / PHOTOS, copy_function=os.link,
+                            ignore=lambda _, names: [n for n in names if n not in named])
 
+    misfits = _misfits(seg, items, upto=v.seq)
+    if misfits:
+        raise IndexFormatError(f"index {path}: cannot compact: " + "; ".join(misfits[:5])
+                               + ". Remove those items (lookalike remove) or add them again "
+                               "with fitting values, then compact")
     write_index(path, m, items, emb, seg.kind, seg.params, before_swap=carry,
                 extra_files={n: path / n for n in seg.manifest["files"].get("extra", [])})
     return folded
+
+
+def _misfits(seg: Segments, items: pd.DataFrame, upto: int) -> list[str]:
+    """The journal's values that do not fit their column (written before values were checked,
+    lookalike.checks), each named with its change and item, for the alive items only."""
+    latest: dict[str, tuple[int, dict[str, Any]]] = {}  # item id → its last add
+    for e in journal.read(seg.path, journal.Cursor(), None)[0]:
+        if e.seq > upto:
+            break
+        if e.change.get("op") == "add":
+            latest.update((str(r.get(ITEM_ID)), (e.seq, r)) for r in e.records)
+    alive = set(items[ITEM_ID].astype(str))
+    kinds = column_kinds(seg.base_items, seg.attributes)
+    out = []
+    for item_id, (seq, rec) in latest.items():
+        if item_id not in alive:
+            continue
+        for column, kind in kinds.items():
+            problem = value_problem(rec.get(column), kind)
+            if problem:
+                out.append(f"change {seq} of the journal gives item {item_id!r} {column}="
+                           f"{shown(rec.get(column))}, which {problem}")
+    return out

@@ -52,6 +52,8 @@ def post(client: TestClient, item_id: str, metadata: str = "{}") -> object:
     ({"year": "2012"}, "year"),  # text in a numeric column
     ({"year": True}, "year"),
     ({"gender": "x" * 5000}, "gender"),  # too long
+    ({"year": 2**70}, "year"),  # found by tests/test_fuzz.py: broke compaction
+    ({"year": 1e300}, "year"),
 ])
 def test_metadata_of_the_wrong_type_is_refused_and_nothing_breaks(shop: Path, metadata: dict,
                                                                   key: str) -> None:
@@ -132,7 +134,7 @@ def test_info_says_the_live_count_and_the_built_one(shop: Path) -> None:
 
 def test_a_killed_writer_leaves_nothing_the_next_one_keeps(shop: Path) -> None:
     """A build or compaction killed mid-way leaves a hidden temporary folder the size of the
-    vectors, a killed server a journal temporary file; the next build, compaction or open
+    vectors, a killed server a journal temporary file; the next open, build or compaction
     removes those of dead processes, and keeps those of live ones."""
     import os
     import subprocess
@@ -154,6 +156,8 @@ def test_a_killed_writer_leaves_nothing_the_next_one_keeps(shop: Path) -> None:
     live_file.write_bytes(b"z")
     Index.open(ix_dir)
     assert not stale_file.exists() and live_file.exists()
+    assert not stale.exists() and live.exists()
+    stale.mkdir()  # and a build (or compaction) removes them too
     build_index(read_catalog(shop / "shop.csv", category_column="type"), ix_dir,
                 model="mobilenet-v2")
     assert not stale.exists() and live.exists()
@@ -283,3 +287,81 @@ def test_the_decode_gate_bounds_the_pixels_in_flight() -> None:
     Image.new("RGB", (4000, 3000)).save(jpg, "JPEG")
     assert decode_pixels(jpg.getvalue(), 224) == 500 * 375  # JPEG draft mode: 1/8
     assert decode_pixels(b"not an image", 224) == 0
+
+
+def test_the_openapi_schema_describes_every_answer(shop: Path) -> None:
+    """401/404/409/413/415 were undocumented and the app's own 422 bodies carried a string where
+    the schema said an array; OPTIONS on /items/{id} listed only GET in Allow."""
+    client = TestClient(create_app(shop / "ix", api_key="k"))
+    spec = client.get("/openapi.json").json()
+    want = {("get", "/items/{item_id}"): {"404", "422"},
+            ("get", "/items/{item_id}/similar"): {"404", "422"},
+            ("post", "/search"): {"413", "415", "422"},
+            ("post", "/items"): {"401", "409", "413", "415", "422"},
+            ("delete", "/items/{item_id}"): {"401", "404", "422"}}
+    for (method, path), codes in want.items():
+        responses = spec["paths"][path][method]["responses"]
+        assert codes <= set(responses), (method, path, set(responses))
+        for code in codes:
+            ref = responses[code]["content"]["application/json"]["schema"]["$ref"]
+            assert ref.endswith("/ErrorBody"), (method, path, code, ref)
+    assert spec["components"]["schemas"]["ErrorBody"]["properties"]["detail"]["type"] == "string"
+    r = client.get("/items/item-1/similar", params={"k": "many"})  # FastAPI's own validation
+    assert r.status_code == 422 and isinstance(r.json()["detail"], str), r.json()
+    r = client.get("/items/item-1/similar", params={"rerank": "sideways"})
+    assert r.status_code == 422 and isinstance(r.json()["detail"], str)
+    r = client.options("/items/item-1")
+    assert r.status_code == 405 and set(r.headers["allow"].split(", ")) >= {"GET", "DELETE"}
+
+
+def test_a_journal_value_that_does_not_fit_is_named_not_a_traceback(shop: Path) -> None:
+    """A journal written before values were checked can hold {"year": "2012"}: compaction now
+    names the change, the item and the value instead of failing in pyarrow; once the item is
+    removed, it compacts."""
+    from lookalike.changes import Prepared, UpdateSummary
+
+    ix = Index.open(shop / "ix")
+    ok = ix.add([{"item_id": "fine", "year": 2001}], vectors=np.ones((1, 1280)))
+    record = {"row": -1, "item_id": "old", "product_id": "old", "image_path": None,
+              "type": "shoe", "gender": None, "year": "2012", "photo_sha1": None}
+    ix._commit_add(Prepared([record], np.ones((1, 1280), np.float32), [None], UpdateSummary()),
+                   True)  # as an older version wrote it, unchecked
+    with pytest.raises(LookalikeError, match=r"change 2 of the journal gives item 'old' year="
+                                             r"'2012', which is str"):
+        Index.open(shop / "ix").compact()
+    assert ok.change == 1 and len(Index.open(shop / "ix")) == 8  # nothing lost meanwhile
+    Index.open(shop / "ix").delete(["old"])
+    assert Index.open(shop / "ix").compact() == 3
+    assert Index.open(shop / "ix").metadata("fine")["year"] == 2001
+
+
+def test_compaction_drops_photos_no_item_names(shop: Path) -> None:
+    """A server killed between keeping an upload's photo and writing its journal record left
+    the photo in photos/ for good; compaction keeps only the photos an item names."""
+    client = TestClient(create_app(shop / "ix", api_key="k"))
+    assert post(client, "kept", json.dumps({"type": "shoe"})).status_code == 201
+    photos = shop / "ix" / "photos"
+    orphan = photos / "orphan-0123456789ab.jpeg"
+    orphan.write_bytes(photo(3))
+    assert Index.open(shop / "ix").compact() == 1
+    assert not orphan.exists() and len(list(photos.iterdir())) == 1
+    fresh = TestClient(create_app(shop / "ix"))
+    assert fresh.get("/items/kept/image").status_code == 200
+
+
+def test_a_writer_whose_pid_is_not_seen_but_holds_its_lock_is_left_alone(shop: Path) -> None:
+    """A build in another PID namespace (its pid unknown here) still holds its folder's lock:
+    its work in progress is not removed."""
+    import subprocess
+    import sys
+
+    from lookalike.litter import hold_while_writing, remove_dead_builds
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    busy = shop / f".ix.tmp-{dead}-busy"
+    busy.mkdir()
+    held = hold_while_writing(busy)  # as if that process were still writing
+    assert remove_dead_builds(shop / "ix") == [] and busy.exists()
+    held.release()
+    assert remove_dead_builds(shop / "ix") == [busy] and not busy.exists()

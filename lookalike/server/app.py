@@ -17,13 +17,16 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, File, Form, Header, HTTPException, Query, Request, UploadFile
+from fastapi import Path as Path_
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from ..api import Hit, Index
+from ..checks import ID_PATTERN, ID_RULE, MAX_ID_CHARS
 from ..errors import ImageError, ItemExistsError, LookalikeError, UnknownItemError
 from ..images import is_uri, read_bytes
 from .batcher import SimilarBatcher
+from .contract import errors, install
 from .limits import (
     BODY_MARGIN,
     DEFAULT_DECODE_BUDGET,
@@ -37,11 +40,13 @@ from .live import LiveIndex
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 40_000_000
 MAX_K = 100
+RERANK_PATTERN = r"^(none|classify|(vote|expand)(=[0-9]{1,6})?)(,(none|classify|(vote|expand)(=[0-9]{1,6})?))*$"
 OPTIONS = {"k", "per_product", "rerank"}
-RERANK = Query(None, description="Re-ranking: none, vote[=N] (rank the category most of the N "
-                                  "nearest items have first), classify (rank the category the "
-                                  "model's classifier names first), expand[=N] (α-query "
-                                  "expansion), comma-separated; default: the index's own.")
+RERANK = Query(None, pattern=RERANK_PATTERN,
+               description="Re-ranking: none, vote[=N] (rank the category most of the N "
+                           "nearest items have first), classify (rank the category the "
+                           "model's classifier names first), expand[=N] (α-query "
+                           "expansion), comma-separated; default: the index's own.")
 STATIC = Path(__file__).parent / "static"
 MAX_FILTER_VALUES = 100
 API_KEY_ENV = "LOOKALIKE_API_KEY"
@@ -101,9 +106,13 @@ def create_app(index_path: str | os.PathLike, *,
         live.close()
 
     first = live.index
+    # an id the index holds, as the example of every {item_id} (fuzzers start from it)
+    item_path = Path_(description="An item's id.",
+                      examples=first.items["item_id"].astype(str).head(1).tolist())
     app = FastAPI(title="lookalike", summary="Visually similar products", lifespan=lifespan,
                   description=f"Index {first.path.name}: {len(first)} items, model {first.model}.")
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    install(app)
     app.add_middleware(BodyLimit, limit=max_upload_bytes + BODY_MARGIN)
     gate = DecodeGate(max_decode_pixels)
     return_large_blocks()
@@ -144,16 +153,16 @@ def create_app(index_path: str | os.PathLike, *,
                 "preprocess": list(index.preprocess.steps), "fit": index.preprocess.fit,
                 "rerank": str(index.rerank)}
 
-    @app.get("/items/{item_id}")
-    def item(item_id: str) -> dict[str, Any]:
+    @app.get("/items/{item_id}", responses=errors(404, 422))
+    def item(item_id: str = item_path) -> dict[str, Any]:
         """An item's metadata."""
         try:
             return {"item_id": item_id, "metadata": live.index.metadata(item_id)}
         except UnknownItemError as e:
             raise HTTPException(404, str(e)) from None
 
-    @app.get("/items/{item_id}/image", response_class=FileResponse)
-    def item_image(item_id: str) -> Response:
+    @app.get("/items/{item_id}/image", response_class=FileResponse, responses=errors(404, 422))
+    def item_image(item_id: str = item_path) -> Response:
         """The item's catalogue photo (looked up by id: no client-supplied paths)."""
         try:
             path = live.index.image_path(item_id)
@@ -172,8 +181,8 @@ def create_app(index_path: str | os.PathLike, *,
         media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         return FileResponse(path, media_type=media)
 
-    @app.get("/items/{item_id}/similar")
-    def similar(item_id: str, request: Request,
+    @app.get("/items/{item_id}/similar", responses=errors(404, 422))
+    def similar(request: Request, item_id: str = item_path,
                 k: int = Query(10, ge=1, le=MAX_K, description="How many results."),
                 per_product: bool = Query(False, description="One result per product."),
                 rerank: str | None = RERANK) -> dict[str, Any]:
@@ -192,7 +201,7 @@ def create_app(index_path: str | os.PathLike, *,
         except LookalikeError as e:
             raise HTTPException(422, str(e)) from None
 
-    @app.post("/search")
+    @app.post("/search", responses=errors(400, 413, 415, 422))
     def search(request: Request,
                image: Annotated[UploadFile, File(description="The photo (multipart field "
                                                              "'image').")],
@@ -213,8 +222,9 @@ def create_app(index_path: str | os.PathLike, *,
             raise HTTPException(422, str(e)) from None
         return _results(hits)
 
-    @app.post("/items", status_code=201)
-    def add_item(item_id: Annotated[str, Form(description="The new item's id.")],
+    @app.post("/items", status_code=201, responses=errors(400, 401, 409, 413, 415, 422))
+    def add_item(item_id: Annotated[str, Form(description=ID_RULE, min_length=1,
+                                              max_length=MAX_ID_CHARS, pattern=ID_PATTERN)],
                  image: Annotated[UploadFile, File(description="Its photo.")],
                  metadata: Annotated[str, Form(description="JSON object of attribute values")]
                  = "{}",
@@ -244,8 +254,8 @@ def create_app(index_path: str | os.PathLike, *,
             raise HTTPException(422, str(e)) from None
         return {"item_id": item_id, "metadata": live.index.metadata(item_id)}
 
-    @app.delete("/items/{item_id}")
-    def delete_item(item_id: str, x_api_key: Annotated[str | None, Header()] = None
+    @app.delete("/items/{item_id}", responses=errors(401, 404, 422))
+    def delete_item(item_id: str = item_path, x_api_key: Annotated[str | None, Header()] = None
                     ) -> dict[str, Any]:
         """Delete an item (needs the API key); recorded in the journal like an addition."""
         authorise(x_api_key)
