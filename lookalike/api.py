@@ -52,6 +52,15 @@ COMPACT_SHARE = 0.10
 COMPACT_MIN_ITEMS = 1_000
 
 
+def _distinct(column: pd.Series) -> int:
+    """How many distinct values ``column`` has; a list or an object (only a journal written
+    before values were checked can hold one: lookalike.checks) counts by its text."""
+    try:
+        return int(column.nunique())
+    except TypeError:
+        return int(column.dropna().astype(str).nunique())
+
+
 @dataclass(frozen=True)
 class Hit:
     """One search result: the item's id, its cosine similarity to the query, its metadata."""
@@ -228,7 +237,7 @@ class Index:
         """The ``n`` attributes that tell items apart best, for tables and pictures: most
         distinct values first, leaving out near-unique ones such as names."""
         items = self.items
-        counts = {a: items[a].nunique() for a in self.attributes}
+        counts = {a: _distinct(items[a]) for a in self.attributes}
         useful = [a for a in self.attributes if 1 < counts[a] <= max(2, len(items) // 2)]
         return sorted(useful, key=lambda a: -counts[a])[:n]
 

@@ -365,3 +365,19 @@ def test_a_writer_whose_pid_is_not_seen_but_holds_its_lock_is_left_alone(shop: P
     assert remove_dead_builds(shop / "ix") == [] and busy.exists()
     held.release()
     assert remove_dead_builds(shop / "ix") == [busy] and not busy.exists()
+
+
+def test_reads_survive_an_old_journal_with_an_object_value(shop: Path) -> None:
+    """GET /attributes answered 500 for good once the journal held {"gender": {"a": 1}}; such a
+    journal (from before the checks) is read, and compaction names the value."""
+    from lookalike.changes import Prepared, UpdateSummary
+
+    record = {"row": -1, "item_id": "old", "product_id": "old", "image_path": None,
+              "type": "shoe", "gender": {"a": 1}, "year": None, "photo_sha1": None}
+    Index.open(shop / "ix")._commit_add(
+        Prepared([record], np.ones((1, 1280), np.float32), [None], UpdateSummary()), True)
+    client = TestClient(create_app(shop / "ix"))
+    assert client.get("/attributes").status_code == 200
+    assert client.get("/items/old").json()["metadata"]["gender"] == {"a": 1}
+    with pytest.raises(LookalikeError, match="item 'old' gender="):
+        Index.open(shop / "ix").compact()
