@@ -718,6 +718,12 @@ def _fit_classifier(ix: Index, cfg: TrainConfig, val: _Val, train_rows: np.ndarr
     values = [] if out is None else [out.values.get(out.labels[i], ()) for i in out.fit]
     x = emb_of(train_rows)
     labels = items[cfg.category].astype("string").fillna("").to_numpy()[train_rows]
+    known = set(labels.tolist())
+    if out is not None and not any(known.intersection(v) for v in values):
+        log(f"note: the outside photos' mapping names no {cfg.category} value of the training "
+            "items; the classifier learns from the catalogue alone")
+        out = None
+        fit_q = val_q = None
     gallery = emb_of(val.gallery)
     g_items = items.iloc[val.gallery].reset_index(drop=True)
     best: tuple[float, float, CategoryHead, dict[str, float]] | None = None
