@@ -31,6 +31,9 @@ REMOVED = ["P1-0", "P2-1", "P4-2"]  # built items the remove process takes out
 THREADS = 4
 CLI_ITEMS = 12  # items in each `lookalike add` delta
 MIN_POSTS = 6  # each server thread posts at least this many, and on until the CLI is done
+# ... but no more than this many: past 1,000 changes the server compacts on its own
+# (api.COMPACT_MIN_ITEMS), and the journal this round reads would no longer hold them all
+MAX_POSTS = 200
 
 
 @dataclass
@@ -110,7 +113,7 @@ def run_round(base: Path, work: Path) -> Outcome:
     def poster(t: int) -> None:
         with httpx2.Client(base_url=url, timeout=60) as c:
             i = 0
-            while i < MIN_POSTS or not cli_done.is_set():
+            while i < MIN_POSTS or (not cli_done.is_set() and i < MAX_POSTS):
                 item_id = f"srv-{t}-{i}"
                 data = _photo(100 * (t + 1) + i, "shirt")
                 expected[item_id] = data

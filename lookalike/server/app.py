@@ -26,6 +26,7 @@ from ..checks import ID_PATTERN, ID_RULE, MAX_ID_CHARS
 from ..errors import ImageError, ItemExistsError, LookalikeError, UnknownItemError
 from ..images import is_uri, read_bytes
 from .batcher import SimilarBatcher
+from .cache import SimilarCache
 from .contract import errors, install
 from .limits import (
     BODY_MARGIN,
@@ -98,6 +99,7 @@ def create_app(index_path: str | os.PathLike, *,
     live = LiveIndex(index_path)
     key = api_key if api_key is not None else os.environ.get(API_KEY_ENV, "")
     batcher = SimilarBatcher()
+    cache = SimilarCache()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -185,13 +187,23 @@ def create_app(index_path: str | os.PathLike, *,
     def similar(request: Request, item_id: str = item_path,
                 k: int = Query(10, ge=1, le=MAX_K, description="How many results."),
                 per_product: bool = Query(False, description="One result per product."),
-                rerank: str | None = RERANK) -> dict[str, Any]:
+                rerank: str | None = RERANK) -> Any:
         """Items that look like this one (itself excluded), best first. Any other query
-        parameter filters by attribute: ``?gender=Men``."""
+        parameter filters by attribute: ``?gender=Men``. Plain requests (no filter, not per
+        product, the index's re-ranking, k up to 20) are answered from kept lists, dropped
+        exactly when a change can alter them (lookalike.server.cache)."""
         index = live.index
         where = _where(request, index)
         try:
             r = index.reranking(rerank)
+            if where is None and not per_product and rerank is None and cache.usable(k, index):
+                snap = index.snapshot()  # the product-page request: a kept list
+                slot = snap.slot(item_id)
+                body = cache.get(index, snap, slot, k)
+                if body is None:
+                    body = cache.put(index, snap, slot,
+                                     batcher.similar_slot(index, snap, slot, cache.cap, r), k)
+                return Response(body, media_type="application/json")
             if where is None and not per_product and not r.expand:  # batched with others
                 return _results(batcher.similar(index, item_id, k, r))
             return _results(index.similar(item_id, k, where=where, per_product=per_product,

@@ -36,7 +36,11 @@ class SimilarBatcher:
                 ) -> list[Hit]:
         """Raises UnknownItemError (at once, in the caller's thread) for an unknown id."""
         snap = index.snapshot()
-        slot = snap.slot(item_id)
+        return self.similar_slot(index, snap, snap.slot(item_id), k, rerank)
+
+    def similar_slot(self, index: Index, snap: Snapshot, slot: int, k: int,
+                     rerank: Rerank = NO_RERANK) -> list[Hit]:
+        """The same, for a slot of a snapshot the caller holds."""
         fut: Future = Future()
         self._queue.put((index, snap, slot, k, rerank, fut))
         return fut.result()
