@@ -548,3 +548,38 @@ def test_full_training_fits_a_classifier_when_it_beats_the_vote(shop: dict[str, 
     kept = (s.out / "category_head.npz").is_file()
     assert kept == info["better_than_vote"]
     assert kept or any("not kept" in x for x in lines)
+
+
+def test_the_server_keeps_classified_lists_fresh(shop: dict[str, Path], tmp_path: Path) -> None:
+    """An index re-ranked by its classifier: the server's kept similar lists (the path that
+    asks the classifier for a list's category) equal a fresh search, before and after
+    additions of every category by another process."""
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from lookalike.server import create_app
+
+    out = tmp_path / "clf"
+    train(shop["index"], out, TrainConfig(**{**CFG, "classifier_only": True}), progress=False,
+          log=lambda _: None)
+    built = build_index(read_catalog(shop["csv"], product_column="product",
+                                     category_column="type"), tmp_path / "ix", model=str(out))
+    client = TestClient(create_app(built.path))
+    ids = Index.open(built.path).items["item_id"].tolist()
+
+    def fresh() -> None:
+        ix = Index.open(built.path)
+        for item_id in ix.items["item_id"]:
+            got = client.get(f"/items/{item_id}/similar", params={"k": 20}).json()["results"]
+            assert [h["item_id"] for h in got] == [h.item_id for h in ix.similar(item_id, 20)]
+
+    fresh()  # fills every list
+    other = Index.open(built.path)
+    rng = np.random.default_rng(0)
+    for n, item_id in enumerate(ids[::9]):  # far from everything, of each category in turn
+        v = -other.vector(item_id) + 0.01 * rng.normal(size=other.spec.dim)
+        other.add([{"item_id": f"new-{n}", "type": SHAPES[n % 3]}],
+                  vectors=(v / np.linalg.norm(v))[None].astype(np.float32))
+    time.sleep(0.6)  # the server follows the folder five times a second
+    fresh()
