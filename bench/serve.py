@@ -36,9 +36,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(index: str, port: int) -> subprocess.Popen:
+def start_server(index: str, port: int, *options: str,
+                 env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`lookalike serve INDEX --port PORT OPTIONS…` in its own process, once /health answers
+    (the other bench scripts start their servers here too)."""
     proc = subprocess.Popen([sys.executable, "-m", "lookalike.cli", "serve", index,
-                             "--port", str(port)], stdout=subprocess.DEVNULL)
+                             "--port", str(port), *options], stdout=subprocess.DEVNULL,
+                            env=env)
     deadline = time.monotonic() + 120
     while True:
         try:

@@ -18,12 +18,13 @@ import argparse
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 from urllib.parse import quote
+
+from serve import free_port, start_server  # bench/serve.py, beside this script
 
 from lookalike import Index
 
@@ -37,26 +38,6 @@ request = function()
   return wrk.format("GET", "/items/" .. id .. "/similar?k=10%(extra)s")
 end
 """
-
-
-def start(index: str) -> tuple[subprocess.Popen, int]:
-    proc = subprocess.Popen([sys.executable, "-m", "lookalike.cli", "serve", index, "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        m = re.search(r"127\.0\.0\.1:(\d+)/", line)
-        if m:
-            port = int(m.group(1))
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read()
-                    return proc, port
-                except OSError:
-                    time.sleep(0.2)
-            break
-    proc.kill()
-    raise SystemExit("the server did not start")
 
 
 def wrk(port: int, script: Path, connections: int, seconds: int) -> dict[str, float]:
@@ -88,7 +69,8 @@ def main() -> None:
     own = str(ix.rerank)
     tmp = Path(tempfile.mkdtemp())
     (tmp / "ids.txt").write_text("\n".join(ids) + "\n")
-    proc, port = start(args.index)
+    port = free_port()
+    proc = start_server(args.index, port)
     try:
         t0 = time.perf_counter()
         for i in ids:  # warm the kept lists

@@ -17,39 +17,20 @@ import io
 import os
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from PIL import Image
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
+from serve import free_port, start_server  # bench/serve.py, beside this script
 
 EXTRA_ENV = dict(e.split("=", 1) for e in os.environ.get("UPLOADS_ENV", "").split() if e)
 
 
 def start(index: str, port: int, budget: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "lookalike.cli", "serve", index, "--port",
-                             str(port), "--max-decode-pixels", str(budget)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, **EXTRA_ENV})
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read()
-            return proc
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise SystemExit("the server did not start") from None
-            time.sleep(0.3)
+    return start_server(index, port, "--max-decode-pixels", str(budget),
+                        env={**os.environ, **EXTRA_ENV})
 
 
 def rss(pid: int, field: str) -> int:
