@@ -773,21 +773,14 @@ def _train_classifier_only(ix: Index, out: Path, cfg: TrainConfig, val: _Val,
     out.mkdir(parents=True, exist_ok=True)
     onnx_path = out / TRAINED_ONNX
     shutil.copyfile(ix.embedder.onnx_path, onnx_path)
-    digest = hashlib.sha256(onnx_path.read_bytes()).hexdigest()[:16]
-    spec = replace(ix.spec, weights=f"{TRAINED_ONNX} sha256:{digest}", source=str(out.resolve()))
+    spec = replace(ix.spec, weights=_weights(onnx_path), source=str(out.resolve()))
     head.save(out)
     verdict = {"better": info["better_than_vote"], "against": "category vote",
                "metrics": {k: {"trained": m["classify"], "pretrained": m["vote"]}
                            for k, m in info["metrics"].items()}}
     timings = {"train_s": t_fit, "total_s": time.perf_counter() - t_start}
-    meta = {"embedder": spec.to_dict(), "backbone": ix.spec.to_dict(), "config": asdict(cfg),
-            "index": str(ix.path), "preprocess": ix.preprocess.to_dict(),
-            "catalog": _catalog_meta(ix, cfg),
-            "trained": now(), "classifier": info, "splits": split_counts, "timings": timings,
-            "verdict": verdict}
-    tmp = out / f".{TRAINED_SPEC}.tmp"
-    tmp.write_text(json.dumps(meta, indent=2, default=float))
-    os.replace(tmp, out / TRAINED_SPEC)
+    _write_meta(out, _model_meta(ix, cfg, spec, classifier=info, splits=split_counts,
+                                 timings=timings, verdict=verdict))
     log(f"on validation the category classifier is "
         f"{'BETTER' if verdict['better'] else 'NOT better'} than the category vote")
     return TrainSummary(out, 0, 0, [], timings, verdict)
@@ -996,19 +989,31 @@ def export_trained(out: Path, ix: Index, state: dict[str, torch.Tensor], cfg: Tr
     if missing.unexpected_keys or any(not k.startswith("features.") for k in missing.missing_keys):
         raise LookalikeError(f"checkpoint does not fit the network: {missing}")
     onnx_path = export_module(full, ix.spec.input_size, out / TRAINED_ONNX)
-    digest = hashlib.sha256(onnx_path.read_bytes()).hexdigest()[:16]
     spec = EmbedderSpec(f"deep-ranking-{ix.model}", "deep-ranking", ix.spec.input_size, cfg.dim,
-                        ix.spec.mean, ix.spec.std, weights=f"{TRAINED_ONNX} sha256:{digest}",
+                        ix.spec.mean, ix.spec.std, weights=_weights(onnx_path),
                         source=str(out.resolve()))
-    meta = {"embedder": spec.to_dict(), "backbone": ix.spec.to_dict(), "config": asdict(cfg),
+    _write_meta(out, _model_meta(ix, cfg, spec, best_epoch=best_epoch, history=history,
+                                 splits=split_counts))
+    return spec
+
+
+def _weights(onnx_path: Path) -> str:
+    """A model folder's weights as its spec names them: the file and its digest."""
+    return f"{onnx_path.name} sha256:{hashlib.sha256(onnx_path.read_bytes()).hexdigest()[:16]}"
+
+
+def _model_meta(ix: Index, cfg: TrainConfig, spec: EmbedderSpec, **more: Any) -> dict[str, Any]:
+    """model.json: the model's spec, what it was trained from and how, and ``more``."""
+    return {"embedder": spec.to_dict(), "backbone": ix.spec.to_dict(), "config": asdict(cfg),
             "index": str(ix.path), "preprocess": ix.preprocess.to_dict(),
-            "catalog": _catalog_meta(ix, cfg),
-            "trained": now(), "best_epoch": best_epoch,
-            "history": history, "splits": split_counts}
+            "catalog": _catalog_meta(ix, cfg), "trained": now(), **more}
+
+
+def _write_meta(out: Path, meta: dict[str, Any]) -> None:
+    """Write model.json atomically."""
     tmp = out / f".{TRAINED_SPEC}.tmp"
     tmp.write_text(json.dumps(meta, indent=2, default=float))
     os.replace(tmp, out / TRAINED_SPEC)
-    return spec
 
 
 def _catalog_meta(ix: Index, cfg: TrainConfig) -> dict[str, Any]:
@@ -1020,11 +1025,7 @@ def _catalog_meta(ix: Index, cfg: TrainConfig) -> dict[str, Any]:
 
 
 def _update_meta(out: Path, extra: dict[str, Any]) -> None:
-    meta = json.loads((out / TRAINED_SPEC).read_text())
-    meta.update(extra)
-    tmp = out / f".{TRAINED_SPEC}.tmp"
-    tmp.write_text(json.dumps(meta, indent=2, default=float))
-    os.replace(tmp, out / TRAINED_SPEC)
+    _write_meta(out, {**json.loads((out / TRAINED_SPEC).read_text()), **extra})
 
 
 def plot_curve(history: list[dict[str, float]], keys: Sequence[str], out: Path) -> Path:
