@@ -36,8 +36,9 @@ def alive(pid: int) -> bool:
 LOCK = ".writer.lock"
 
 
-class Held:
-    """A lock file in a temporary folder, locked while its writer works in it."""
+class WriterLock:
+    """A lock file in a temporary folder, locked while its writer works in it (released, and
+    the file removed, before the folder becomes an index)."""
 
     def __init__(self, folder: Path) -> None:
         self.path = folder / LOCK
@@ -51,10 +52,6 @@ class Held:
         self.path.unlink(missing_ok=True)
         os.close(self.fd)
         self.fd = None
-
-
-def hold_while_writing(folder: Path) -> Held:
-    return Held(folder)
 
 
 def _writer_gone(p: Path) -> bool:

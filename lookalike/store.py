@@ -38,7 +38,7 @@ from .catalog import IMAGE_PATH, ITEM_ID
 from .checks import column_kinds, shown, value_problem
 from .errors import IndexFormatError
 from .index import build_vector_index, searchable, set_search_params, stored_kind
-from .litter import build_tmp_prefix, hold_while_writing, remove_dead_builds, remove_dead_files
+from .litter import WriterLock, build_tmp_prefix, remove_dead_builds, remove_dead_files
 from .segments import Segments, View
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ def write_index(out: str | os.PathLike, manifest: dict[str, Any], items: pd.Data
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_dead_builds(out)
     tmp = Path(tempfile.mkdtemp(prefix=build_tmp_prefix(out), dir=out.parent))
-    held = hold_while_writing(tmp)  # proof of life for whoever cleans up beside us
+    held = WriterLock(tmp)  # proof of life for whoever cleans up beside us
     old_backend = read_manifest(out).get("backend") if is_index(out) else None
     new_backend: dict[str, Any] | None = None
     try:

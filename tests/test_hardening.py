@@ -355,13 +355,13 @@ def test_a_writer_whose_pid_is_not_seen_but_holds_its_lock_is_left_alone(shop: P
     import subprocess
     import sys
 
-    from lookalike.litter import hold_while_writing, remove_dead_builds
+    from lookalike.litter import WriterLock, remove_dead_builds
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True).stdout.strip()
     busy = shop / f".ix.tmp-{dead}-busy"
     busy.mkdir()
-    held = hold_while_writing(busy)  # as if that process were still writing
+    held = WriterLock(busy)  # as if that process were still writing
     assert remove_dead_builds(shop / "ix") == [] and busy.exists()
     held.release()
     assert remove_dead_builds(shop / "ix") == [busy] and not busy.exists()

@@ -21,12 +21,12 @@ from fastapi import Path as Path_
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from ..api import Hit, Index
+from ..api import Index
 from ..checks import ID_PATTERN, ID_RULE, MAX_ID_CHARS
 from ..errors import ImageError, ItemExistsError, LookalikeError, UnknownItemError
 from ..images import is_uri, read_bytes
 from .batcher import SimilarBatcher
-from .cache import SimilarCache
+from .cache import SimilarCache, results
 from .contract import errors, install
 from .limits import (
     BODY_MARGIN,
@@ -51,11 +51,6 @@ RERANK = Query(None, pattern=RERANK_PATTERN,
 STATIC = Path(__file__).parent / "static"
 MAX_FILTER_VALUES = 100
 API_KEY_ENV = "LOOKALIKE_API_KEY"
-
-
-def _results(hits: list[Hit]) -> dict[str, Any]:
-    return {"results": [{"item_id": h.item_id, "score": round(h.score, 6),
-                         "metadata": h.metadata} for h in hits]}
 
 
 def _where(request: Request, index: Index) -> dict[str, list[str]] | None:
@@ -205,8 +200,8 @@ def create_app(index_path: str | os.PathLike, *,
                                      batcher.similar_slot(index, snap, slot, cache.cap, r), k)
                 return Response(body, media_type="application/json")
             if where is None and not per_product and not r.expand:  # batched with others
-                return _results(batcher.similar(index, item_id, k, r))
-            return _results(index.similar(item_id, k, where=where, per_product=per_product,
+                return results(batcher.similar(index, item_id, k, r))
+            return results(index.similar(item_id, k, where=where, per_product=per_product,
                                           rerank=r))
         except UnknownItemError as e:
             raise HTTPException(404, str(e)) from None
@@ -232,7 +227,7 @@ def create_app(index_path: str | os.PathLike, *,
             raise _image_error(e) from None
         except LookalikeError as e:
             raise HTTPException(422, str(e)) from None
-        return _results(hits)
+        return results(hits)
 
     @app.post("/items", status_code=201, responses=errors(400, 401, 409, 413, 415, 422))
     def add_item(item_id: Annotated[str, Form(description=ID_RULE, min_length=1,

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -43,11 +44,16 @@ class _List:
     answers: dict[int, bytes]  # serialised per k
 
 
+def results(hits: list[Hit]) -> dict[str, Any]:
+    """The body of every similar-items answer of the server."""
+    return {"results": [{"item_id": h.item_id, "score": round(h.score, 6),
+                         "metadata": h.metadata} for h in hits]}
+
+
 def _encode(hits: list[Hit]) -> bytes:
-    """The JSON the server's other answers have (Starlette's JSONResponse settings)."""
-    return json.dumps({"results": [{"item_id": h.item_id, "score": round(h.score, 6),
-                                    "metadata": h.metadata} for h in hits]},
-                      ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    """:func:`results` as JSON, as Starlette's JSONResponse writes it."""
+    return json.dumps(results(hits), ensure_ascii=False, allow_nan=False,
+                      separators=(",", ":")).encode()
 
 
 class SimilarCache:
