@@ -70,6 +70,15 @@ class Hit:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+def pool_views(embeddings: np.ndarray) -> np.ndarray:
+    """One photo's embedding from those of its views (n, d): the first when alone, else their
+    normalised mean."""
+    if len(embeddings) == 1:
+        return embeddings[0]
+    mean = embeddings.mean(axis=0)
+    return (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
+
+
 class Snapshot(NamedTuple):
     """The state one request reads from start to end: the segments and their view."""
 
@@ -284,21 +293,24 @@ class Index:
               views: Sequence[str] | str | None = None) -> np.ndarray:
         """The embedding of one photo, preprocessed as the index's catalogue was, averaged
         over ``views`` of it (default: the index's own, :attr:`views`)."""
+        return pool_views(self.embedder(self.model_input(image, max_pixels=max_pixels,
+                                                         views=views)))
+
+    def model_input(self, image: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                    views: Sequence[str] | str | None = None) -> np.ndarray:
+        """What :meth:`embed` hands the model: uint8 (1 + len(views), size, size, 3), the
+        photo preprocessed as the index's catalogue was and each of its views (the server
+        decodes photos in parallel and runs the model on several at once)."""
         try:
             views = self.views if views is None else parse_views(views)
         except ValueError as e:
             raise LookalikeError(str(e)) from None
         try:  # the index's Preprocess applies its fit too
-            pixels = load_model_views(image, self.spec.input_size, views, max_pixels=max_pixels,
-                                      preprocess=self.preprocess or None)
+            return load_model_views(image, self.spec.input_size, views, max_pixels=max_pixels,
+                                    preprocess=self.preprocess or None)
         except ImageError as e:
             name = f"photo {image}" if isinstance(image, (str, os.PathLike)) else "the photo"
             raise ImageError(f"{name}: {e}") from None
-        e = self.embedder(pixels)
-        if len(e) == 1:
-            return e[0]
-        mean = e.mean(axis=0)
-        return (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
 
     # --- searching -----------------------------------------------------------------------------
 

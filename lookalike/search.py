@@ -30,6 +30,17 @@ def parse_where(conditions: Iterable[str]) -> dict[str, list[str]]:
     return out
 
 
+def _values(values: str | bytes | float | Sequence[str | int | float]) -> set[str]:
+    if isinstance(values, (str, bytes, int, float)):
+        values = [values]
+    return {str(v) for v in values}
+
+
+def where_key(where: Where) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """A hashable form of ``where``, equal for filters that select the same items."""
+    return tuple(sorted((a, tuple(sorted(_values(v)))) for a, v in where.items()))
+
+
 def filter_mask(items: pd.DataFrame, where: Where | None, attributes: Sequence[str]) -> np.ndarray | None:
     """Boolean mask of the items matching every condition (values compared as text), or None
     when there are no conditions."""
@@ -40,11 +51,8 @@ def filter_mask(items: pd.DataFrame, where: Where | None, attributes: Sequence[s
         if attr not in items.columns or attr not in (*attributes, "product_id"):
             raise LookalikeError(f"cannot filter on {attr!r}: not an attribute of this index; "
                                  f"attributes: {', '.join(attributes) or '(none)'}")
-        if isinstance(values, (str, bytes, int, float)):
-            values = [values]
-        wanted = {str(v) for v in values}
         col = items[attr].astype("string").fillna("")
-        mask &= col.isin(wanted).to_numpy()
+        mask &= col.isin(_values(values)).to_numpy()
     return mask
 
 

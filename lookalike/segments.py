@@ -41,13 +41,15 @@ from .catalog import ITEM_ID, PRODUCT_ID
 from .errors import LookalikeError, UnknownItemError
 from .index import Reranked, make_index, set_search_params, stored_kind
 from .journal import Cursor, Entry
-from .search import Where, filter_mask, one_per_product, selector_params, top_k
+from .search import Where, filter_mask, one_per_product, selector_params, top_k, where_key
 
 #: added vectors searched exactly before the background thread indexes them: a scan of this
 #: many bytes costs about as much as a search of the indexed parts
 INDEX_AFTER_BYTES = 2 * 2**20
 #: vectors the thread indexes in one go: the longest a process that ends waits for it
 INDEX_CHUNK = 4096
+#: filters whose mask over the built items is kept (each: a byte per item)
+MASKS_KEPT = 64
 _closing = threading.Event()  # the interpreter is exiting: indexing threads stop
 _indexers: set[tuple[threading.Thread, threading.Event]] = set()
 
@@ -125,6 +127,8 @@ class Segments:
         self._columns: dict[str, list[Any]] = {}
         self._products: np.ndarray | None = None
         self._cache: dict[tuple[str, int], Any] = {}  # per-view derived tables
+        self._base_masks: dict[tuple, np.ndarray] = {}  # filters over the built items, LRU
+        self._masks_lock = threading.Lock()
         self._publish = threading.Lock()  # writers and the indexing thread publish in turn
         self._private: Any = None  # the growing segment's index, touched under _indexing only
         self._indexing = threading.Lock()
@@ -302,15 +306,30 @@ class Segments:
         return self._cached("added", v, lambda: pd.DataFrame(self.records[:m]))
 
     def _mask(self, v: View, where: Where | None, n: int) -> np.ndarray | None:
-        """Filter mask over slots [0, n) (the built items' columns, then the added ones')."""
+        """Filter mask over slots [0, n) (the built items' columns, then the added ones'). The
+        built items' part of the last :data:`MASKS_KEPT` filters is kept (read-only), as the
+        same filters come again and again; the added items' part is kept per view."""
         if not where:
             return None
-        base = filter_mask(self.base_items, where, self.attributes)
+        key = where_key(where)
+        with self._masks_lock:
+            base = self._base_masks.pop(key, None)
+        if base is None:
+            base = filter_mask(self.base_items, where, self.attributes)
+            base.setflags(write=False)
+        with self._masks_lock:
+            self._base_masks[key] = base  # (last used at the end)
+            while len(self._base_masks) > MASKS_KEPT:
+                self._base_masks.pop(next(iter(self._base_masks)))
         if n <= self.n0:
             return base[:n]
-        added = self.added_frame(v)
-        extra = filter_mask(added, where, self.attributes) if len(added.columns) else \
-            np.zeros(len(added), bool)
+
+        def added() -> np.ndarray:
+            frame = self.added_frame(v)
+            return filter_mask(frame, where, self.attributes) if len(frame.columns) else \
+                np.zeros(len(frame), bool)
+
+        extra = self._cached(f"mask {key}", v, added)
         return np.concatenate([base, extra[:n - self.n0]])
 
     def search(self, v: View, query: np.ndarray, k: int, *, where: Where | None = None,

@@ -27,10 +27,13 @@ def jpeg(img: Image.Image) -> bytes:
 
 def test_health_and_openapi(client: TestClient) -> None:
     r = client.get("/health")
-    assert r.status_code == 200 and r.json() == {"status": "ok", "items": 24,
-                                                  "model": "mobilenet-v2",
-                                                  "preprocess": list(DEFAULT_PREPROCESS.steps),
-                                                  "fit": DEFAULT_PREPROCESS.fit, "rerank": "none"}
+    body = r.json()
+    lists = body.pop("similar_lists")
+    assert r.status_code == 200 and body == {"status": "ok", "items": 24,
+                                             "model": "mobilenet-v2",
+                                             "preprocess": list(DEFAULT_PREPROCESS.steps),
+                                             "fit": DEFAULT_PREPROCESS.fit, "rerank": "none"}
+    assert lists["items"] == 24 and 0 <= lists["kept"] <= 24
     spec = client.get("/openapi.json").json()
     assert {"/items/{item_id}", "/items/{item_id}/image", "/items/{item_id}/similar",
             "/search", "/health"} <= set(spec["paths"])

@@ -57,11 +57,11 @@ def _photo(i: int, shape: str) -> bytes:
     return buf.getvalue()
 
 
-def _start_server(folder: Path) -> tuple[subprocess.Popen, str]:
+def _start_server(folder: Path, *options: str) -> tuple[subprocess.Popen, str]:
     """``lookalike serve`` on a port it picks itself (--port 0), once it answers."""
     import httpx2
 
-    proc = subprocess.Popen([_exe(), "serve", str(folder), "--port", "0"],
+    proc = subprocess.Popen([_exe(), "serve", str(folder), "--port", "0", *options],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "LOOKALIKE_API_KEY": KEY})
     line = proc.stdout.readline()  # "serving … at http://127.0.0.1:PORT/ …", once bound

@@ -11,6 +11,7 @@ import hmac
 import json
 import mimetypes
 import os
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -26,8 +27,9 @@ from ..checks import ID_PATTERN, ID_RULE, MAX_ID_CHARS
 from ..errors import ImageError, ItemExistsError, LookalikeError, UnknownItemError
 from ..images import is_uri, read_bytes
 from .batcher import SimilarBatcher
-from .cache import SimilarCache, results
+from .cache import SimilarCache, encode
 from .contract import errors, install
+from .kept import KeptLists
 from .limits import (
     BODY_MARGIN,
     DEFAULT_DECODE_BUDGET,
@@ -37,6 +39,7 @@ from .limits import (
     return_large_blocks,
 )
 from .live import LiveIndex
+from .photos import Busy, PhotoBatcher
 
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -51,6 +54,7 @@ RERANK = Query(None, pattern=RERANK_PATTERN,
 STATIC = Path(__file__).parent / "static"
 MAX_FILTER_VALUES = 100
 API_KEY_ENV = "LOOKALIKE_API_KEY"
+SERVE_ENV = "LOOKALIKE_SERVE"  # create_app's arguments for each of several worker processes
 
 
 def _where(request: Request, index: Index) -> dict[str, list[str]] | None:
@@ -94,12 +98,20 @@ def create_app(index_path: str | os.PathLike, *,
     live = LiveIndex(index_path)
     key = api_key if api_key is not None else os.environ.get(API_KEY_ENV, "")
     batcher = SimilarBatcher()
+    photos = PhotoBatcher()
     cache = SimilarCache()
+    stop = threading.Event()
+    filler = threading.Thread(target=cache.keep_filled, args=(lambda: live.index, batcher, stop),
+                              name="similar-lists", daemon=True)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        filler.start()
         yield
+        stop.set()
+        filler.join(timeout=30)
         batcher.close()
+        photos.close()
         live.close()
 
     first = live.index
@@ -111,6 +123,7 @@ def create_app(index_path: str | os.PathLike, *,
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     install(app)
     app.add_middleware(BodyLimit, limit=max_upload_bytes + BODY_MARGIN)
+    app.add_middleware(KeptLists, cache=cache, current=lambda: live.index)  # (outermost)
     gate = DecodeGate(max_decode_pixels)
     return_large_blocks()
 
@@ -148,7 +161,7 @@ def create_app(index_path: str | os.PathLike, *,
         index = live.index
         return {"status": "ok", "items": len(index), "model": index.model,
                 "preprocess": list(index.preprocess.steps), "fit": index.preprocess.fit,
-                "rerank": str(index.rerank)}
+                "rerank": str(index.rerank), "similar_lists": cache.status(index)}
 
     @app.get("/items/{item_id}", responses=errors(404, 422))
     def item(item_id: str = item_path) -> dict[str, Any]:
@@ -200,15 +213,16 @@ def create_app(index_path: str | os.PathLike, *,
                                      batcher.similar_slot(index, snap, slot, cache.cap, r), k)
                 return Response(body, media_type="application/json")
             if where is None and not per_product and not r.expand:  # batched with others
-                return results(batcher.similar(index, item_id, k, r))
-            return results(index.similar(item_id, k, where=where, per_product=per_product,
-                                          rerank=r))
+                hits = batcher.similar(index, item_id, k, r)
+            else:
+                hits = index.similar(item_id, k, where=where, per_product=per_product, rerank=r)
+            return Response(encode(hits), media_type="application/json")
         except UnknownItemError as e:
             raise HTTPException(404, str(e)) from None
         except LookalikeError as e:
             raise HTTPException(422, str(e)) from None
 
-    @app.post("/search", responses=errors(400, 413, 415, 422))
+    @app.post("/search", responses=errors(400, 413, 415, 422, 503))
     def search(request: Request,
                image: Annotated[UploadFile, File(description="The photo (multipart field "
                                                              "'image').")],
@@ -221,13 +235,17 @@ def create_app(index_path: str | os.PathLike, *,
         try:
             r = index.reranking(rerank)  # refused before the photo is decoded
             with decoding(index, data):
-                hits = index.search(data, k, where=where, per_product=per_product,
-                                    max_pixels=max_pixels, rerank=r)
+                pixels = index.model_input(data, max_pixels=max_pixels)
+            vector = photos.embed(index, pixels)  # with the photos of other searches
+            hits = index.search_vector(vector, k, where=where, per_product=per_product,
+                                       rerank=r)
         except ImageError as e:
             raise _image_error(e) from None
+        except Busy as e:
+            raise HTTPException(503, str(e), headers={"Retry-After": "1"}) from None
         except LookalikeError as e:
             raise HTTPException(422, str(e)) from None
-        return results(hits)
+        return Response(encode(hits), media_type="application/json")
 
     @app.post("/items", status_code=201, responses=errors(400, 401, 409, 413, 415, 422))
     def add_item(item_id: Annotated[str, Form(description=ID_RULE, min_length=1,
@@ -273,3 +291,11 @@ def create_app(index_path: str | os.PathLike, *,
         return {"deleted": item_id}
 
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """:func:`create_app` with the arguments in ``$LOOKALIKE_SERVE`` (JSON: ``index`` and the
+    keyword arguments): how each worker process of ``lookalike serve --workers N`` makes its
+    app."""
+    options = json.loads(os.environ[SERVE_ENV])
+    return create_app(options.pop("index"), **options)

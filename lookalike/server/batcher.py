@@ -41,9 +41,16 @@ class SimilarBatcher:
     def similar_slot(self, index: Index, snap: Snapshot, slot: int, k: int,
                      rerank: Rerank = NO_RERANK) -> list[Hit]:
         """The same, for a slot of a snapshot the caller holds."""
-        fut: Future = Future()
-        self._queue.put((index, snap, slot, k, rerank, fut))
-        return fut.result()
+        return self.similar_slots_many(index, snap, [slot], k, rerank)[0]
+
+    def similar_slots_many(self, index: Index, snap: Snapshot, slots: list[int], k: int,
+                           rerank: Rerank = NO_RERANK) -> list[list[Hit]]:
+        """The same for many slots, queued together (they share passes with any requests)."""
+        futures: list[Future] = []
+        for slot in slots:
+            futures.append(Future())
+            self._queue.put((index, snap, slot, k, rerank, futures[-1]))
+        return [f.result() for f in futures]
 
     def close(self) -> None:
         self._queue.put(None)

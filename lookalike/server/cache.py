@@ -1,10 +1,12 @@
-"""Similar-by-id answers kept once computed, and dropped exactly when a change can alter them.
+"""Every item's similar list kept, computed ahead, and dropped exactly when a change can alter it.
 
 "Customers also viewed" asks the same question for the same product again and again, and the
-answer changes only when the index does. The first plain request for an item (no filters, not
-one per product, the index's own re-ranking, ``k`` up to :data:`CACHED_K`) computes its list of
-:data:`CACHED_K` (through the server's batch); every request for it after that is a dictionary
-lookup, its JSON serialised once per ``k``.
+answer changes only when the index does. A plain request for an item (no filters, not one per
+product, the index's own re-ranking, ``k`` up to :data:`CACHED_K`) is answered from the item's
+list of :data:`CACHED_K`: a dictionary lookup, its JSON serialised once per ``k``.
+:meth:`SimilarCache.keep_filled` computes the lists of every item from the start, in the
+background through the server's batch, and again for the lists a change dropped; a request that
+comes before its list is computed computes it itself.
 
 When the index changes (through this server, another process, or a compaction), the next
 request compares the new snapshot with the one the lists were made on:
@@ -13,8 +15,9 @@ request compares the new snapshot with the one the lists were made on:
 - otherwise the slots added and removed since are known, and a list goes when one of them could
   enter or leave it: when its similarity to the list's item reaches the list's lowest score
   (which is at or below the similarity of the list's ``CACHED_K``-th nearest item, so it also
-  covers the neighbours that voted for its category), or, for a list that is not all of its
-  voted category, when it is of that category (it would be ranked before the others).
+  covers the neighbours that voted for its category), less :data:`FLOOR_MARGIN` for rounding,
+  or, for a list that is not all of its voted category, when it is of that category (it would
+  be ranked before the others).
 
 A list of ``k`` is the first ``k`` of the list of ``CACHED_K`` (the category is voted from a
 fixed number of neighbours, and each part of the list is in similarity order), so one list
@@ -23,16 +26,27 @@ answers every ``k`` up to the cap.
 
 from __future__ import annotations
 
-import json
+import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import orjson
 
 from ..api import Hit, Index, Snapshot
 
+if TYPE_CHECKING:
+    from .batcher import SimilarBatcher
+
+log = logging.getLogger(__name__)
 CACHED_K = 20
+FILL_CHUNK = 64  # lists computed per pass of the batch: a request waits behind at most this
+FILL_INTERVAL = 0.25  # seconds between looks for lists to compute
+#: how far below a list's lowest score a change still drops it: the similarity recomputed here
+#: and the score the search reported differ by rounding (and by float16 storage, < 5e-4)
+FLOOR_MARGIN = 2e-3
 
 
 @dataclass
@@ -50,10 +64,9 @@ def results(hits: list[Hit]) -> dict[str, Any]:
                          "metadata": h.metadata} for h in hits]}
 
 
-def _encode(hits: list[Hit]) -> bytes:
-    """:func:`results` as JSON, as Starlette's JSONResponse writes it."""
-    return json.dumps(results(hits), ensure_ascii=False, allow_nan=False,
-                      separators=(",", ":")).encode()
+def encode(hits: list[Hit]) -> bytes:
+    """:func:`results` as JSON (UTF-8, compact, as Starlette's JSONResponse writes it)."""
+    return orjson.dumps(results(hits))
 
 
 class SimilarCache:
@@ -83,11 +96,61 @@ class SimilarCache:
                 return None
             self.hits += 1
             if k not in kept.answers:
-                kept.answers[k] = _encode(kept.hits[:k])
+                kept.answers[k] = encode(kept.hits[:k])
             return kept.answers[k]
 
     def put(self, index: Index, snap: Snapshot, slot: int, hits: list[Hit], k: int) -> bytes:
         """Keep ``hits`` (the list of ``cap`` for ``slot`` in ``snap``); its answer for ``k``."""
+        kept = self._make(index, snap, slot, hits)
+        with self._lock:
+            if self._follow(index, snap):  # (an older snapshot's list is not kept)
+                self._lists[slot] = kept
+        kept.answers[k] = encode(hits[:k])
+        return kept.answers[k]
+
+    def status(self, index: Index) -> dict[str, int]:
+        """How many lists are kept, of how many items ``index`` has (for /health)."""
+        with self._lock:
+            return {"kept": len(self._lists) if index is self._index else 0,
+                    "items": len(index)}
+
+    def missing(self, index: Index, snap: Snapshot) -> np.ndarray:
+        """The live slots of ``snap`` without a kept list."""
+        with self._lock:
+            if not self._follow(index, snap):
+                return np.zeros(0, np.int64)
+            slots = np.flatnonzero(snap.view.alive[:snap.view.n])
+            have = np.fromiter(self._lists, np.int64, len(self._lists))
+        return slots[~np.isin(slots, have)]
+
+    def keep_filled(self, current: Callable[[], Index], batcher: SimilarBatcher,
+                    stop: threading.Event, interval: float = FILL_INTERVAL) -> None:
+        """Until ``stop``: compute the list of every live item of ``current()`` that has none,
+        :data:`FILL_CHUNK` at a time through ``batcher`` (so requests and this share one
+        search thread), whenever the index has lists missing: at start, and after a change
+        dropped some."""
+        while not stop.is_set():
+            try:
+                index = current()
+                snap = index.snapshot()
+                todo = self.missing(index, snap) if self.usable(self.cap, index) else []
+                for at in range(0, len(todo), FILL_CHUNK):
+                    if stop.is_set() or index.snapshot().view is not snap.view:
+                        break  # changed meanwhile: look again from the new snapshot
+                    slots = todo[at:at + FILL_CHUNK].tolist()
+                    hits = batcher.similar_slots_many(index, snap, slots, self.cap,
+                                                      index.reranking(None))
+                    kept = [self._make(index, snap, s, h) for s, h in zip(slots, hits)]
+                    with self._lock:
+                        if self._follow(index, snap):
+                            self._lists.update(zip(slots, kept))
+                if not len(todo):
+                    stop.wait(interval)
+            except Exception as e:  # noqa: BLE001 (keep serving; requests compute their own)
+                log.warning("kept similar lists: %s", e)
+                stop.wait(interval)
+
+    def _make(self, index: Index, snap: Snapshot, slot: int, hits: list[Hit]) -> _List:
         column = index.category if index.rerank.categorises else None
         category = hits[0].metadata.get(column) if column and hits else None
         if column and index.rerank.classify and index.classifier is not None:
@@ -97,12 +160,7 @@ class SimilarCache:
             all(h.metadata.get(column) == category for h in hits)
         floor = min((h.score for h in hits), default=-np.inf) if len(hits) == self.cap \
             else -np.inf  # a list short of the cap (a small index): any addition enters it
-        kept = _List(hits, floor, None if category is None else str(category), whole, {})
-        with self._lock:
-            if self._follow(index, snap):  # (an older snapshot's list is not kept)
-                self._lists[slot] = kept
-        kept.answers[k] = _encode(hits[:k])
-        return kept.answers[k]
+        return _List(hits, floor, None if category is None else str(category), whole, {})
 
     def _follow(self, index: Index, snap: Snapshot) -> bool:
         """Bring the kept lists forward to ``snap``, dropping those a change since can alter
@@ -140,7 +198,8 @@ class SimilarCache:
         added_categories = seg.values(column, added.tolist()) if column and len(added) else []
         for i, slot in enumerate(slots.tolist()):
             kept = self._lists[slot]
-            drop = not keep_alive[i] or slot in gone or bool((sims[i] >= kept.floor).any())
+            drop = not keep_alive[i] or slot in gone or \
+                bool((sims[i] >= kept.floor - FLOOR_MARGIN).any())
             if not drop and kept.category is not None and not kept.whole:
                 drop = any(str(c) == kept.category for c in added_categories)
             if drop:

@@ -29,6 +29,7 @@ WHY = {
     413: "The body, or the photo's pixels, over the server's limits",
     415: "The upload is not an image that can be decoded",
     422: "A parameter, filter, id or metadata value that is not accepted",
+    503: "Too many photos wait for the model already; try again after Retry-After seconds",
 }
 
 

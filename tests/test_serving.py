@@ -1,0 +1,211 @@
+"""Serving at shop scale (issue 18): kept lists computed from the start and answered before
+the framework, photos embedded together, filters kept, several worker processes."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx2
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from lookalike import Index
+from lookalike.server import create_app
+from lookalike.server.kept import plain_k
+from lookalike.server.photos import Busy, PhotoBatcher
+
+from .conftest import garment
+from .writers import KEY, _start_server
+
+
+def _jpeg(i: int) -> bytes:
+    buf = io.BytesIO()
+    garment(((47 * i) % 256, (91 * i + 30) % 256, (13 * i + 200) % 256),
+            ("shirt", "shoe", "bag")[i % 3], seed=i).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def folder(two_indexes: dict[str, Path], tmp_path: Path) -> Path:
+    return Path(shutil.copytree(next(iter(two_indexes.values())), tmp_path / "ix"))
+
+
+def _wait_for_lists(client: TestClient, deadline_s: float = 120) -> dict[str, int]:
+    end = time.monotonic() + deadline_s
+    while True:
+        lists = client.get("/health").json()["similar_lists"]
+        if lists["kept"] == lists["items"]:
+            return lists
+        assert time.monotonic() < end, f"the lists were not all computed: {lists}"
+        time.sleep(0.1)
+
+
+def test_plain_k() -> None:
+    assert plain_k(b"") == 10 and plain_k(b"k=7") == 7 and plain_k(b"k=20") == 20
+    for q in (b"k=0", b"k=", b"k=x", b"k=10&gender=Men", b"gender=Men", b"k=12345",
+              b"k=-1", b"per_product=true"):
+        assert plain_k(q) is None, q
+
+
+def test_every_list_is_kept_from_the_start_and_answered_as_the_app_answers(
+        folder: Path) -> None:
+    with TestClient(create_app(folder)) as client:
+        lists = _wait_for_lists(client)
+        ix = Index.open(folder)
+        assert lists == {"kept": len(ix), "items": len(ix)}
+        for item_id in ix.items["item_id"].astype(str):
+            kept = client.get(f"/items/{item_id}/similar?k=5")  # the middleware's answer
+            framed = client.get(f"/items/{item_id}/similar?k=5&per_product=false")  # the app's
+            assert kept.status_code == framed.status_code == 200
+            assert kept.content == framed.content
+            assert kept.headers["content-type"] == framed.headers["content-type"] == \
+                "application/json"
+            assert int(kept.headers["content-length"]) == len(kept.content)
+            want = ix.similar(item_id, 5)
+            got = kept.json()["results"]
+            assert [h["item_id"] for h in got] == [h.item_id for h in want]
+            assert all(abs(h["score"] - w.score) < 1e-5 for h, w in zip(got, want))
+        # what the kept lists do not answer still gets the app's answers
+        first = ix.items["item_id"].astype(str).iloc[0]
+        assert client.get("/items/nope/similar").status_code == 404
+        assert client.get("/items/nope/similar").json()["detail"]
+        assert client.get(f"/items/{first}/similar?k=0").status_code == 422
+        assert client.get(f"/items/{first}/similar?k=101").status_code == 422
+        assert len(client.get(f"/items/{first}/similar?k=22").json()["results"]) == \
+            min(22, len(ix) - 1)
+
+
+def test_lists_a_change_drops_are_computed_again(folder: Path) -> None:
+    with TestClient(create_app(folder, api_key="k")) as client:
+        _wait_for_lists(client)
+        r = client.post("/items", headers={"X-API-Key": "k"}, data={"item_id": "new-1"},
+                        files={"image": ("x.jpg", _jpeg(5), "image/jpeg")})
+        assert r.status_code == 201, r.text
+        lists = _wait_for_lists(client)
+        assert lists["items"] == len(Index.open(folder))
+        fresh = Index.open(folder)
+        for item_id in fresh.items["item_id"].astype(str):
+            got = client.get(f"/items/{item_id}/similar?k=10").json()["results"]
+            assert [h["item_id"] for h in got] == [h.item_id for h in fresh.similar(item_id)]
+
+
+def test_concurrent_photos_are_embedded_in_one_model_call(folder: Path) -> None:
+    ix = Index.open(folder)
+    photos = [_jpeg(i) for i in range(6)]
+    batcher = PhotoBatcher(start=False)  # they all queue before the model runs once
+    with ThreadPoolExecutor(6) as pool:
+        futures = [pool.submit(batcher.embed, ix, ix.model_input(p)) for p in photos]
+        while batcher._queue.qsize() < len(photos):
+            time.sleep(0.01)
+        batcher.start()
+        got = [f.result(timeout=60) for f in futures]
+    batcher.close()
+    assert (batcher.model_calls, batcher.photos) == (1, 6)
+    for p, g in zip(photos, got):
+        assert np.allclose(g, ix.embed(p), atol=1e-5)
+
+
+def test_a_full_photo_queue_is_refused_at_once(folder: Path) -> None:
+    ix = Index.open(folder)
+    pixels = ix.model_input(_jpeg(1))
+    batcher = PhotoBatcher(max_queued=2, start=False)
+    waiting = [threading.Thread(target=batcher.embed, args=(ix, pixels)) for _ in range(2)]
+    for t in waiting:
+        t.start()
+    while batcher._queue.qsize() < 2:
+        time.sleep(0.01)
+    with pytest.raises(Busy, match="2 photos are waiting"):
+        batcher.embed(ix, pixels)
+    batcher.start()
+    for t in waiting:
+        t.join(timeout=60)
+    batcher.close()
+
+
+def test_a_busy_server_answers_503_with_retry_after(folder: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(*_: object) -> np.ndarray:
+        raise Busy("64 photos are waiting to be searched already; try again in a moment")
+
+    monkeypatch.setattr(PhotoBatcher, "embed", full)
+    client = TestClient(create_app(folder))
+    r = client.post("/search", files={"image": ("p.jpg", _jpeg(2), "image/jpeg")})
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert "waiting" in r.json()["detail"]
+
+
+def test_photo_search_over_http_equals_index_search(folder: Path) -> None:
+    ix = Index.open(folder)
+    photos = [_jpeg(i) for i in range(8)]
+    with TestClient(create_app(folder)) as client, ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda p: client.post(
+            "/search?k=5", files={"image": ("p.jpg", p, "image/jpeg")}), photos))
+    for p, r in zip(photos, answers):
+        assert r.status_code == 200, r.text
+        want = ix.search(p, 5)
+        assert [h["item_id"] for h in r.json()["results"]] == [h.item_id for h in want]
+
+
+def test_filtered_answers_follow_additions_and_deletions(folder: Path) -> None:
+    """The filter's mask over the built items is kept; the added items' part is not stale."""
+    ix = Index.open(folder)
+    column = ix.attributes[0]
+    value = str(ix.items[column].iloc[0])
+    where = {column: value}
+    query = ix.items["item_id"].astype(str).iloc[1]
+    def ids(index: Index) -> list[str]:
+        return [h.item_id for h in index.similar(query, 5, where=where)]
+
+    before = ids(ix)  # (keeps the mask)
+    ix.add([{"item_id": "twin", column: value}], vectors=ix.vector(query)[None])
+    after = ids(ix)
+    assert after == ["twin", *before[:4]]
+    ix.add([{"item_id": "other", column: value + "-not"}], vectors=ix.vector(query)[None])
+    assert ids(ix) == after
+    ix.delete(["twin"])
+    assert ids(ix) == before
+    assert ids(Index.open(folder)) == before
+
+@pytest.mark.slow
+def test_worker_processes_all_serve_a_change_made_through_one(folder: Path) -> None:
+    proc, url = _start_server(folder, "--workers", "2")
+    try:
+        assert len(_workers(proc.pid)) == 2
+        with httpx2.Client(base_url=url, timeout=60) as c:
+            r = c.post("/items", headers={"X-API-Key": KEY}, data={"item_id": "w-new"},
+                       files={"image": ("x.jpg", _jpeg(3), "image/jpeg")})
+            assert r.status_code == 201, r.text
+            # new connections go to either worker: every one of them must know the item soon
+            end = time.monotonic() + 10
+            seen = 0
+            while seen < 40:
+                with httpx2.Client(base_url=url, timeout=60) as fresh:
+                    ok = fresh.get("/items/w-new").status_code == 200
+                seen = seen + 1 if ok else 0
+                assert time.monotonic() < end, "a worker does not serve the new item"
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert not _workers(proc.pid)
+
+
+def _workers(parent: int) -> list[str]:
+    """The worker processes ``parent`` spawned (not multiprocessing's resource tracker)."""
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent and b"spawn_main" in cmd:
+            out.append(pid)
+    return out
+
