@@ -18,8 +18,18 @@ from .preprocess import Preprocess
 from .quality import evaluate_indexes, read_label_mapping, read_query_set
 from .report import write_report
 from .splits import assign_splits
-from .train import TrainConfig, train
 from .triplets import sample_triplets, write_triplets
+
+
+def __getattr__(name: str) -> object:
+    """``train`` and ``TrainConfig`` on first use: training needs PyTorch, which
+    ``import lookalike``, searching and serving do not load."""
+    if name in ("train", "TrainConfig"):
+        from . import training
+
+        return getattr(training, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "BuildSummary",

@@ -24,8 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-import torch.nn.functional as F
 
 from .errors import IndexFormatError, LookalikeError
 from .evaluate import label_codes
@@ -107,6 +105,9 @@ def fit_head(column: str, vectors: np.ndarray, labels: Sequence[object],
     values is a known category is left out). The two losses are means, added with
     ``outside_weight``.
     Full-batch Adam: a few seconds for 10k vectors."""
+    import torch  # (fitting only: predicting is numpy, and serving never loads torch)
+    import torch.nn.functional as F
+
     names = np.array([str(x) if x is not None else "" for x in labels], dtype=object)
     known = names != ""
     classes = sorted(set(names[known].tolist()))

@@ -725,8 +725,8 @@ def train(index: str, out: str, quiet: bool, resume: bool, require_better: bool,
     """Train a Deep Ranking model on INDEX's products (frozen backbone = INDEX's model).
     Roles (category, colour) come from what INDEX has; --test-fraction 0 trains on
     everything, the way to make the model you deploy."""
-    from .train import TrainConfig
-    from .train import train as run_training
+    from .training import TrainConfig
+    from .training import train as run_training
 
     options["keep"] = tuple(options["keep"])
     options["camera"] = tuple(c.strip() for c in options["camera"].split(",") if c.strip())

