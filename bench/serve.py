@@ -132,6 +132,7 @@ def python_load(port: int, requests: Sequence[bytes], *, connections: int, secon
                 rate: float = 0.0) -> wrk.Result:
     """What :func:`wrk.run` measures, from asyncio clients in this process."""
     out: dict = {"latencies": [], "status_errors": 0, "late": 0}
+    counter = [0]  # the next request's number, shared by the clients
 
     async def go() -> float:
         t0 = time.perf_counter()
@@ -140,7 +141,6 @@ def python_load(port: int, requests: Sequence[bytes], *, connections: int, secon
                                for _ in range(connections)))
         return time.perf_counter() - t0
 
-    counter = [0]
     secs = asyncio.run(go())
     lat = np.array(out["latencies"]) * 1000
     p50, p90, p99 = (float(np.percentile(lat, q)) for q in (50, 90, 99))

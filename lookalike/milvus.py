@@ -27,6 +27,7 @@ import pandas as pd
 from .catalog import ITEM_ID, PRODUCT_ID
 from .errors import IndexFormatError, LookalikeError
 from .index import RECALL_TARGET, default_params, measure_recall
+from .search import filter_values
 
 BACKENDS = ("faiss", "milvus")
 INDEX_TYPES = {"exact": "FLAT", "hnsw": "HNSW", "ivf": "IVF_FLAT", "ivfpq": "IVF_PQ"}
@@ -141,9 +142,7 @@ class MilvusStore:
         attributes must match; values compared as text, like the local filter)."""
         parts = []
         for attr, values in (where or {}).items():
-            if isinstance(values, (str, bytes, int, float)):
-                values = [values]
-            listed = ", ".join(json.dumps(str(v)) for v in values)
+            listed = ", ".join(json.dumps(v) for v in sorted(filter_values(values)))
             parts.append(f"{self.fields[attr]} in [{listed}]")
         return " and ".join(parts)
 

@@ -30,7 +30,8 @@ def parse_where(conditions: Iterable[str]) -> dict[str, list[str]]:
     return out
 
 
-def _values(values: str | bytes | float | Sequence[str | int | float]) -> set[str]:
+def filter_values(values: str | bytes | float | Sequence[str | int | float]) -> set[str]:
+    """The values a filter condition accepts, as text (one value or several)."""
     if isinstance(values, (str, bytes, int, float)):
         values = [values]
     return {str(v) for v in values}
@@ -38,7 +39,7 @@ def _values(values: str | bytes | float | Sequence[str | int | float]) -> set[st
 
 def where_key(where: Where) -> tuple[tuple[str, tuple[str, ...]], ...]:
     """A hashable form of ``where``, equal for filters that select the same items."""
-    return tuple(sorted((a, tuple(sorted(_values(v)))) for a, v in where.items()))
+    return tuple(sorted((a, tuple(sorted(filter_values(v)))) for a, v in where.items()))
 
 
 def filter_mask(items: pd.DataFrame, where: Where | None, attributes: Sequence[str]) -> np.ndarray | None:
@@ -52,7 +53,7 @@ def filter_mask(items: pd.DataFrame, where: Where | None, attributes: Sequence[s
             raise LookalikeError(f"cannot filter on {attr!r}: not an attribute of this index; "
                                  f"attributes: {', '.join(attributes) or '(none)'}")
         col = items[attr].astype("string").fillna("")
-        mask &= col.isin(_values(values)).to_numpy()
+        mask &= col.isin(filter_values(values)).to_numpy()
     return mask
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future
+from typing import Any
 
 from ..api import Hit, Index, Snapshot
 from ..rerank import Rerank
@@ -57,32 +59,43 @@ class SimilarBatcher:
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            while len(batch) < self.max_batch:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    self._queue.put(None)  # stop after this batch
-                    break
-                batch.append(item)
-            groups: dict[tuple[int, int, Rerank],
-                         list[tuple[Index, Snapshot, int, int, Rerank, Future]]] = {}
-            for item in batch:
-                groups.setdefault((id(item[0]), id(item[1].view), item[4]), []).append(item)
-            for group in groups.values():
-                try:
-                    index, snap = group[0][0], group[0][1]
-                    hits = index.similar_slots(snap, [g[2] for g in group],
-                                               [g[3] for g in group], group[0][4])
-                    for (*_, fut), h in zip(group, hits):
-                        fut.set_result(h)
-                except BaseException as e:  # noqa: BLE001 (hand every waiter the failure)
-                    for *_, fut in group:
-                        if not fut.done():
-                            fut.set_exception(e)
+        serve_batches(self._queue, self.max_batch,
+                      key=lambda item: (id(item[0]), id(item[1].view), item[4]),
+                      answer=lambda group: group[0][0].similar_slots(
+                          group[0][1], [g[2] for g in group], [g[3] for g in group],
+                          group[0][4]))
+
+
+def serve_batches(requests: queue.Queue, limit: int, *, key: Callable[[Any], Hashable],
+                  answer: Callable[[list[Any]], Sequence[Any]],
+                  size: Callable[[Any], int] = lambda request: 1) -> None:
+    """The loop of a batching thread, until a None is queued: wait for a request (a tuple whose
+    last element is its Future), take everything queued behind it up to ``limit`` (counted by
+    ``size``), and answer each group of the same ``key`` with one ``answer(group)`` call, a
+    result per request; a failure goes to every request of the group."""
+    while True:
+        first = requests.get()
+        if first is None:
+            return
+        batch, taken = [first], size(first)
+        while taken < limit:
+            try:
+                item = requests.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                requests.put(None)  # stop after this batch
+                break
+            batch.append(item)
+            taken += size(item)
+        groups: dict[Hashable, list[Any]] = {}
+        for item in batch:
+            groups.setdefault(key(item), []).append(item)
+        for group in groups.values():
+            try:
+                for item, result in zip(group, answer(group)):
+                    item[-1].set_result(result)
+            except BaseException as e:  # noqa: BLE001 (hand every waiter the failure)
+                for item in group:
+                    if not item[-1].done():
+                        item[-1].set_exception(e)

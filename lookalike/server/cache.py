@@ -128,12 +128,19 @@ class SimilarCache:
         """Until ``stop``: compute the list of every live item of ``current()`` that has none,
         :data:`FILL_CHUNK` at a time through ``batcher`` (so requests and this share one
         search thread), whenever the index has lists missing: at start, and after a change
-        dropped some."""
+        dropped some. Lists only go when the snapshot does, so once a snapshot has them all
+        it is not looked through again."""
+        complete: tuple[Index, Any] | None = None  # the index and view that have every list
         while not stop.is_set():
             try:
                 index = current()
                 snap = index.snapshot()
+                if complete is not None and complete[0] is index and complete[1] is snap.view:
+                    stop.wait(interval)
+                    continue
                 todo = self.missing(index, snap) if self.usable(self.cap, index) else []
+                if not len(todo):
+                    complete = index, snap.view
                 for at in range(0, len(todo), FILL_CHUNK):
                     if stop.is_set() or index.snapshot().view is not snap.view:
                         break  # changed meanwhile: look again from the new snapshot

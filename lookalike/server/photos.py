@@ -20,6 +20,7 @@ from concurrent.futures import Future
 import numpy as np
 
 from ..api import Index, pool_views
+from .batcher import serve_batches
 
 MAX_BATCH = 16  # photos per model call
 MAX_QUEUED = 64  # photos waiting for the model; more are refused
@@ -63,34 +64,13 @@ class PhotoBatcher:
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch, rows = [first], len(first[1])
-            while rows < self.max_batch:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    self._queue.put(None)  # stop after this batch
-                    break
-                batch.append(item)
-                rows += len(item[1])
-            groups: dict[int, list[tuple[Index, np.ndarray, Future]]] = {}
-            for item in batch:  # one model call per index (a rebuilt index: another model)
-                groups.setdefault(id(item[0]), []).append(item)
-            for group in groups.values():
-                try:
-                    out = group[0][0].embedder(np.concatenate([g[1] for g in group]))
-                    self.model_calls += 1
-                    self.photos += len(group)
-                    at = 0
-                    for _, pixels, fut in group:
-                        fut.set_result(pool_views(out[at:at + len(pixels)]))
-                        at += len(pixels)
-                except BaseException as e:  # noqa: BLE001 (hand every waiter the failure)
-                    for *_, fut in group:
-                        if not fut.done():
-                            fut.set_exception(e)
+        # one model call per index (a rebuilt index: another model), up to max_batch photos
+        serve_batches(self._queue, self.max_batch, key=lambda item: id(item[0]),
+                      answer=self._embed, size=lambda item: len(item[1]))
+
+    def _embed(self, group: list[tuple[Index, np.ndarray, Future]]) -> list[np.ndarray]:
+        out = group[0][0].embedder(np.concatenate([g[1] for g in group]))
+        self.model_calls += 1
+        self.photos += len(group)
+        ends = np.cumsum([len(g[1]) for g in group])[:-1]  # each photo's views, in order
+        return [pool_views(views) for views in np.split(out, ends)]
