@@ -30,8 +30,8 @@ import torch
 
 from lookalike import create_embedder, embed_images, read_catalog
 from lookalike.embedders import build_torch_model
-from lookalike.images import DECODERS, load_model_input, read_bytes
-from lookalike.preprocess import DEFAULT_PREPROCESS, STEPS, Preprocess
+from lookalike.ingest.images import DECODERS, load_model_input, read_bytes
+from lookalike.ingest.preprocess import DEFAULT_PREPROCESS, STEPS, Preprocess
 
 DATA = Path(os.environ.get("LOOKALIKE_DATASETS", "../shared/datasets")) / "myntra-9k"
 
@@ -79,7 +79,7 @@ def main() -> None:
     print(f"{args.model} on {n} photos of {DATA}, batch {bs}, {os.cpu_count()} cores, "
           f"{platform.processor() or platform.machine()}")
 
-    from lookalike.quantize import quantize
+    from lookalike.embedders.quantize import quantize
 
     calib = [paths[i] for i in np.random.default_rng(0).permutation(n)[:256]]
     int8 = quantize(emb, calib)

@@ -18,8 +18,9 @@ from typing import TypeVar
 import numpy as np
 
 from lookalike import Index
-from lookalike.evaluate import evaluate_catalog, rank
-from lookalike.neighbors import neighbor_rows
+from lookalike.quality.metrics import evaluate_catalog
+from lookalike.search.exact import rank
+from lookalike.search.neighbors import neighbor_rows
 
 RELEVANCE = [["articleType"], ["articleType", "baseColour"], ["gender"]]
 BUDGET_S = 60.0

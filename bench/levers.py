@@ -40,12 +40,14 @@ import numpy as np
 import pandas as pd
 
 from lookalike import Index
-from lookalike.classifier import coded
-from lookalike.evaluate import evaluate_catalog, evaluate_queries, label_codes, rank
-from lookalike.images import load_model_views
-from lookalike.quality import read_label_mapping
-from lookalike.rerank import Rerank, reranked
-from lookalike.splits import assign_splits, group_splits
+from lookalike.ingest.catalog import label_codes
+from lookalike.ingest.images import load_model_views
+from lookalike.quality.metrics import evaluate_catalog, evaluate_queries
+from lookalike.quality.runs import read_label_mapping
+from lookalike.search.classifier import coded
+from lookalike.search.exact import rank
+from lookalike.search.rerank import Rerank, reranked
+from lookalike.training.splits import assign_splits, group_splits
 
 DATASETS = Path(os.environ.get("LOOKALIKE_DATASETS", Path(__file__).resolve().parents[2]
                                / "shared" / "datasets"))

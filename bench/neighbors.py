@@ -30,8 +30,8 @@ from sklearn.neighbors import NearestNeighbors
 from synthetic import clustered
 
 from lookalike import Index, build_index, read_catalog
-from lookalike.index import build_vector_index, flat_index, searchable
-from lookalike.neighbors import neighbor_rows
+from lookalike.search.neighbors import neighbor_rows
+from lookalike.search.vector_index import build_vector_index, flat_index, searchable
 
 DATA = Path(os.environ.get("LOOKALIKE_DATASETS", "../shared/datasets")) / "myntra-9k"
 

@@ -23,9 +23,9 @@ sys.path.insert(0, str(ROOT))
 
 from lookalike import Index
 from lookalike.build import build_index
-from lookalike.catalog import read_catalog
-from lookalike.neighbors import neighbor_agreement
-from lookalike.store import write_index
+from lookalike.ingest.catalog import read_catalog
+from lookalike.search.neighbors import neighbor_agreement
+from lookalike.store.folder import write_index
 
 MYNTRA = Path(os.environ.get("DATASETS", ROOT.parent / "shared" / "datasets")) / "myntra-9k"
 

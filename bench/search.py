@@ -3,7 +3,7 @@
 1,000,000 clustered synthetic unit vectors of 256 dimensions (2,000 centres) in lookalike's
 HNSW index, built and tuned as ``lookalike build --index hnsw`` does (``--target`` recall@10
 against exact search). Then ``--queries`` new vectors from the same distribution go one at a
-time through ``lookalike.search.top_k`` (the path of ``Index.search``), and the script prints
+time through ``lookalike.search.topk.top_k`` (the path of ``Index.search``), and the script prints
 latency p50/p99, queries/s, recall@10 against exact search and the index's memory. The same
 is timed for the exact (flat) index on a few queries, for the ratio.
 
@@ -21,8 +21,13 @@ import faiss
 import numpy as np
 from synthetic import clustered
 
-from lookalike.index import build_vector_index, exact_neighbors, flat_index, searchable
-from lookalike.search import top_k
+from lookalike.search.topk import top_k
+from lookalike.search.vector_index import (
+    build_vector_index,
+    exact_neighbors,
+    flat_index,
+    searchable,
+)
 
 
 def latencies(index: object, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from lookalike import Index
-from lookalike.triplets import sample_triplets, write_triplets
+from lookalike.training.triplets import sample_triplets, write_triplets
 
 BUDGET_S = 5.0
 

@@ -49,7 +49,7 @@ from synthetic import clustered
 
 from lookalike import Index
 from lookalike.embedders import EmbedderSpec
-from lookalike.store import now, write_index
+from lookalike.store.folder import now, write_index
 
 OUT = Path(__file__).resolve().parent / "out" / "updates"
 DIM = 256
@@ -354,7 +354,7 @@ def _hold(kind: str, path: str, n: int, hold: float, out: mp.Queue) -> None:
 
 def locker(kind: str, path: str):
     if kind == "fcntl.flock (ours)":
-        from lookalike.journal import locked
+        from lookalike.store.journal import locked
 
         return locked(path)
     if kind.startswith("filelock"):

@@ -188,7 +188,7 @@ def myntra_slice(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A seeded 2,000-item slice of myntra-9k and its local exact index (efficientnet-lite0):
     the reference the Ray engine and the Milvus backend are compared with."""
     from lookalike.build import build_index
-    from lookalike.catalog import read_catalog
+    from lookalike.ingest.catalog import read_catalog
 
     if not MYNTRA.is_dir():
         pytest.skip(f"sample data not found at {MYNTRA}")

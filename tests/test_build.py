@@ -8,10 +8,11 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from lookalike import Index, IndexFormatError, UnknownItemError, build_index, read_catalog, store
+from lookalike import Index, IndexFormatError, UnknownItemError, build_index, read_catalog
 from lookalike.cli import cli
 from lookalike.embedders import create_embedder
-from lookalike.images import load_model_input
+from lookalike.ingest.images import load_model_input
+from lookalike.store import folder as store
 
 from .conftest import BAD_REASONS
 
@@ -161,7 +162,7 @@ def test_sigkill_mid_write_leaves_previous_index(tiny_catalog: Path, index_dir: 
     before = Index.open(index_dir).similar("P2-0", 3)
     script = f"""
 import os, signal
-import lookalike.store as store
+import lookalike.store.folder as store
 from lookalike import build_index, read_catalog
 store.faiss.write_index = lambda *a: os.kill(os.getpid(), signal.SIGKILL)
 cat = read_catalog({str(tiny_catalog)!r}, id_column="sku", image_column="file")

@@ -13,11 +13,11 @@ from click.testing import CliRunner
 from PIL import Image, ImageFilter
 
 from lookalike import ImageError, embed_images, read_catalog
-from lookalike import images as images_module
 from lookalike.cli import cli
-from lookalike.decoding import choose_decoder, compare_decoders
 from lookalike.embedders import create_embedder
-from lookalike.images import load_model_input
+from lookalike.ingest import images as images_module
+from lookalike.ingest.decoding import choose_decoder, compare_decoders
+from lookalike.ingest.images import load_model_input
 
 from .conftest import MYNTRA
 

@@ -5,14 +5,14 @@ import pandas as pd
 import pytest
 
 from lookalike import LookalikeError
-from lookalike.evaluate import (
+from lookalike.ingest.catalog import label_codes
+from lookalike.quality.metrics import (
     evaluate_catalog,
     evaluate_queries,
     group_table,
-    label_codes,
-    rank,
     triplet_accuracy,
 )
+from lookalike.search.exact import rank
 
 # five unit vectors with exact ties: rows 0 and 1 are identical, so are rows 2 and 3
 X = np.array([[1, 0], [1, 0], [0.6, 0.8], [0.6, 0.8], [0, 1]], np.float32)

@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lookalike import Index, LookalikeError, build_index, read_catalog
-from lookalike.catalog import CatalogError
-from lookalike.checks import checked_value, id_problem
+from lookalike.ingest.catalog import CatalogError
+from lookalike.ingest.checks import checked_value, id_problem
 
 from .conftest import make_tiny_catalog
 

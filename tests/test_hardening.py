@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from lookalike import Index, LookalikeError, build_index, read_catalog
-from lookalike.catalog import CatalogError
+from lookalike.ingest.catalog import CatalogError
 from lookalike.server import create_app
 
 from .conftest import garment
@@ -318,7 +318,7 @@ def test_a_journal_value_that_does_not_fit_is_named_not_a_traceback(shop: Path) 
     """A journal written before values were checked can hold {"year": "2012"}: compaction now
     names the change, the item and the value instead of failing in pyarrow; once the item is
     removed, it compacts."""
-    from lookalike.changes import Prepared, UpdateSummary
+    from lookalike.store.changes import Prepared, UpdateSummary
 
     ix = Index.open(shop / "ix")
     ok = ix.add([{"item_id": "fine", "year": 2001}], vectors=np.ones((1, 1280)))
@@ -355,7 +355,7 @@ def test_a_writer_whose_pid_is_not_seen_but_holds_its_lock_is_left_alone(shop: P
     import subprocess
     import sys
 
-    from lookalike.litter import WriterLock, remove_dead_builds
+    from lookalike.store.litter import WriterLock, remove_dead_builds
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True).stdout.strip()
@@ -370,7 +370,7 @@ def test_a_writer_whose_pid_is_not_seen_but_holds_its_lock_is_left_alone(shop: P
 def test_reads_survive_an_old_journal_with_an_object_value(shop: Path) -> None:
     """GET /attributes answered 500 for good once the journal held {"gender": {"a": 1}}; such a
     journal (from before the checks) is read, and compaction names the value."""
-    from lookalike.changes import Prepared, UpdateSummary
+    from lookalike.store.changes import Prepared, UpdateSummary
 
     record = {"row": -1, "item_id": "old", "product_id": "old", "image_path": None,
               "type": "shoe", "gender": {"a": 1}, "year": None, "photo_sha1": None}

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from lookalike import ImageError, load_image
-from lookalike.images import load_model_input
+from lookalike.ingest.images import load_model_input
 
 from .conftest import garment, png_bomb
 
@@ -83,7 +83,7 @@ def test_model_input_shape_and_draft(tmp_path: Path) -> None:
 
 
 def test_photos_are_read_through_filesystem_uris(tmp_path: Path) -> None:
-    from lookalike.images import read_bytes
+    from lookalike.ingest.images import read_bytes
 
     garment((10, 20, 200), "shirt").save(tmp_path / "a.png")
     uri = (tmp_path / "a.png").as_uri()  # file:///…, through pyarrow's filesystem layer

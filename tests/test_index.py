@@ -11,9 +11,10 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from lookalike import Index, LookalikeError, build_index, journal, read_catalog
+from lookalike import Index, LookalikeError, build_index, read_catalog
 from lookalike.cli import cli
-from lookalike.index import (
+from lookalike.search.topk import top_k
+from lookalike.search.vector_index import (
     Reranked,
     build_vector_index,
     default_params,
@@ -21,7 +22,7 @@ from lookalike.index import (
     measure_recall,
     searchable,
 )
-from lookalike.search import top_k
+from lookalike.store import journal
 
 from .conftest import build_tiny
 
@@ -48,7 +49,7 @@ def test_approximate_index_is_tuned_to_the_recall_target(vectors: np.ndarray, ki
     assert again >= 0.97
     # the recall measured is real: the same search breadth cut down gives less
     low = dict(info["params"], efSearch=1, nprobe=1, rerank=1)
-    from lookalike.index import set_search_params
+    from lookalike.search.vector_index import set_search_params
 
     set_search_params(index, kind, low)
     assert measure_recall(searchable(index, vectors, kind, low), vectors)[0] < info["recall@10"]

@@ -13,10 +13,10 @@ from click.testing import CliRunner
 
 from lookalike import Index
 from lookalike.cli import cli
-from lookalike.milvus import client, close_clients
-from lookalike.neighbors import neighbor_agreement
+from lookalike.search.neighbors import neighbor_agreement
 from lookalike.server.live import LiveIndex
-from lookalike.store import read_manifest
+from lookalike.store.folder import read_manifest
+from lookalike.store.milvus import client, close_clients
 
 from .conftest import MYNTRA, build_tiny, garment
 
@@ -149,7 +149,7 @@ def test_rebuild_replaces_the_collection_and_bad_options_are_refused(
 def test_milvus_agrees_with_local_exact_on_myntra_slice(myntra_slice: dict[str, Path],
                                                         tmp_path: Path) -> None:
     from lookalike.build import build_index
-    from lookalike.catalog import read_catalog
+    from lookalike.ingest.catalog import read_catalog
 
     build_index(read_catalog(myntra_slice["csv"], MYNTRA), tmp_path / "milvus", index="hnsw",
                 backend="milvus", milvus_uri=str(tmp_path / "milvus.db"))

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 
 from lookalike import LookalikeError
-from lookalike.index import flat_index
-from lookalike.neighbors import neighbor_blocks, neighbor_rows, write_neighbors
+from lookalike.search.neighbors import neighbor_blocks, neighbor_rows, write_neighbors
+from lookalike.search.vector_index import flat_index
 
 
 def _unit(n: int, d: int) -> np.ndarray:

@@ -14,8 +14,8 @@ from PIL import Image, ImageDraw, ImageFilter
 from lookalike import Index, build_index, read_catalog
 from lookalike.cli import cli
 from lookalike.errors import LookalikeError
-from lookalike.images import load_model_input
-from lookalike.preprocess import NEUTRAL, STEPS, Preprocess, detect_faces
+from lookalike.ingest.images import load_model_input
+from lookalike.ingest.preprocess import NEUTRAL, STEPS, Preprocess, detect_faces
 
 from .conftest import MYNTRA, STREET, build_tiny
 
@@ -150,7 +150,7 @@ def test_flat_photo_and_photo_filled_by_the_garment_are_no_ops() -> None:
 
 
 def test_a_failing_step_leaves_the_photo_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
-    import lookalike.preprocess as pre
+    import lookalike.ingest.preprocess as pre
 
     def broken(*args: object) -> None:
         raise RuntimeError("OpenCV(4) assertion failed")

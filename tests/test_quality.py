@@ -10,14 +10,14 @@ from click.testing import CliRunner
 
 from lookalike import LookalikeError
 from lookalike.cli import cli
-from lookalike.quality import (
+from lookalike.quality.report import write_report
+from lookalike.quality.runs import (
     default_relevances,
     evaluate_indexes,
     read_label_mapping,
     read_query_set,
     read_triplets,
 )
-from lookalike.report import write_report
 
 from .conftest import MODELS
 
@@ -159,7 +159,7 @@ def test_report_files(two_indexes: dict[str, Path], tmp_path: Path) -> None:
 
 
 def test_report_opens_with_plain_words(two_indexes: dict[str, Path], tmp_path: Path) -> None:
-    from lookalike.report import headline, mislabelled, recall_cap
+    from lookalike.quality.report import headline, mislabelled, recall_cap
 
     res = evaluate_indexes([two_indexes["mobilenet-v2"]], relevances=[["type"], ["type", "colour"]],
                            ks=[1, 3], query_set=read_query_set(two_indexes["queries"]),
@@ -198,7 +198,7 @@ def test_default_relevances_leave_out_what_is_not_seen() -> None:
 
 
 def test_query_photos_split_by_who_took_them(two_indexes: dict[str, Path], tmp_path: Path) -> None:
-    from lookalike.splits import group_splits
+    from lookalike.training.splits import group_splits
 
     senders = [f"s{i}" for i in range(40) for _ in range(3)]
     side = group_splits(senders, test=0.5)

@@ -27,8 +27,8 @@ from lookalike.embedders import (
     normalise_pixels,
     onnx_session,
 )
-from lookalike.fold import fold_normalisation
-from lookalike.ranking import DeepRanking
+from lookalike.embedders.fold import fold_normalisation
+from lookalike.training.network import DeepRanking
 
 from .conftest import MYNTRA
 

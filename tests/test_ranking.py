@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lookalike.embedders import create_embedder
-from lookalike.ranking import DeepRanking, subsample4, triplet_loss
+from lookalike.training.network import DeepRanking, subsample4, triplet_loss
 
 BACKBONE = "mobilenet-v2"
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from lookalike import Index
-from lookalike.milvus import close_clients
-from lookalike.neighbors import neighbor_agreement
+from lookalike.search.neighbors import neighbor_agreement
+from lookalike.store.milvus import close_clients
 
 from .conftest import MYNTRA, build_tiny
 
@@ -70,7 +70,7 @@ def test_unreachable_cluster_is_a_clear_error(tiny_catalog: Path, tmp_path: Path
 def test_ray_agrees_with_local_exact_on_myntra_slice(myntra_slice: dict[str, Path],
                                                      tmp_path: Path) -> None:
     from lookalike.build import build_index
-    from lookalike.catalog import read_catalog
+    from lookalike.ingest.catalog import read_catalog
 
     cat = read_catalog(myntra_slice["csv"], MYNTRA.resolve().as_uri())
     build_index(cat, tmp_path / "ray", engine="ray")

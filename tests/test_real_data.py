@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from lookalike import Index, build_index, read_catalog
 from lookalike.cli import cli
-from lookalike.neighbors import neighbor_rows
+from lookalike.search.neighbors import neighbor_rows
 
 from .conftest import MYNTRA, STREET
 

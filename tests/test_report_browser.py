@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from lookalike.quality import evaluate_indexes, read_label_mapping, read_query_set
-from lookalike.report import write_report
+from lookalike.quality.report import write_report
+from lookalike.quality.runs import evaluate_indexes, read_label_mapping, read_query_set
 
 from .conftest import BROWSER_ARGS, CHROMIUM, MODELS, needs_browser
 

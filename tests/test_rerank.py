@@ -15,10 +15,11 @@ from PIL import Image
 from lookalike import Index
 from lookalike.cli import cli
 from lookalike.errors import LookalikeError
-from lookalike.evaluate import label_codes, rank
-from lookalike.images import fit_square, load_model_input
-from lookalike.preprocess import Preprocess
-from lookalike.rerank import Rerank, expand_queries, reranked, vote
+from lookalike.ingest.catalog import label_codes
+from lookalike.ingest.images import fit_square, load_model_input
+from lookalike.ingest.preprocess import Preprocess
+from lookalike.search.exact import rank
+from lookalike.search.rerank import Rerank, expand_queries, reranked, vote
 from lookalike.server.app import create_app
 
 from .conftest import build_tiny
@@ -217,7 +218,7 @@ def test_classifier_learns_set_labels_of_outside_photos() -> None:
     """fit_head learns catalogue categories; outside photos whose label allows a set of
     categories move their look into the set: photos that lie nearest category a (as a street
     photo lies nearest the wrong catalogue items), labelled "b or c", stop being called a."""
-    from lookalike.classifier import fit_head
+    from lookalike.search.classifier import fit_head
 
     rng = np.random.default_rng(0)
     centres = np.eye(8, dtype=np.float32)[:3]

@@ -3,8 +3,8 @@ import pandas as pd
 import pytest
 
 from lookalike import LookalikeError
-from lookalike.index import flat_index
-from lookalike.search import filter_mask, parse_where, top_k
+from lookalike.search.topk import filter_mask, parse_where, top_k
+from lookalike.search.vector_index import flat_index
 
 
 def _unit(n: int, d: int, seed: int = 0) -> np.ndarray:

@@ -14,9 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lookalike import Index, journal
+from lookalike import Index
 from lookalike.embedders import EmbedderSpec
-from lookalike.store import now, write_index
+from lookalike.store import journal
+from lookalike.store.folder import now, write_index
 
 DIM = 16
 
@@ -182,9 +183,9 @@ def test_searches_never_wait_for_writers(tmp_path: Path) -> None:
 
 
 def test_added_items_are_indexed_in_the_background(tmp_path: Path, monkeypatch) -> None:
-    import lookalike.segments
+    import lookalike.store.segments
 
-    monkeypatch.setattr(lookalike.segments, "INDEX_AFTER_BYTES", 64 * DIM * 4)
+    monkeypatch.setattr(lookalike.store.segments, "INDEX_AFTER_BYTES", 64 * DIM * 4)
     rng = np.random.default_rng(4)
     path = folder_of_vectors(tmp_path / "ix", unit(rng, 400), "hnsw")
     ix = Index.open(path)
@@ -208,9 +209,9 @@ def test_added_items_are_indexed_in_the_background(tmp_path: Path, monkeypatch) 
 EXIT_WHILE_INDEXING = """
 import sys
 import numpy as np
-import lookalike.segments
+import lookalike.store.segments
 from lookalike import Index
-lookalike.segments.INDEX_CHUNK = 10**6  # one long chunk: the thread is inside faiss at the end
+lookalike.store.segments.INDEX_CHUNK = 10**6  # one long chunk: the thread is inside faiss at the end
 rng = np.random.default_rng(0)
 x = rng.standard_normal((30000, 64)).astype(np.float32)
 ix = Index.open(sys.argv[1], auto_compact=sys.argv[2] == "compact")

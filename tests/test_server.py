@@ -7,7 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from lookalike.preprocess import DEFAULT_PREPROCESS
+from lookalike.ingest.preprocess import DEFAULT_PREPROCESS
 from lookalike.server import create_app
 
 from .conftest import MODELS, garment, png_bomb

@@ -15,8 +15,8 @@ from PIL import Image
 
 from lookalike import Index, LookalikeError, build_index, read_catalog
 from lookalike.cli import cli
-from lookalike.ranking import DeepRanking
-from lookalike.training import TrainConfig, _cache_views, front_runner, train
+from lookalike.training.loop import TrainConfig, _cache_views, front_runner, train
+from lookalike.training.network import DeepRanking
 
 from .conftest import garment
 
@@ -184,7 +184,7 @@ def test_single_photo_products_train_on_augmented_views(shop: dict[str, Path], t
 
 
 def test_augmented_views_differ_but_keep_the_garment() -> None:
-    from lookalike.training import _augment
+    from lookalike.training.loop import _augment
 
     img = garment((200, 30, 30), "shirt", size=96)
     views = [np.asarray(_augment(img, np.random.default_rng(s)), dtype=float) for s in range(4)]
@@ -200,8 +200,8 @@ def test_augmented_views_differ_but_keep_the_garment() -> None:
 def test_training_keeps_the_index_preprocessing(shop: dict[str, Path], tmp_path: Path) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from lookalike.images import load_model_input
-    from lookalike.training import _load_pixels
+    from lookalike.ingest.images import load_model_input
+    from lookalike.training.loop import _load_pixels
 
     cat = read_catalog(shop["csv"], product_column="product")
     build_index(cat, tmp_path / "ix", model="mobilenet-v2", preprocess="crop")
@@ -280,7 +280,7 @@ def test_training_takes_its_roles_from_the_index(shop: dict[str, Path], tmp_path
 
 
 def test_split_by_photo_trains_every_product(shop: dict[str, Path], tmp_path: Path) -> None:
-    from lookalike.splits import photo_splits
+    from lookalike.training.splits import photo_splits
 
     ids = [f"p{i}-{v}" for i in range(200) for v in range(3)]
     products = [i.split("-")[0] for i in ids]
@@ -377,7 +377,7 @@ def test_outside_photos_train_by_group(shop: dict[str, Path], tmp_path: Path) ->
         assert s.history[s.best_epoch][f"val_{key}"] >= s.history[0][f"pretrained_{key}"] \
             or any("no epoch beat" in x for x in lines)
     # the split by sender is the one lookalike evaluate selects
-    from lookalike.quality import read_query_set
+    from lookalike.quality.runs import read_query_set
 
     held = read_query_set(shop["root"] / "outside.csv", group_column="sender_id", split="test",
                           test_fraction=0.4)
@@ -394,7 +394,7 @@ def test_outside_photos_train_by_group(shop: dict[str, Path], tmp_path: Path) ->
 def test_camera_views_train(shop: dict[str, Path], tmp_path: Path) -> None:
     """Camera-like views: each step changes the photo and keeps it a picture of the garment;
     a run with all of them trains, and an unknown step is refused."""
-    from lookalike.training import CAMERA_STEPS, _camera
+    from lookalike.training.loop import CAMERA_STEPS, _camera
 
     img = Image.open(shop["root"] / "img" / "shirt-red-0-0.jpg").convert("RGB")
     a = np.asarray(img, np.float32)
@@ -422,7 +422,7 @@ def test_outside_triplets_do_not_depend_on_string_hashing() -> None:
     import sys
 
     code = ("import numpy as np\n"
-            "from lookalike.training import _Outside, _outside_triplets\n"
+            "from lookalike.training.loop import _Outside, _outside_triplets\n"
             "labels = [f'label{i % 9}' for i in range(90)]\n"
             "relevant = {f'label{j}': np.arange(200) % 9 == j for j in range(9)}\n"
             "out = _Outside(200, [''] * 90, labels, relevant, {}, np.arange(60), np.arange(60, 90),"
@@ -460,9 +460,9 @@ def test_classifier_only_gives_a_model_that_build_and_search_use(shop: dict[str,
     backbone does), fits the category classifier on catalogue and outside photos, says how
     it compares with the vote; an index built with the model re-ranks with it by default,
     and its searches are the lists lookalike evaluate measures."""
-    from lookalike.classifier import load_head
-    from lookalike.evaluate import label_codes
-    from lookalike.rerank import Rerank, reranked
+    from lookalike.ingest.catalog import label_codes
+    from lookalike.search.classifier import load_head
+    from lookalike.search.rerank import Rerank, reranked
 
     queries, mapping = _outside_photos(shop)
     lines: list[str] = []
@@ -517,8 +517,8 @@ def test_classifier_only_gives_a_model_that_build_and_search_use(shop: dict[str,
 
 def test_a_changed_classifier_is_refused(shop: dict[str, Path], tmp_path: Path) -> None:
     """An index never re-ranks with a classifier other than the one it was built with."""
-    from lookalike.classifier import load_head
     from lookalike.errors import IndexFormatError
+    from lookalike.search.classifier import load_head
 
     out = tmp_path / "clf"
     train(shop["index"], out, TrainConfig(**{**CFG, "classifier_only": True}), progress=False,

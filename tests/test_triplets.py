@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 
 from lookalike import LookalikeError
-from lookalike.splits import assign_splits
-from lookalike.triplets import COLUMNS, sample_triplets, single_photo, write_triplets
+from lookalike.training.splits import assign_splits
+from lookalike.training.triplets import COLUMNS, sample_triplets, single_photo, write_triplets
 
 
 def catalogue(photos_per_product: int = 3) -> pd.DataFrame:

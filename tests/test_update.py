@@ -11,9 +11,10 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from lookalike import Index, build_index, journal, read_catalog
+from lookalike import Index, build_index, read_catalog
 from lookalike.cli import cli
 from lookalike.errors import UnknownItemError
+from lookalike.store import journal
 
 
 def add_items(path, delta):
@@ -84,11 +85,11 @@ def test_add_then_remove_equals_a_fresh_build(split: dict[str, Path], tmp_path: 
 def test_new_items_photos_are_read_once(split: dict[str, Path], monkeypatch) -> None:
     """Only ids already in the index are read for their digest before embedding; a new
     item's digest is the one of the bytes embedded."""
-    import lookalike.catalog
-    import lookalike.embed
+    import lookalike.embed.local
+    import lookalike.ingest.catalog
 
     reads: dict[str, list[str]] = {"digest": [], "embed": []}
-    for module, key in ((lookalike.catalog, "digest"), (lookalike.embed, "embed")):
+    for module, key in ((lookalike.ingest.catalog, "digest"), (lookalike.embed.local, "embed")):
         real = module.read_bytes
         monkeypatch.setattr(module, "read_bytes",
                             lambda p, real=real, key=key: reads[key].append(str(p)) or real(p))
@@ -149,7 +150,7 @@ def test_compact_folds_the_journal_in_and_keeps_the_log(split: dict[str, Path],
 
 KILLER = """
 import os, signal, sys
-import lookalike.journal as journal, lookalike.segments as segments, lookalike.store as store
+import lookalike.store.journal as journal, lookalike.store.segments as segments, lookalike.store.folder as store
 step = sys.argv[1]
 def die(*_, **__):
     os.kill(os.getpid(), signal.SIGKILL)

@@ -192,14 +192,14 @@ def run_round(base: Path, work: Path) -> Outcome:
 
 
 def journal_entries(folder: Path) -> list:
-    from lookalike import journal
+    from lookalike.store import journal
 
     return journal.read(folder, journal.Cursor(), None)[0]
 
 
 def _order(folder: Path, acked: dict[int, list[str]]) -> list[str]:
     """Each server thread's items in the journal in the order they were acknowledged."""
-    from lookalike import journal
+    from lookalike.store import journal
 
     entries, _ = journal.read(folder, journal.Cursor(), None)
     position: dict[str, int] = {}

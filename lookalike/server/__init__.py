@@ -1,5 +1,0 @@
-"""The HTTP service: ``create_app(index_path)`` (FastAPI), run by ``lookalike serve``."""
-
-from .app import create_app
-
-__all__ = ["create_app"]

@@ -1,0 +1,1 @@
+"""Catalogue in: columns and validation, photo reading and decoding, garment focus."""

@@ -1,0 +1,1 @@
+"""How good the answers are: metrics over arrays, evaluation runs, reports and galleries."""

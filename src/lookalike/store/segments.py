@@ -1,0 +1,629 @@
+"""An opened index in memory that changes while it is searched.
+
+The vectors of the built folder stay in the vector index they were built into, the *sealed*
+segment (exact, HNSW, IVF or IVF-PQ), which is never modified. Items added since form a
+*growing* segment: searched exactly at first, and for an approximate index put into a second
+index of the same kind by a background thread once a few thousand of them wait (faiss indexes may
+not be searched while they are added to, so the thread adds to a private copy and publishes
+clones). Removed or replaced items become tombstones that searches skip (faiss ID selectors).
+A search merges the answers of every part. Compaction folds everything into a new sealed
+segment. Milvus keeps writes cheap the same way (growing segments searched by brute force, then
+indexed; sealed ones indexed); here it means an add costs an append at any size, opening a
+folder never re-trains or re-inserts into the built graph, and no search ever waits for a
+change.
+
+Every item has a *slot*: built items 0..n0-1 in folder order, added items after them in
+order; a slot is never reused. A :class:`View` is what one search sees: the slots that existed,
+which of them were alive, and the indexed parts, when it began. A writer (one at a time: the
+caller serialises them) appends, then publishes a new View in one assignment; readers take the
+View once and never wait. With the Milvus backend the collection holds every vector and applies
+deletes itself, so all slots are searched through it.
+
+Pure in-memory work: reading and writing the folder is folder.py's and journal.py's.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import math
+import threading
+import weakref
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import faiss
+import numpy as np
+import pandas as pd
+
+from lookalike.errors import LookalikeError, UnknownItemError
+from lookalike.ingest.catalog import ITEM_ID, PRODUCT_ID
+from lookalike.search.topk import (
+    Where,
+    filter_mask,
+    one_per_product,
+    selector_params,
+    top_k,
+    where_key,
+)
+from lookalike.search.vector_index import Reranked, make_index, set_search_params, stored_kind
+from lookalike.store.journal import Cursor, Entry
+
+#: added vectors searched exactly before the background thread indexes them: a scan of this
+#: many bytes costs about as much as a search of the indexed parts
+INDEX_AFTER_BYTES = 2 * 2**20
+#: vectors the thread indexes in one go: the longest a process that ends waits for it
+INDEX_CHUNK = 4096
+#: filters whose mask over the built items is kept (each: a byte per item)
+MASKS_KEPT = 64
+_closing = threading.Event()  # the interpreter is exiting: indexing threads stop
+_indexers: set[tuple[threading.Thread, threading.Event]] = set()
+
+
+class Part(NamedTuple):
+    """Slots [lo, hi) in a vector index that answers with offsets from ``lo``: the sealed
+    segment, or the indexed part of the growing one."""
+
+    index: Any
+    lo: int
+    hi: int
+    bits: np.ndarray | None  # packed alive bits of those slots; None: all alive
+    count: int  # alive slots among them
+    vectors: Any  # their vectors, row 0 = slot lo (None: Milvus holds them)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class View:
+    """The state one search sees. Nothing in it changes once published."""
+
+    seq: int  # the last journal entry applied
+    n: int  # slots: built and added
+    alive: np.ndarray  # bool per slot
+    count: int  # alive slots
+    parts: tuple[Part, ...]  # indexed: the sealed segment, then the growing one's indexed slots
+
+    @property
+    def indexed(self) -> int:
+        """Slots below this are in ``parts``; the rest are searched exactly."""
+        return self.parts[-1].hi
+
+
+def _kill(part: Part, slots: Sequence[int], alive: np.ndarray) -> Part:
+    """``part`` with ``slots`` (those of it still alive in ``alive``) marked removed."""
+    gone = sorted({s for s in slots if part.lo <= s < part.hi and alive[s]})
+    if not gone:
+        return part
+    bits = np.packbits(np.ones(part.hi - part.lo, bool), bitorder="little") \
+        if part.bits is None else part.bits.copy()
+    for s in gone:
+        o = s - part.lo
+        bits[o >> 3] &= ~np.uint8(1 << (o & 7))
+    bits.setflags(write=False)
+    return part._replace(bits=bits, count=part.count - len(gone))
+
+
+def plain(v: Any) -> Any:
+    """A table value as plain Python (NaN, NA → None; numpy scalars → Python ones)."""
+    if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+        return None
+    return v.item() if isinstance(v, np.generic) else v
+
+
+class Segments:
+    """The sealed vector index of a built folder, the items added since, the tombstones."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any], items: pd.DataFrame,
+                 vectors: Any, sealed: Any, backend: Any = None, generation: Any = None,
+                 storage: np.dtype | None = None) -> None:
+        self.path, self.manifest, self.generation = path, manifest, generation
+        self.attributes: list[str] = list(manifest["catalog"]["attributes"])
+        self.dim: int = int(manifest["embedder"]["dim"])
+        self.kind, self.params = stored_kind(manifest)
+        self.storage = np.dtype(storage or getattr(vectors, "dtype", np.float32))
+        self.base_items = items.reset_index(drop=True)
+        self.base_vectors = vectors  # memory-mapped (Milvus: read from the collection)
+        self.backend = backend
+        self.n0 = len(self.base_items)
+        self.ids: list[str] = self.base_items[ITEM_ID].astype(str).tolist()
+        self.slot_of: dict[str, int] = dict(zip(self.ids, range(self.n0)))
+        self.records: list[dict[str, Any]] = []  # added slots' item records
+        self.applied = 0  # journal entries applied
+        self.cursor = Cursor()  # how far the journal was read (by whoever applies: one at a time)
+        self._grown = np.zeros((0, self.dim), np.float32)  # added slots' vectors (Milvus: none)
+        self._columns: dict[str, list[Any]] = {}
+        self._products: np.ndarray | None = None
+        self._cache: dict[tuple[str, int], Any] = {}  # per-view derived tables
+        self._base_masks: dict[tuple, np.ndarray] = {}  # filters over the built items, LRU
+        self._masks_lock = threading.Lock()
+        self._publish = threading.Lock()  # writers and the indexing thread publish in turn
+        self._private: Any = None  # the growing segment's index, touched under _indexing only
+        self._indexing = threading.Lock()
+        self._wake: threading.Event | None = None
+        alive = np.ones(self.n0, bool)
+        alive.setflags(write=False)
+        sealed = Part(sealed, 0, self.n0, None, self.n0,
+                      None if backend is not None else vectors)
+        self.view = View(0, self.n0, alive, self.n0, (sealed,))
+
+    @property
+    def milvus(self) -> bool:
+        return self.backend is not None
+
+    @property
+    def sealed(self) -> Any:
+        """The built vector index (or the Milvus search): it answers search(q, k, params)
+        with slots."""
+        return self.view.parts[0].index
+
+    @sealed.setter
+    def sealed(self, index: Any) -> None:
+        self.view = dataclasses.replace(self.view, parts=(self.view.parts[0]._replace(
+            index=index),) + self.view.parts[1:])
+
+    def changed(self, v: View) -> bool:
+        return v.n != self.n0 or v.count != self.n0
+
+    # --- writing (the caller serialises writers) -------------------------------------------
+
+    def apply(self, entries: Sequence[Entry]) -> None:
+        """Apply committed journal entries, in order, and publish the new view."""
+        if not entries:
+            return
+        n = self.view.n  # only writers add slots, and they come one at a time
+        touched: dict[str, int | None] = {}  # id → its slot after these entries (None: gone)
+        dead: list[int] = []
+        recs: list[dict[str, Any]] = []
+        vecs: list[np.ndarray] = []
+
+        def current(item_id: str) -> int | None:
+            return touched[item_id] if item_id in touched else self.slot_of.get(item_id)
+
+        for e in entries:
+            if e.change["op"] == "add":
+                if e.vectors is not None:
+                    vecs.append(np.asarray(e.vectors, self.storage).astype(np.float32))
+                for rec in e.records:
+                    item_id = str(rec[ITEM_ID])
+                    old = current(item_id)
+                    if old is not None:
+                        dead.append(old)  # replaced: the new version takes a new slot
+                    touched[item_id] = n
+                    recs.append(rec)
+                    n += 1
+            else:
+                for item_id in e.item_ids:
+                    old = current(item_id)
+                    if old is not None:
+                        dead.append(old)
+                        touched[item_id] = None
+        # data first, then the ids that point at it, then the view; deleted ids last
+        if recs:
+            if not self.milvus:
+                self._append_vectors(np.concatenate(vecs) if vecs else
+                                     np.zeros((0, self.dim), np.float32), len(recs))
+            self.records.extend(recs)
+            self.ids.extend(str(r[ITEM_ID]) for r in recs)
+            for item_id, slot in touched.items():
+                if slot is not None:
+                    self.slot_of[item_id] = slot
+        with self._publish:
+            v = self.view  # the indexing thread may have published since
+            alive = np.ones(n, bool)
+            alive[:v.n] = v.alive
+            alive[dead] = False
+            alive.setflags(write=False)
+            count = v.count + len(recs) - len(dead)  # a slot dies at most once
+            if self.milvus:  # the collection covers every slot and removes items itself
+                parts = (v.parts[0]._replace(hi=n, count=count),)
+            else:
+                parts = tuple(_kill(p, dead, v.alive) for p in v.parts)
+            self.view = View(entries[-1].seq, n, alive, count, parts)
+        self.applied += len(entries)
+        for item_id, slot in touched.items():
+            if slot is None and item_id in self.slot_of:
+                del self.slot_of[item_id]
+        self._maybe_index()
+
+    def _append_vectors(self, vectors: np.ndarray, rows: int) -> None:
+        if len(vectors) != rows:
+            raise LookalikeError(f"{rows} added items but {len(vectors)} vectors")
+        used = len(self.records)
+        buf = self._grown
+        if used + rows > len(buf):  # a new buffer; searches keep the one they took
+            bigger = np.zeros((max(2 * len(buf), used + rows, 1024), self.dim), np.float32)
+            bigger[:used] = buf[:used]
+            bigger[used:used + rows] = vectors
+            self._grown = bigger
+        else:
+            buf[used:used + rows] = vectors
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def slot(self, item_id: object, v: View) -> int:
+        """The slot of ``item_id`` as ``v`` sees it (an id added after ``v`` resolves to its
+        newest slot). Raises UnknownItemError."""
+        s = self.slot_of.get(str(item_id))
+        if s is None or (s < v.n and not v.alive[s]):
+            raise UnknownItemError(f"unknown item id {item_id!r} (the index has {v.count} "
+                                   "items)")
+        return s
+
+    def vector(self, slot: int) -> np.ndarray:
+        if self.milvus:
+            return self.backend.vectors([self.ids[slot]])[0]
+        if slot < self.n0:
+            return np.asarray(self.base_vectors[slot], np.float32)
+        return self._grown[slot - self.n0].copy()
+
+    def vectors(self, slots: np.ndarray) -> np.ndarray:
+        if self.milvus:
+            return self.backend.vectors([self.ids[s] for s in slots])
+        out = np.empty((len(slots), self.dim), np.float32)
+        base = slots < self.n0
+        if base.any():
+            out[base] = self.base_vectors[slots[base]]
+        if (~base).any():
+            out[~base] = self._grown[slots[~base] - self.n0]
+        return out
+
+    def metadata(self, slot: int, columns: Sequence[str]) -> dict[str, Any]:
+        if slot >= self.n0:
+            rec = self.records[slot - self.n0]
+            return {c: plain(rec.get(c)) for c in columns}
+        return {c: plain(self._column(c)[slot]) for c in columns}
+
+    def values(self, column: str, slots: Sequence[int]) -> list[Any]:
+        """One column's values of many slots (built or added), as plain values."""
+        base = self._column(column)
+        return [plain(base[s]) if s < self.n0 else plain(self.records[s - self.n0].get(column))
+                for s in slots]
+
+    def _column(self, c: str) -> list[Any]:
+        """A built column as a list, made once (metadata lookups by slot are then cheap)."""
+        if c not in self._columns:
+            self._columns[c] = self.base_items[c].tolist() if c in self.base_items.columns \
+                else [None] * self.n0
+        return self._columns[c]
+
+    def product(self, slot: int) -> Any:
+        if slot >= self.n0:
+            p = self.records[slot - self.n0].get(PRODUCT_ID)
+            return None if p is None else str(p)
+        return self.products()[slot]
+
+    def products(self) -> np.ndarray:
+        if self._products is None:
+            self._products = self.base_items[PRODUCT_ID].astype("string").to_numpy(dtype=object)
+        return self._products
+
+    def _cached(self, name: str, v: View, make: Any) -> Any:
+        key = (name, id(v))
+        hit = self._cache.get(key)
+        if hit is None or hit[0] is not v:
+            if len(self._cache) > 16:
+                self._cache.clear()
+            hit = (v, make())
+            self._cache[key] = hit
+        return hit[1]
+
+    def added_frame(self, v: View) -> pd.DataFrame:
+        """The records of the slots added up to ``v``, as a table."""
+        m = v.n - self.n0
+        return self._cached("added", v, lambda: pd.DataFrame(self.records[:m]))
+
+    def _mask(self, v: View, where: Where | None, n: int) -> np.ndarray | None:
+        """Filter mask over slots [0, n) (the built items' columns, then the added ones'). The
+        built items' part of the last :data:`MASKS_KEPT` filters is kept (read-only), as the
+        same filters come again and again; the added items' part is kept per view."""
+        if not where:
+            return None
+        key = where_key(where)
+        with self._masks_lock:
+            base = self._base_masks.pop(key, None)
+        if base is None:
+            base = filter_mask(self.base_items, where, self.attributes)
+            base.setflags(write=False)
+        with self._masks_lock:
+            self._base_masks[key] = base  # (last used at the end)
+            while len(self._base_masks) > MASKS_KEPT:
+                self._base_masks.pop(next(iter(self._base_masks)))
+        if n <= self.n0:
+            return base[:n]
+
+        def added() -> np.ndarray:
+            frame = self.added_frame(v)
+            return filter_mask(frame, where, self.attributes) if len(frame.columns) else \
+                np.zeros(len(frame), bool)
+
+        extra = self._cached(f"mask {key}", v, added)
+        return np.concatenate([base, extra[:n - self.n0]])
+
+    def search(self, v: View, query: np.ndarray, k: int, *, where: Where | None = None,
+               per_product: bool = False, exclude: Sequence[int] = ()
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Slots and scores (best first) of the ``k`` nearest alive items to one vector."""
+        q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
+        if q.shape[1] != self.dim:
+            raise LookalikeError(f"query vector has {q.shape[1]} dimensions, the index "
+                                 f"{self.dim}")
+        if k < 1:
+            raise LookalikeError(f"k must be at least 1, got {k}")
+        skip = [self.product(s) for s in exclude] if per_product else []
+        mask = self._mask(v, where, v.n)
+        found = [self._search_part(v, p, q, k, where, mask, per_product, exclude, skip)
+                 for p in v.parts]
+        if v.indexed < v.n:
+            found.append(self._search_exact(v, q[0], k, mask, per_product, exclude, skip))
+        if len(found) == 1:
+            return found[0]
+        return _merge(found, k, self.product if per_product else None)
+
+    def _search_part(self, v: View, p: Part, q: np.ndarray, k: int, where: Where | None,
+                     mask: np.ndarray | None, per_product: bool, exclude: Sequence[int],
+                     skip: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+        m = None if mask is None else mask[p.lo:p.hi]
+        params, available = None, None
+        if self.milvus:
+            from lookalike.store.milvus import Filter
+
+            if m is not None:
+                m = m & v.alive[p.lo:p.hi]
+                params = Filter(self.backend.expression(where), float(m.mean()))
+        elif p.bits is not None:
+            if m is None:
+                params, available = selector_params(p.bits, p.hi - p.lo, p.index), p.count
+            else:
+                m = m & v.alive[p.lo:p.hi]
+        rows, scores = top_k(
+            p.index, q, k, mask=m, exclude_rows=[s - p.lo for s in exclude if p.lo <= s < p.hi],
+            products=self._products_of(v, p.lo, p.hi) if per_product else None,
+            embeddings=p.vectors, selector=params, available=available, exclude_products=skip)
+        rows = rows + p.lo
+        if self.milvus:  # the collection may know items added after this view
+            keep = rows < v.n
+            rows, scores = rows[keep], scores[keep]
+        return rows, scores
+
+    def _products_of(self, v: View, lo: int, hi: int) -> np.ndarray:
+        if lo == 0 and hi <= self.n0:
+            return self.products()
+        return self._cached(f"products-{lo}-{hi}", v, lambda: np.concatenate(
+            [self.products()[lo:min(hi, self.n0)],
+             np.array([self.product(s) for s in range(max(lo, self.n0), hi)], dtype=object)]))
+
+    def _search_exact(self, v: View, q: np.ndarray, k: int, mask: np.ndarray | None,
+                      per_product: bool, exclude: Sequence[int], skip: Sequence[Any]
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """The added slots no index holds yet, scanned."""
+        lo = v.indexed
+        ok = v.alive[lo:v.n].copy()
+        if mask is not None:
+            ok &= mask[lo:v.n]
+        for s in exclude:
+            if lo <= s < v.n:
+                ok[s - lo] = False
+        buf = self._grown  # taken after the view: it holds at least its rows
+        scores = buf[lo - self.n0:v.n - self.n0] @ q
+        scores[~ok] = -np.inf
+        if not per_product:
+            cand = np.flatnonzero(ok)
+            if len(cand) > k:
+                cand = cand[np.argpartition(-scores[cand], k - 1)[:k]]
+            cand = cand[np.argsort(-scores[cand], kind="stable")]
+            return cand + lo, scores[cand]
+        order = np.argsort(-scores, kind="stable")[:int(ok.sum())]
+        top = order[one_per_product(order + lo, self.product, k, skip)]
+        return top + lo, scores[top]
+
+    def search_many(self, v: View, queries: np.ndarray, k: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """Slots and scores (n, k) of the ``k`` nearest alive items to each query, no filters
+        (-1 where fewer exist): many queries in one pass over the vectors."""
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        k = max(1, min(k, v.count))
+        slots, scores = [], []
+        for p in v.parts:
+            params = None if self.milvus or p.bits is None else \
+                selector_params(p.bits, p.hi - p.lo, p.index)
+            sc, rows = p.index.search(q, k, params=params)
+            rows = np.where(rows >= 0, rows + p.lo, -1)
+            if self.milvus:
+                rows = np.where(rows < v.n, rows, -1)
+            slots.append(rows)
+            scores.append(sc)
+        lo = v.indexed
+        if lo < v.n:
+            g = q @ self._grown[lo - self.n0:v.n - self.n0].T
+            g[:, ~v.alive[lo:v.n]] = -np.inf
+            take = min(k, v.n - lo)
+            top = np.argpartition(-g, take - 1, axis=1)[:, :take] if take < v.n - lo else \
+                np.tile(np.arange(v.n - lo), (len(q), 1))
+            slots.append(top + lo)
+            scores.append(np.take_along_axis(g, top, axis=1))
+        if len(slots) == 1:
+            return slots[0], scores[0]
+        all_slots, all_scores = np.concatenate(slots, axis=1), np.concatenate(scores, axis=1)
+        all_scores = np.where(all_slots >= 0, all_scores, -np.inf)
+        order = np.argsort(-all_scores, axis=1, kind="stable")[:, :k]
+        out_scores = np.take_along_axis(all_scores, order, axis=1)
+        out_slots = np.take_along_axis(all_slots, order, axis=1)
+        out_slots[~np.isfinite(out_scores)] = -1
+        return out_slots, out_scores.astype(np.float32)
+
+    # --- indexing the growing segment, in the background ---------------------------------
+
+    def _maybe_index(self) -> None:
+        """Wake the indexing thread when enough added vectors wait (approximate kinds)."""
+        v = self.view
+        if self.milvus or self.kind == "exact" or \
+                (v.n - v.indexed) * self.dim * 4 < INDEX_AFTER_BYTES:
+            return
+        if self._wake is None:
+            self._wake = threading.Event()
+            t = threading.Thread(target=_index_growing, args=(weakref.ref(self), self._wake),
+                                 name="lookalike-index-added", daemon=True)
+            _indexers.add((t, self._wake))
+            t.start()
+        self._wake.set()
+
+    def index_added(self, limit: int | None = None) -> int:
+        """Put the added vectors that wait (at most ``limit``) into the growing segment's index
+        and publish it; returns how many. The background thread's work, in chunks; call it to
+        finish that work now."""
+        total = 0
+        while True:
+            with self._indexing:
+                done = self._index_added(INDEX_CHUNK if limit is None else limit - total)
+            total += done
+            if not done or (limit is not None and total >= limit):
+                return total
+
+    def _index_added(self, limit: int) -> int:
+        v = self.view
+        done = 0 if self._private is None else self._private.ntotal
+        todo = min(limit, v.n - self.n0 - done)
+        if todo <= 0:
+            return 0
+        buf = self._grown
+        if self._private is None:
+            self._private = self._empty_like_sealed()
+        self._private.add(np.ascontiguousarray(buf[done:done + todo]))
+        index = faiss.clone_index(self._private)
+        kind, params = self.kind, self.params
+        set_search_params(index, kind, params)
+        hi = self.n0 + done + todo
+        searchable = Reranked(index, buf, params["rerank"]) if kind == "ivfpq" else index
+        with self._publish:
+            cur = self.view
+            alive = cur.alive[self.n0:hi]
+            part = Part(searchable, self.n0, hi, None, hi - self.n0, buf)
+            part = _kill(part, [self.n0 + int(i) for i in np.flatnonzero(~alive)],
+                         np.ones(hi, bool))
+            self.view = dataclasses.replace(cur, parts=(cur.parts[0], part))
+        return todo
+
+    def _empty_like_sealed(self) -> Any:
+        """An empty index of the sealed one's kind and parameters (IVF: a copy of it emptied,
+        which keeps its trained centroids and codebooks)."""
+        if self.kind in ("ivf", "ivfpq"):
+            inner = self.sealed.index if isinstance(self.sealed, Reranked) else self.sealed
+            # a copy that owns its memory (the sealed one's may be memory-mapped), emptied
+            empty = faiss.deserialize_index(faiss.serialize_index(inner))
+            empty.reset()
+            return empty
+        return make_index(np.zeros((0, self.dim), np.float32), self.kind, self.params)
+
+    # --- the items as one table, for whole-catalogue work ----------------------------------
+
+    def alive_slots(self, v: View) -> np.ndarray:
+        return self._cached("slots", v, lambda: np.flatnonzero(v.alive))
+
+    def row_of_slot(self, v: View) -> np.ndarray:
+        def make() -> np.ndarray:
+            rows = np.full(v.n, -1, np.int64)
+            rows[self.alive_slots(v)] = np.arange(v.count)
+            return rows
+        return self._cached("rows", v, make)
+
+    def items(self, v: View) -> pd.DataFrame:
+        """The alive items in slot order (built ones, then added ones), rows numbered from 0."""
+        if not self.changed(v):
+            return self.base_items
+
+        def make() -> pd.DataFrame:
+            slots = self.alive_slots(v)
+            parts = [self.base_items.iloc[slots[slots < self.n0]]]
+            added = slots[slots >= self.n0] - self.n0
+            if len(added):
+                parts.append(self.added_frame(v).iloc[added])
+            return pd.concat(parts, ignore_index=True) if len(parts) > 1 else \
+                parts[0].reset_index(drop=True)
+        return self._cached("items", v, make)
+
+    def embeddings(self, v: View) -> Any:
+        """The alive items' vectors in the folder's storage type, row i = ``items`` row i (the
+        memory-mapped file itself when nothing changed)."""
+        if not self.changed(v) and not self.milvus:
+            return self.base_vectors
+        if self.milvus:
+            from lookalike.store.milvus import MilvusVectors
+
+            return self._cached("emb", v, lambda: MilvusVectors(
+                self.backend, [self.ids[s] for s in self.alive_slots(v)]))
+
+        def make() -> np.ndarray:
+            slots = self.alive_slots(v)
+            base, added = slots[slots < self.n0], slots[slots >= self.n0] - self.n0
+            return np.concatenate([np.asarray(self.base_vectors[base]),
+                                   self._grown[added].astype(self.storage)])
+        return self._cached("emb", v, make)
+
+    def vector_index(self, v: View) -> Any:
+        """What whole-catalogue work searches: the sealed index itself when nothing changed,
+        otherwise both segments, answering with ``items`` rows."""
+        if not self.changed(v) and not self.milvus:
+            return self.sealed
+        return RowSearch(self, v)
+
+
+class RowSearch:
+    """Both segments of one view, answering ``search`` like a faiss index with ``items``
+    rows (unfiltered: filters go through :meth:`Segments.search`)."""
+
+    def __init__(self, seg: Segments, v: View) -> None:
+        self.seg, self.view = seg, v
+        self.d, self.ntotal = seg.dim, v.count
+
+    def search(self, q: np.ndarray, k: int, params: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        if params is not None:
+            raise LookalikeError("a changed index takes no search parameters here; filter "
+                                 "with Index.search_vector(where=...)")
+        slots, scores = self.seg.search_many(self.view, q, k)
+        rows = np.where(slots >= 0, self.seg.row_of_slot(self.view)[np.maximum(slots, 0)], -1)
+        if rows.shape[1] < k:  # fewer items than k: pad like faiss
+            pad = k - rows.shape[1]
+            rows = np.pad(rows, ((0, 0), (0, pad)), constant_values=-1)
+            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+        return scores, rows
+
+
+def _merge(found: Sequence[tuple[np.ndarray, np.ndarray]], k: int, product: Any
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """The best ``k`` of several best-first lists (ties: the earlier list first); with
+    ``product(slot)``, one per product."""
+    rows = np.concatenate([r for r, _ in found]).astype(np.int64)
+    scores = np.concatenate([s for _, s in found]).astype(np.float32)
+    order = np.argsort(-scores, kind="stable")
+    order = order[:k] if product is None else order[one_per_product(rows[order], product, k)]
+    return rows[order], scores[order]
+
+
+def _index_growing(ref: weakref.ref, wake: threading.Event) -> None:
+    """The indexing thread of one Segments; ends with it, or when the interpreter exits. One
+    OpenMP thread, so that it never takes both cores from the searches."""
+    faiss.omp_set_num_threads(1)
+    try:
+        while not _closing.is_set():
+            wake.wait(5.0)
+            wake.clear()
+            while not _closing.is_set():  # a chunk at a time: an index let go stops it
+                seg = ref()
+                if seg is None:
+                    return
+                done = seg.index_added(INDEX_CHUNK)
+                del seg
+                if not done:
+                    break
+    finally:
+        _indexers.discard((threading.current_thread(), wake))
+
+
+@atexit.register
+def _stop_indexing() -> None:
+    """Let the indexing threads finish their chunk before the interpreter goes: a thread
+    still inside faiss when it does aborts the process."""
+    _closing.set()
+    for t, wake in list(_indexers):
+        wake.set()
+        t.join(timeout=60)
