@@ -178,3 +178,16 @@ def test_batched_similar_matches_the_index(two_indexes: dict[str, Path]) -> None
             assert item_id not in [h.item_id for h in hits] and len(hits) == 4
     finally:
         batcher.close()
+
+
+def test_every_error_kind_has_a_status_code() -> None:
+    """The server answers a library error by its kind, never by searching its message."""
+    from lookalike import errors
+    from lookalike.server.contract import STATUS, WHY
+
+    kinds = {c.kind for c in vars(errors).values()
+             if isinstance(c, type) and issubclass(c, errors.LookalikeError)}
+    assert kinds == set(STATUS)
+    assert {STATUS[k] for k in kinds} - {500} <= set(WHY)
+    assert errors.ImageTooLargeError("x").kind == "too_large"
+    assert STATUS[errors.ImageTooLargeError.kind] == 413

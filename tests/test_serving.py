@@ -17,9 +17,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from lookalike import Index
+from lookalike.errors import BusyError
 from lookalike.server import create_app
 from lookalike.server.kept import plain_k
-from lookalike.server.photos import Busy, PhotoBatcher
+from lookalike.server.photos import PhotoBatcher
 
 from .conftest import garment
 from .writers import KEY, _start_server
@@ -121,7 +122,7 @@ def test_a_full_photo_queue_is_refused_at_once(folder: Path) -> None:
         t.start()
     while batcher._queue.qsize() < 2:
         time.sleep(0.01)
-    with pytest.raises(Busy, match="2 photos are waiting"):
+    with pytest.raises(BusyError, match="2 photos are waiting"):
         batcher.embed(ix, pixels)
     batcher.start()
     for t in waiting:
@@ -132,7 +133,7 @@ def test_a_full_photo_queue_is_refused_at_once(folder: Path) -> None:
 def test_a_busy_server_answers_503_with_retry_after(folder: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     def full(*_: object) -> np.ndarray:
-        raise Busy("64 photos are waiting to be searched already; try again in a moment")
+        raise BusyError("64 photos are waiting to be searched already; try again in a moment")
 
     monkeypatch.setattr(PhotoBatcher, "embed", full)
     client = TestClient(create_app(folder))

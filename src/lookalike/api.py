@@ -323,7 +323,7 @@ class Index:
                                     preprocess=self.preprocess or None)
         except ImageError as e:
             name = f"photo {image}" if isinstance(image, (str, os.PathLike)) else "the photo"
-            raise ImageError(f"{name}: {e}") from None
+            raise type(e)(f"{name}: {e}") from None  # the same kind, named
 
     # --- searching -----------------------------------------------------------------------------
 

@@ -1,8 +1,17 @@
-"""The one exception family lookalike raises for bad input; the CLI turns it into one line."""
+"""The one exception family lookalike raises for bad input, each with a kind.
+
+The kind says what went wrong in one word, so callers act on it without reading the message:
+the server maps it to an HTTP status code (lookalike.server.contract), the CLI prints the
+message on one line. Messages speak of parameters and values, not of command-line flags.
+"""
 
 
 class LookalikeError(Exception):
     """Base class: a problem with the user's input, told in words they can act on."""
+
+    #: "invalid" (a parameter or value not accepted), "unknown_item", "exists",
+    #: "not_an_image", "too_large", "index_format" or "busy"
+    kind = "invalid"
 
 
 class CatalogError(LookalikeError):
@@ -12,13 +21,25 @@ class CatalogError(LookalikeError):
 class ImageError(LookalikeError):
     """One image could not be decoded; the message is the skip reason."""
 
+    kind = "not_an_image"
+
+
+class ImageTooLargeError(ImageError):
+    """An image over the pixel limit, refused before it is decoded."""
+
+    kind = "too_large"
+
 
 class IndexFormatError(LookalikeError):
     """A folder is not a lookalike index, is incomplete, or was built with another model."""
 
+    kind = "index_format"
+
 
 class UnknownItemError(LookalikeError, KeyError):
     """An item id that the index does not hold."""
+
+    kind = "unknown_item"
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else ""
@@ -26,3 +47,11 @@ class UnknownItemError(LookalikeError, KeyError):
 
 class ItemExistsError(LookalikeError):
     """An item id that the index holds already, where a new one was asked for."""
+
+    kind = "exists"
+
+
+class BusyError(LookalikeError):
+    """Too much work waits already (e.g. photos queued for the model); try again shortly."""
+
+    kind = "busy"

@@ -20,7 +20,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from lookalike.errors import ImageError
+from lookalike.errors import ImageError, ImageTooLargeError
 
 ImageSource = str | os.PathLike | bytes | BinaryIO | Image.Image
 
@@ -129,7 +129,7 @@ def _open(source: ImageSource) -> Image.Image:
         raise ImageError("not an image, or corrupt beyond recognition "
                          "(unrecognised format)") from None
     except Image.DecompressionBombError as e:
-        raise ImageError(f"image too large: {e}") from None
+        raise ImageTooLargeError(f"image too large: {e}") from None
     except OSError as e:
         raise _decode_error(e) from None
 
@@ -232,7 +232,7 @@ def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS,
         if w < 1 or h < 1:
             raise ImageError(f"image has no pixels ({w}x{h})")
         if w * h > max_pixels:
-            raise ImageError(f"image too large: {w}x{h} = {w * h:,} pixels "
+            raise ImageTooLargeError(f"image too large: {w}x{h} = {w * h:,} pixels "
                              f"(limit {max_pixels:,})")
         if draft_size and img.format == "JPEG":
             img.draft("RGB", _draft_request(img.size, draft_size))
@@ -244,7 +244,7 @@ def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS,
     except ImageError:
         raise
     except Image.DecompressionBombWarning as e:
-        raise ImageError(f"image too large: {e}") from None
+        raise ImageTooLargeError(f"image too large: {e}") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise _decode_error(e) from None
     finally:

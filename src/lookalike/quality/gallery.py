@@ -118,7 +118,7 @@ def preview_preprocess(photos: Sequence[str | os.PathLike], pre: Preprocess,
         try:
             img = load_image(photo)
         except ImageError as e:
-            raise ImageError(f"photo {photo}: {e}") from None
+            raise type(e)(f"photo {photo}: {e}") from None
         row = [Cell(img, [Path(photo).name[:26], f"{img.width}x{img.height}"], "#d22")]
         for v in variants:
             done = v.apply(img)

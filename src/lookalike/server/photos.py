@@ -8,7 +8,7 @@ per photo than one each (myntra-9k, int8 efficientnet-lite0, 2 cores: 4.3 ms alo
 photo in eights), and only one model call runs at a time, so concurrent searches no longer
 split the cores between their thread pools. An idle server runs a photo at once; nothing waits
 for a batch to fill. When :data:`MAX_QUEUED` photos already wait, a search is refused at once
-(:class:`Busy`, HTTP 503) instead of queueing without end.
+(:class:`~lookalike.errors.BusyError`, HTTP 503) instead of queueing without end.
 """
 
 from __future__ import annotations
@@ -20,14 +20,11 @@ from concurrent.futures import Future
 import numpy as np
 
 from lookalike.api import Index, pool_views
+from lookalike.errors import BusyError
 from lookalike.server.batcher import serve_batches
 
 MAX_BATCH = 16  # photos per model call
 MAX_QUEUED = 64  # photos waiting for the model; more are refused
-
-
-class Busy(Exception):
-    """Too many photos wait for the model already."""
 
 
 class PhotoBatcher:
@@ -49,13 +46,13 @@ class PhotoBatcher:
         self._thread.start()
 
     def embed(self, index: Index, pixels: np.ndarray) -> np.ndarray:
-        """``pixels``: ``index.model_input(photo)``. Raises :class:`Busy` when the queue is
-        full."""
+        """``pixels``: ``index.model_input(photo)``. Raises
+        :class:`~lookalike.errors.BusyError` when the queue is full."""
         fut: Future = Future()
         try:
             self._queue.put_nowait((index, pixels, fut))
         except queue.Full:
-            raise Busy(f"{self._queue.maxsize} photos are waiting to be searched already; "
+            raise BusyError(f"{self._queue.maxsize} photos are waiting to be searched already; "
                        "try again in a moment") from None
         return fut.result()
 

@@ -142,7 +142,7 @@ def from_rows(ix: Any, rows: pd.DataFrame | Sequence[Mapping[str, Any]],
             try:
                 out[i] = ix.embed(photo, max_pixels=max_pixels)
             except ImageError as e:
-                raise ImageError(f"item {ids[i]!r}: {e}") from None
+                raise type(e)(f"item {ids[i]!r}: {e}") from None
             if isinstance(photo, (bytes, bytearray)):
                 keep[i], digests[i] = bytes(photo), file_digest(bytes(photo))
             elif isinstance(photo, (str, os.PathLike)):
