@@ -15,8 +15,10 @@ from PIL import Image
 
 from lookalike import Index, LookalikeError, build_index, read_catalog
 from lookalike.cli import cli
-from lookalike.training.loop import TrainConfig, _cache_views, front_runner, train
+from lookalike.training.config import TrainConfig
+from lookalike.training.loop import train
 from lookalike.training.network import DeepRanking
+from lookalike.training.views import cache_views, front_runner
 
 from .conftest import garment
 
@@ -96,7 +98,7 @@ def test_checkpoint_resume_and_refusals(shop: dict[str, Path], tmp_path: Path) -
     out = tmp_path / "model"
     train(shop["index"], out, TrainConfig(**{**CFG, "epochs": 1}), progress=False,
           log=lambda _: None)
-    with pytest.raises(LookalikeError, match="is not empty; use --resume"):
+    with pytest.raises(LookalikeError, match="is not empty; resume its training"):
         train(shop["index"], out, TrainConfig(**CFG), progress=False, log=lambda _: None)
     state = torch.load(out / "checkpoint.pt", weights_only=False)
     state["config"]["epochs"] = 2  # ask for one more epoch
@@ -107,6 +109,15 @@ def test_checkpoint_resume_and_refusals(shop: dict[str, Path], tmp_path: Path) -
     assert [h["epoch"] for h in s.history] == [0, 1, 2]
     with pytest.raises(LookalikeError, match="no checkpoint"):
         train(shop["index"], tmp_path / "other", resume=True, progress=False)
+    # a resumed run keeps its own index and configuration: others are refused, not ignored
+    with pytest.raises(LookalikeError, match="keeps the configuration it was started with"):
+        train(shop["index"], out, TrainConfig(**CFG), resume=True, progress=False)
+    with pytest.raises(LookalikeError, match="is on index"):
+        train(tmp_path, out, resume=True, progress=False)
+    r = CliRunner().invoke(cli, ["train", str(shop["index"]), "-o", str(out), "--resume",
+                                 "--lr", "0.5", "--epochs", "3"])
+    assert r.exit_code == 2 and "--lr, --epochs only apply to a new training" in r.output, \
+        r.output
     with pytest.raises(LookalikeError, match=r"column 'style' \(--category\)"):
         train(shop["index"], tmp_path / "x", TrainConfig(**{**CFG, "category": "style"}),
               progress=False)
@@ -184,10 +195,10 @@ def test_single_photo_products_train_on_augmented_views(shop: dict[str, Path], t
 
 
 def test_augmented_views_differ_but_keep_the_garment() -> None:
-    from lookalike.training.loop import _augment
+    from lookalike.training.views import augment
 
     img = garment((200, 30, 30), "shirt", size=96)
-    views = [np.asarray(_augment(img, np.random.default_rng(s)), dtype=float) for s in range(4)]
+    views = [np.asarray(augment(img, np.random.default_rng(s)), dtype=float) for s in range(4)]
     assert all(v.ndim == 3 and v.shape[2] == 3 for v in views)
     assert all(min(v.shape[:2]) >= int(96 * 0.7) for v in views)  # crops keep ≥ 70 % a side
     assert len({v.tobytes() for v in views}) == 4  # each seed its own view
@@ -201,13 +212,13 @@ def test_training_keeps_the_index_preprocessing(shop: dict[str, Path], tmp_path:
     from concurrent.futures import ThreadPoolExecutor
 
     from lookalike.ingest.images import load_model_input
-    from lookalike.training.loop import _load_pixels
+    from lookalike.training.views import load_pixels
 
     cat = read_catalog(shop["csv"], product_column="product")
     build_index(cat, tmp_path / "ix", model="mobilenet-v2", preprocess="crop")
     ix = Index.open(tmp_path / "ix")
     with ThreadPoolExecutor(2) as pool:  # the branches see the photos as the index did
-        px = _load_pixels(ix, [0, 5], 224, pool)
+        px = load_pixels(ix, [0, 5], 224, pool)
     for got, row in zip(px, [0, 5]):
         path = ix.image_path(ix.items["item_id"].iat[row])
         assert np.array_equal(got, load_model_input(path, 224, preprocess=ix.preprocess))
@@ -232,7 +243,7 @@ def test_an_int8_index_trains_on_fp32_features(shop: dict[str, Path], tmp_path: 
     ix8, ix32 = Index.open(tmp_path / "int8"), Index.open(shop["index"])
     rows = np.arange(12)
     model = DeepRanking("mobilenet-v2", 32, with_backbone=False)
-    feats, small = _cache_views(ix8, model, rows, 0, progress=False)
+    feats, small = cache_views(ix8, model, rows, 0, progress=False)
     np.testing.assert_allclose(feats.numpy(), np.asarray(ix32.embeddings)[rows], atol=1e-5)
     assert not np.allclose(feats.numpy(), np.asarray(ix8.embeddings)[rows], atol=1e-3)
     assert small.shape == (12, 3, 56, 56)
@@ -394,17 +405,18 @@ def test_outside_photos_train_by_group(shop: dict[str, Path], tmp_path: Path) ->
 def test_camera_views_train(shop: dict[str, Path], tmp_path: Path) -> None:
     """Camera-like views: each step changes the photo and keeps it a picture of the garment;
     a run with all of them trains, and an unknown step is refused."""
-    from lookalike.training.loop import CAMERA_STEPS, _camera
+    from lookalike.training.config import CAMERA_STEPS
+    from lookalike.training.views import camera
 
     img = Image.open(shop["root"] / "img" / "shirt-red-0-0.jpg").convert("RGB")
     a = np.asarray(img, np.float32)
     for step in CAMERA_STEPS:
-        out = _camera(img, np.random.default_rng(1), (step,))
+        out = camera(img, np.random.default_rng(1), (step,))
         b = np.asarray(out.resize(img.size), np.float32)
         assert out.mode == "RGB" and np.abs(a - b).mean() > 1, step
-    same = _camera(img, np.random.default_rng(1), CAMERA_STEPS)
+    same = camera(img, np.random.default_rng(1), CAMERA_STEPS)
     assert np.array_equal(np.asarray(same),
-                          np.asarray(_camera(img, np.random.default_rng(1), CAMERA_STEPS)))
+                          np.asarray(camera(img, np.random.default_rng(1), CAMERA_STEPS)))
     s = train(shop["index"], tmp_path / "m", TrainConfig(**{**CFG, **SMALL,
                                                             "camera": CAMERA_STEPS}),
               progress=False, log=lambda _: None)
@@ -422,12 +434,12 @@ def test_outside_triplets_do_not_depend_on_string_hashing() -> None:
     import sys
 
     code = ("import numpy as np\n"
-            "from lookalike.training.loop import _Outside, _outside_triplets\n"
+            "from lookalike.training.outside import Outside, outside_triplets\n"
             "labels = [f'label{i % 9}' for i in range(90)]\n"
             "relevant = {f'label{j}': np.arange(200) % 9 == j for j in range(9)}\n"
-            "out = _Outside(200, [''] * 90, labels, relevant, {}, np.arange(60), np.arange(60, 90),"
+            "out = Outside(200, [''] * 90, labels, relevant, {}, np.arange(60), np.arange(60, 90),"
             " 'k')\n"
-            "t = _outside_triplets(out, np.arange(200), 500, 3)\n"
+            "t = outside_triplets(out, np.arange(200), 500, 3)\n"
             "print(t.query.tolist(), t.positive.tolist(), t.negative.tolist())\n")
     runs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={**os.environ, "PYTHONHASHSEED": seed}).stdout

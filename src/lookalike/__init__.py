@@ -24,10 +24,14 @@ from lookalike.training.triplets import sample_triplets, write_triplets
 def __getattr__(name: str) -> object:
     """``train`` and ``TrainConfig`` on first use: training needs PyTorch, which
     ``import lookalike``, searching and serving do not load."""
-    if name in ("train", "TrainConfig"):
-        from lookalike.training import loop as training
+    if name == "train":
+        from lookalike.training.loop import train
 
-        return getattr(training, name)
+        return train
+    if name == "TrainConfig":
+        from lookalike.training.config import TrainConfig
+
+        return TrainConfig
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

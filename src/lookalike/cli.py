@@ -54,6 +54,16 @@ def cli() -> None:
     """Find visually similar products in a shop's catalogue."""
 
 
+def refuse_unused(ctx: click.Context, names: Sequence[str], unless: str) -> None:
+    """Refuse the options among ``names`` given on the command line: they have no effect
+    ``unless`` holds (e.g. "with --engine ray"), and silently ignoring them misleads."""
+    flags = {p.name: p.opts[0] for p in ctx.command.params}
+    given = [flags[n] for n in names if ctx.get_parameter_source(n) == ParameterSource.COMMANDLINE]
+    if given:
+        raise click.UsageError(f"{', '.join(given)} only appl{'ies' if len(given) == 1 else 'y'} "
+                               f"{unless}")
+
+
 def _index_arg(f: Any) -> Any:
     return click.argument("index", type=click.Path(file_okay=False), envvar="LOOKALIKE_INDEX")(f)
 
@@ -731,15 +741,18 @@ def train(index: str, out: str, quiet: bool, resume: bool, require_better: bool,
     """Train a Deep Ranking model on INDEX's products (frozen backbone = INDEX's model).
     Roles (category, colour) come from what INDEX has; --test-fraction 0 trains on
     everything, the way to make the model you deploy."""
-    from lookalike.training.loop import TrainConfig
+    from lookalike.training.config import TrainConfig
     from lookalike.training.loop import train as run_training
 
+    if resume:  # the checkpoint's index and options
+        refuse_unused(click.get_current_context(), list(options),
+                      "to a new training; --resume continues with the options it started with")
     options["keep"] = tuple(options["keep"])
     options["camera"] = tuple(c.strip() for c in options["camera"].split(",") if c.strip())
     if (options["queries"] is None) != (options["mapping"] is None):
         raise click.UsageError("--queries and --mapping go together")
-    s = run_training(index, out, TrainConfig(**options), resume=resume, progress=not quiet,
-                     log=click.echo)
+    s = run_training(index, out, None if resume else TrainConfig(**options), resume=resume,
+                     progress=not quiet, log=click.echo)
     baseline = "the category vote" if options["classifier_only"] else "the pretrained backbone"
     click.echo(f"model written to {s.out}: "
                + (f"best epoch {s.best_epoch} of {s.epochs_run}, " if s.epochs_run else "")
