@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lookalike import Index
-from lookalike.build import build_index
+from lookalike.build import MilvusStore, RayEngine, build_index
 from lookalike.ingest.catalog import read_catalog
 from lookalike.search.neighbors import neighbor_agreement
 from lookalike.store.folder import write_index
@@ -60,11 +60,11 @@ def main() -> None:
     rows.append(("local engine, faiss exact", time.perf_counter() - t0, local.timings))
     uri_cat = read_catalog(work / "catalog.csv", MYNTRA.resolve().as_uri())
     t0 = time.perf_counter()
-    ray = build_index(uri_cat, work / "ray", engine="ray")
+    ray = build_index(uri_cat, work / "ray", engine=RayEngine())
     rows.append(("Ray engine (local Ray, file:// photos)", time.perf_counter() - t0, ray.timings))
     t0 = time.perf_counter()
-    milvus = build_index(cat, work / "milvus", index="hnsw", backend="milvus",
-                         milvus_uri=str(work / "milvus.db"))
+    milvus = build_index(cat, work / "milvus", index="hnsw",
+                         store=MilvusStore(str(work / "milvus.db")))
     rows.append(("local engine, Milvus HNSW (milvus-lite)", time.perf_counter() - t0,
                  milvus.timings))
     print("\n| build | wall s | embedding img/s |")

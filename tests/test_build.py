@@ -8,13 +8,20 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from lookalike import Index, IndexFormatError, UnknownItemError, build_index, read_catalog
+from lookalike import (
+    Index,
+    IndexFormatError,
+    LookalikeError,
+    UnknownItemError,
+    build_index,
+    read_catalog,
+)
 from lookalike.cli import cli
 from lookalike.embedders import create_embedder
 from lookalike.ingest.images import load_model_input
 from lookalike.store import folder as store
 
-from .conftest import BAD_REASONS
+from .conftest import BAD_REASONS, build_tiny
 
 MODEL = "mobilenet-v2"  # the fastest backbone keeps the suite quick; all are tested in test_embedders
 
@@ -173,3 +180,24 @@ build_index(cat, {str(index_dir)!r}, model="efficientnet-lite0")
     assert proc.returncode == -9, proc.stderr.decode()
     ix = Index.open(index_dir)
     assert ix.model == MODEL and ix.similar("P2-0", 3) == before
+
+
+def test_options_for_a_mode_that_is_off_are_refused(tiny_catalog: Path, tmp_path: Path) -> None:
+    """build used to ignore --actors, --workers, --calibration-*, --strict and --milvus-uri
+    when their engine, precision or backend was not the one chosen."""
+    out = tmp_path / "ix"
+    for flags, said in ((["--actors", "2"], "--actors only applies with --engine ray"),
+                        (["--engine", "ray", "--workers", "2"],
+                         "--workers only applies with --engine local"),
+                        (["--calibration-size", "8", "--strict"],
+                         "--calibration-size, --strict only apply with --precision int8"),
+                        (["--milvus-uri", "x.db"], "--milvus-uri only applies with --backend"),
+                        (["--backend", "milvus", "--milvus-uri", "x.db", "--vectors", "float16"],
+                         "--vectors only applies with --backend faiss"),
+                        (["--backend", "milvus"], "--backend milvus needs --milvus-uri")):
+        r = build_tiny(tiny_catalog, out, *flags)
+        assert r.exit_code == 2 and said in r.output, (flags, r.output)
+        assert not out.exists()
+    with pytest.raises(LookalikeError, match="engine must be one of LocalEngine, RayEngine"):
+        build_index(read_catalog(tiny_catalog, id_column="sku", image_column="file"), out,
+                    engine="ray")

@@ -180,4 +180,4 @@ def test_cli_float16_folder_opens_changes_and_refuses_milvus(tiny_catalog: Path,
     assert "copy" in [h.item_id for h in again.similar("P1-0", 3) if h.score > 0.999]
     bad = build_tiny(tiny_catalog, tmp_path / "m", "--vectors", "float16", "--backend",
                      "milvus", "--milvus-uri", str(tmp_path / "m.db"))
-    assert bad.exit_code != 0 and "--vectors float16 is for the faiss backend" in bad.output
+    assert bad.exit_code != 0 and "--vectors only applies with --backend faiss" in bad.output

@@ -148,11 +148,11 @@ def test_rebuild_replaces_the_collection_and_bad_options_are_refused(
 @pytest.mark.slow
 def test_milvus_agrees_with_local_exact_on_myntra_slice(myntra_slice: dict[str, Path],
                                                         tmp_path: Path) -> None:
-    from lookalike.build import build_index
+    from lookalike.build import MilvusStore, build_index
     from lookalike.ingest.catalog import read_catalog
 
     build_index(read_catalog(myntra_slice["csv"], MYNTRA), tmp_path / "milvus", index="hnsw",
-                backend="milvus", milvus_uri=str(tmp_path / "milvus.db"))
+                store=MilvusStore(str(tmp_path / "milvus.db")))
     m, local = Index.open(tmp_path / "milvus"), Index.open(myntra_slice["exact"])
     agreement = neighbor_agreement(m, local)
     ids = local.items["item_id"].astype(str).to_numpy()

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from lookalike import Index, LookalikeError, build_index, read_catalog
+from lookalike.build import Int8
 from lookalike.cli import cli
 from lookalike.embedders import (
     build_torch_model,
@@ -86,14 +87,14 @@ def test_int8_build_end_to_end(photos: Path, tmp_path: Path) -> None:
 def test_strict_refuses_a_broken_calibration(tiny_catalog: Path, tmp_path: Path) -> None:
     cat = read_catalog(tiny_catalog, id_column="sku", image_column="file")
     black = [Image.new("RGB", (96, 96))] * 4  # nothing like the catalogue: ranges all wrong
-    with pytest.raises(LookalikeError, match=r"far from fp32.*refused \(--strict\)"):
-        build_index(cat, tmp_path / "strict", model=MODEL, precision="int8",
-                    calibration=black, strict=True)
+    with pytest.raises(LookalikeError, match=r"far from fp32.*refused \(strict\)"):
+        build_index(cat, tmp_path / "strict", model=MODEL,
+                    precision=Int8(calibration=black, strict=True))
     assert not (tmp_path / "strict").exists()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        s = build_index(cat, tmp_path / "warned", model=MODEL, precision="int8",
-                        calibration=black)
+        s = build_index(cat, tmp_path / "warned", model=MODEL,
+                        precision=Int8(calibration=black))
     assert any("far from fp32" in str(w.message) for w in caught)
     assert "far from fp32" in s.precision["warning"]
     assert s.precision["calibration"]["source"] == "given"

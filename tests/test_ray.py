@@ -69,11 +69,11 @@ def test_unreachable_cluster_is_a_clear_error(tiny_catalog: Path, tmp_path: Path
 @pytest.mark.slow
 def test_ray_agrees_with_local_exact_on_myntra_slice(myntra_slice: dict[str, Path],
                                                      tmp_path: Path) -> None:
-    from lookalike.build import build_index
+    from lookalike.build import RayEngine, build_index
     from lookalike.ingest.catalog import read_catalog
 
     cat = read_catalog(myntra_slice["csv"], MYNTRA.resolve().as_uri())
-    build_index(cat, tmp_path / "ray", engine="ray")
+    build_index(cat, tmp_path / "ray", engine=RayEngine())
     ray_ix, local_ix = Index.open(tmp_path / "ray"), Index.open(myntra_slice["exact"])
     assert len(ray_ix) == len(local_ix) == 2000
     np.testing.assert_allclose(np.asarray(ray_ix.embeddings), np.asarray(local_ix.embeddings),

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from lookalike import Index, LookalikeError, build_index, read_catalog
+from lookalike.build import Int8
 from lookalike.cli import cli
 from lookalike.training.config import TrainConfig
 from lookalike.training.loop import train
@@ -238,8 +239,8 @@ def test_an_int8_index_trains_on_fp32_features(shop: dict[str, Path], tmp_path: 
     cat = read_catalog(shop["csv"], product_column="product")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # synthetic photos: the int8 check may warn
-        build_index(cat, tmp_path / "int8", model="mobilenet-v2", precision="int8",
-                    calibration_size=32)
+        build_index(cat, tmp_path / "int8", model="mobilenet-v2",
+                    precision=Int8(calibration_size=32))
     ix8, ix32 = Index.open(tmp_path / "int8"), Index.open(shop["index"])
     rows = np.arange(12)
     model = DeepRanking("mobilenet-v2", 32, with_backbone=False)

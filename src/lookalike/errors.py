@@ -6,6 +6,9 @@ message on one line. Messages speak of parameters and values, not of command-lin
 """
 
 
+from collections.abc import Iterable
+
+
 class LookalikeError(Exception):
     """Base class: a problem with the user's input, told in words they can act on."""
 
@@ -55,3 +58,12 @@ class BusyError(LookalikeError):
     """Too much work waits already (e.g. photos queued for the model); try again shortly."""
 
     kind = "busy"
+
+
+def choose(value: str, names: Iterable[str], what: str) -> str:
+    """``value`` when it is one of ``names``; else a :class:`LookalikeError` that lists them
+    ("unknown index type 'x'; choose one of exact, hnsw, ...")."""
+    names = list(names)
+    if value not in names:
+        raise LookalikeError(f"unknown {what} {value!r}; choose one of {', '.join(names)}")
+    return value
