@@ -28,11 +28,14 @@ install: $(VENV)/.installed
 demo: install
 	LOOKALIKE_CATALOG=$(LOOKALIKE_CATALOG) LOOKALIKE_DEMO_OUT=$(LOOKALIKE_DEMO_OUT) bash scripts/demo.sh
 
+# the whole suite, ~10 min on 2 cores: progress per file, the 10 slowest tests at the end
 test: install
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -ra --durations=10
 
+# under 2 min, no sample data read: no real-data, CNN, Ray, Milvus or browser tests
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	LOOKALIKE_DATASETS=$(CURDIR)/.no-datasets $(BIN)/python -m pytest -q -ra \
+		-m "not slow and not model and not ray and not milvus and not browser"
 
 bench: install
 	$(BIN)/python bench/embed.py

@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lookalike import create_embedder, embed_images, read_catalog
-from lookalike.embedders import build_torch_model
+from lookalike import read_catalog
+from lookalike.embed.local import embed_images
+from lookalike.embedders import build_torch_model, create_embedder
 from lookalike.ingest.images import DECODERS, load_model_input, read_bytes
 from lookalike.ingest.preprocess import DEFAULT_PREPROCESS, STEPS, Preprocess
 

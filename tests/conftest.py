@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -28,9 +31,17 @@ CHROMIUM = os.environ.get("LOOKALIKE_CHROMIUM", "/usr/bin/chromium")
 BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 # CI installs Chromium and sets LOOKALIKE_REQUIRE_BROWSER=1 so that browser tests cannot skip there
-needs_browser = pytest.mark.skipif(
+needs_browser = [pytest.mark.browser, pytest.mark.skipif(
     not shutil.which(CHROMIUM) and not os.environ.get("LOOKALIKE_REQUIRE_BROWSER"),
-    reason=f"no Chromium at {CHROMIUM} (apt-get install -y chromium)")
+    reason=f"no Chromium at {CHROMIUM} (apt-get install -y chromium)")]
+
+
+def needs_data(*paths: Path) -> pytest.MarkDecorator:
+    """Skip, saying why, where the sample data (../shared/datasets, or $LOOKALIKE_DATASETS)
+    is not there."""
+    missing = [p for p in paths if not p.exists()]
+    return pytest.mark.skipif(bool(missing), reason=f"sample data not found: {missing[0]} "
+                              "(set LOOKALIKE_DATASETS)" if missing else "")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -200,3 +211,20 @@ def myntra_slice(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     build_index(read_catalog(csv, MYNTRA), root / "exact")
     return {"csv": csv, "exact": root / "exact"}
 
+
+
+def serve(folder: Path, *options: str, env: dict[str, str] | None = None
+          ) -> tuple[subprocess.Popen, str]:
+    """``lookalike serve FOLDER --port 0`` in a subprocess: the server binds a free port itself
+    (no port picked free and closed again, which another process may take meanwhile) and says
+    which; returns the process and its base URL."""
+    proc = subprocess.Popen([sys.executable, "-m", "lookalike.cli", "serve", str(folder),
+                             "--port", "0", *options], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        m = re.search(r"at (http://\S+?)/ ", line)
+        if m:
+            return proc, m.group(1)
+    proc.kill()
+    raise AssertionError("the server did not start")

@@ -38,6 +38,7 @@ def index_dir(catalog, tmp_path: Path) -> Path:
     return tmp_path / "index"
 
 
+@pytest.mark.model
 def test_bad_photos_skipped_with_reasons_and_rows_aligned(catalog, index_dir: Path) -> None:
     ix = Index.open(index_dir)
     m = ix.manifest
@@ -60,6 +61,7 @@ def test_bad_photos_skipped_with_reasons_and_rows_aligned(catalog, index_dir: Pa
         ix.similar("nope")
 
 
+@pytest.mark.model
 def test_similar_search_filters_products(index_dir: Path, tiny_catalog: Path) -> None:
     ix = Index.open(index_dir, model=MODEL)
     hits = ix.similar("P1-0", k=5)
@@ -78,6 +80,7 @@ def test_similar_search_filters_products(index_dir: Path, tiny_catalog: Path) ->
     assert ix.search(photo.read_bytes(), k=1)[0].item_id == "P4-0"
 
 
+@pytest.mark.model
 def test_cli_end_to_end(tiny_catalog: Path, tmp_path: Path) -> None:
     run = CliRunner().invoke
     out = tmp_path / "ix"
@@ -124,6 +127,7 @@ def test_cli_end_to_end(tiny_catalog: Path, tmp_path: Path) -> None:
     assert r.exit_code == 1 and "columns found: sku, product" in r.output
 
 
+@pytest.mark.model
 def test_open_errors(index_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(IndexFormatError, match="built with 'mobilenet-v2', not 'efficientnet-lite0'"):
         Index.open(index_dir, model="efficientnet-lite0")
@@ -136,6 +140,7 @@ def test_open_errors(index_dir: Path, tmp_path: Path) -> None:
         Index.open(index_dir)
 
 
+@pytest.mark.model
 def test_crash_mid_build_leaves_previous_index(catalog, index_dir: Path, monkeypatch) -> None:
     before = Index.open(index_dir).similar("P2-0", 3)
 
@@ -152,6 +157,7 @@ def test_crash_mid_build_leaves_previous_index(catalog, index_dir: Path, monkeyp
     assert not (index_dir.parent / "fresh").exists()  # no half index
 
 
+@pytest.mark.model
 def test_refuses_to_overwrite_other_folders(catalog, tmp_path: Path) -> None:
     precious = tmp_path / "docs"
     precious.mkdir()
@@ -161,6 +167,7 @@ def test_refuses_to_overwrite_other_folders(catalog, tmp_path: Path) -> None:
     assert (precious / "thesis.txt").read_text() == "years of work"
 
 
+@pytest.mark.model
 def test_sigkill_mid_write_leaves_previous_index(tiny_catalog: Path, index_dir: Path) -> None:
     """A process killed while writing the folder: the old index still opens and answers."""
     import subprocess
@@ -201,3 +208,18 @@ def test_options_for_a_mode_that_is_off_are_refused(tiny_catalog: Path, tmp_path
     with pytest.raises(LookalikeError, match="engine must be one of LocalEngine, RayEngine"):
         build_index(read_catalog(tiny_catalog, id_column="sku", image_column="file"), out,
                     engine="ray")
+
+
+def test_no_progress_bar_into_a_log_and_output_names_checked_first(tiny_catalog: Path,
+                                                                    tmp_path: Path) -> None:
+    """A build whose stderr is not a terminal writes no bar (a redirected log used to fill
+    with carriage-return updates); a neighbours file of an unsupported type is refused before
+    the index is even opened."""
+    r = CliRunner().invoke(cli, ["build", str(tiny_catalog), "-o", str(tmp_path / "ix"),
+                                 "--model", "color-histogram", "--id-column", "sku",
+                                 "--image-column", "file"])
+    assert r.exit_code == 0, r.output
+    assert "\r" not in r.output and "img/s" not in r.output
+    r = CliRunner().invoke(cli, ["neighbors", str(tmp_path / "no-such-index"), "-o",
+                                 str(tmp_path / "n.xlsx")])
+    assert r.exit_code == 1 and "unsupported file type '.xlsx'" in r.output, r.output

@@ -107,6 +107,7 @@ def test_kept_lists_equal_a_fresh_search_after_adds_and_deletes(
         _assert_fresh(client, folder, 10)
 
 
+@pytest.mark.model
 def test_a_new_item_of_the_voted_category_enters_a_list_that_is_not_all_of_it(
         built: dict[str, Path], tmp_path: Path) -> None:
     """Category first: a new shirt, however unlike the query, comes before the non-shirts of a

@@ -12,8 +12,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image, ImageFilter
 
-from lookalike import ImageError, embed_images, read_catalog
+from lookalike import ImageError, read_catalog
 from lookalike.cli import cli
+from lookalike.embed.local import embed_images
 from lookalike.embedders import create_embedder
 from lookalike.ingest import images as images_module
 from lookalike.ingest.decoding import choose_decoder, compare_decoders
@@ -103,6 +104,7 @@ def test_the_faster_decoder_is_chosen_only_if_its_pixels_match(monkeypatch) -> N
     assert choose_decoder([], 224).name == "pillow"
 
 
+@pytest.mark.model
 def test_builds_record_the_decoder_and_embeddings_do_not_depend_on_it(
         tiny_catalog: Path, tmp_path: Path) -> None:
     cat = read_catalog(tiny_catalog, id_column="sku", image_column="file")

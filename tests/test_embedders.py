@@ -2,8 +2,14 @@ import numpy as np
 import pytest
 import torch
 
-from lookalike import LookalikeError, create_embedder, list_embedders
-from lookalike.embedders import build_torch_model, export_onnx, get_spec
+from lookalike import LookalikeError
+from lookalike.embedders import (
+    build_torch_model,
+    create_embedder,
+    export_onnx,
+    get_spec,
+    list_embedders,
+)
 
 
 def test_registry_lists_and_rejects() -> None:
@@ -14,6 +20,7 @@ def test_registry_lists_and_rejects() -> None:
         create_embedder("resnet")
 
 
+@pytest.mark.model
 @pytest.mark.parametrize("name", ["efficientnet-lite0", "efficientnet-lite2", "mobilenet-v2"])
 def test_onnx_matches_eager_torch_and_is_normalised(name: str) -> None:
     e = create_embedder(name)
@@ -41,6 +48,7 @@ def test_spec_carries_preprocessing() -> None:
     assert s.preprocessing()["input_size"] == 260
 
 
+@pytest.mark.model
 def test_wrong_input_is_refused() -> None:
     e = create_embedder("mobilenet-v2")
     with pytest.raises(ValueError, match=r"uint8 pixels of shape \(N, 224, 224, 3\)"):

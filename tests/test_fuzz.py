@@ -24,7 +24,7 @@ from lookalike import Index, LookalikeError, build_index, read_catalog
 from lookalike.ingest.catalog import CatalogError
 from lookalike.ingest.checks import checked_value, id_problem
 
-from .conftest import make_tiny_catalog
+from .conftest import make_tiny_catalog, serve
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = int(os.environ.get("LOOKALIKE_FUZZ_EXAMPLES", "30"))
@@ -40,16 +40,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _serve(folder: Path) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "lookalike.cli", "serve", str(folder),
-                             "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env={**os.environ, "LOOKALIKE_API_KEY": "fuzz-key"})
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        m = re.search(r"at (http://\S+?)/ ", line)
-        if m:
-            return proc, m.group(1)
-    proc.kill()
-    raise AssertionError("the server did not start")
+    return serve(folder, env={"LOOKALIKE_API_KEY": "fuzz-key"})
 
 
 @pytest.mark.slow
@@ -79,6 +70,7 @@ def test_schemathesis_finds_nothing(tiny: Path, tmp_path: Path, with_key: bool) 
 TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=300)
 
 
+@pytest.mark.model
 @settings(max_examples=EXAMPLES * 3, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(ids=st.lists(TEXT, min_size=1, max_size=4, unique=True))
@@ -121,6 +113,7 @@ def test_a_checked_value_always_fits_its_column(value: object, kind: str) -> Non
     pa.Table.from_pandas(pd.DataFrame({"col": column}), preserve_index=False)
 
 
+@pytest.mark.model
 @settings(max_examples=EXAMPLES, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(metadata=st.dictionaries(st.sampled_from(["type", "colour", "gender", "other"]), VALUES,

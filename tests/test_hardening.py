@@ -45,6 +45,7 @@ def post(client: TestClient, item_id: str, metadata: str = "{}") -> object:
                        files={"image": ("x.jpg", photo(), "image/jpeg")})
 
 
+@pytest.mark.model
 @pytest.mark.parametrize("metadata, key", [
     ({"gender": {"a": 1}}, "gender"),  # not a scalar
     ({"gender": ["Men"]}, "gender"),
@@ -69,6 +70,7 @@ def test_metadata_of_the_wrong_type_is_refused_and_nothing_breaks(shop: Path, me
     assert len(ix) == 6 and ix.compact() == 0
 
 
+@pytest.mark.model
 def test_good_metadata_still_goes_in_and_compacts(shop: Path) -> None:
     client = TestClient(create_app(shop / "ix", api_key="k"))
     r = post(client, "new", json.dumps({"gender": "Men", "year": 2020, "type": None}))
@@ -82,6 +84,7 @@ def test_good_metadata_still_goes_in_and_compacts(shop: Path) -> None:
     assert TestClient(create_app(shop / "ix")).get("/attributes").status_code == 200
 
 
+@pytest.mark.model
 def test_deeply_nested_metadata_is_422_not_500(shop: Path) -> None:
     client = TestClient(create_app(shop / "ix", api_key="k"))
     deep = "[" * 5000 + "]" * 5000
@@ -91,6 +94,7 @@ def test_deeply_nested_metadata_is_422_not_500(shop: Path) -> None:
     assert r.status_code == 422, r.text
 
 
+@pytest.mark.model
 @pytest.mark.parametrize("bad", ["a/b", "x" * 500_000, "tab\there", "line\nbreak", " "])
 def test_one_id_rule_for_the_server_the_api_and_catalogues(shop: Path, bad: str) -> None:
     client = TestClient(create_app(shop / "ix", api_key="k"))
@@ -106,6 +110,7 @@ def test_one_id_rule_for_the_server_the_api_and_catalogues(shop: Path, bad: str)
     assert len(Index.open(shop / "ix")) == 6
 
 
+@pytest.mark.model
 def test_ids_that_follow_the_rule_are_reachable(shop: Path) -> None:
     client = TestClient(create_app(shop / "ix", api_key="k"))
     for good in ("x" * 256, "sku 12 (blue)", "été-ß", "a?b#c"):
@@ -117,6 +122,7 @@ def test_ids_that_follow_the_rule_are_reachable(shop: Path) -> None:
         assert client.delete(f"/items/{quote(good, safe='')}", headers=KEY).status_code == 200
 
 
+@pytest.mark.model
 def test_info_says_the_live_count_and_the_built_one(shop: Path) -> None:
     from click.testing import CliRunner
 
@@ -132,6 +138,7 @@ def test_info_says_the_live_count_and_the_built_one(shop: Path) -> None:
     assert "8 items now;" in out, out
 
 
+@pytest.mark.model
 def test_a_killed_writer_leaves_nothing_the_next_one_keeps(shop: Path) -> None:
     """A build or compaction killed mid-way leaves a hidden temporary folder the size of the
     vectors, a killed server a journal temporary file; the next open, build or compaction
@@ -164,6 +171,7 @@ def test_a_killed_writer_leaves_nothing_the_next_one_keeps(shop: Path) -> None:
     assert not any(p.name.startswith(".ix.tmp-") and p != live for p in shop.iterdir())
 
 
+@pytest.mark.model
 def test_a_build_over_a_changed_index_refuses_unless_told(shop: Path) -> None:
     """A build over a live index dropped the items added through the server without a word;
     now it refuses before embedding anything, drops them with --force, or replays them with
@@ -198,6 +206,7 @@ def test_a_build_over_a_changed_index_refuses_unless_told(shop: Path) -> None:
     assert r.exit_code == 0, r.output
 
 
+@pytest.mark.model
 def test_catalogue_photos_stay_inside_the_image_folder(shop: Path, tmp_path: Path) -> None:
     """Photo paths could point anywhere the process can read, and the server then served
     them; now such rows are skipped and reported, unless allowed."""
@@ -244,6 +253,7 @@ def _asgi_call(app: object, headers: list, chunks: list[bytes]) -> tuple[int, in
     return next(m["status"] for m in sent if m["type"] == "http.response.start"), read
 
 
+@pytest.mark.model
 def test_a_body_over_the_limit_is_refused_before_it_is_stored(shop: Path) -> None:
     app = create_app(shop / "ix", max_upload_bytes=1_000_000)
     ctype = (b"content-type", b"multipart/form-data; boundary=x")
@@ -289,6 +299,7 @@ def test_the_decode_gate_bounds_the_pixels_in_flight() -> None:
     assert decode_pixels(b"not an image", 224) == 0
 
 
+@pytest.mark.model
 def test_the_openapi_schema_describes_every_answer(shop: Path) -> None:
     """401/404/409/413/415 were undocumented and the app's own 422 bodies carried a string where
     the schema said an array; OPTIONS on /items/{id} listed only GET in Allow."""
@@ -314,6 +325,7 @@ def test_the_openapi_schema_describes_every_answer(shop: Path) -> None:
     assert r.status_code == 405 and set(r.headers["allow"].split(", ")) >= {"GET", "DELETE"}
 
 
+@pytest.mark.model
 def test_a_journal_value_that_does_not_fit_is_named_not_a_traceback(shop: Path) -> None:
     """A journal written before values were checked can hold {"year": "2012"}: compaction now
     names the change, the item and the value instead of failing in pyarrow; once the item is
@@ -335,6 +347,7 @@ def test_a_journal_value_that_does_not_fit_is_named_not_a_traceback(shop: Path) 
     assert Index.open(shop / "ix").metadata("fine")["year"] == 2001
 
 
+@pytest.mark.model
 def test_compaction_drops_photos_no_item_names(shop: Path) -> None:
     """A server killed between keeping an upload's photo and writing its journal record left
     the photo in photos/ for good; compaction keeps only the photos an item names."""
@@ -349,6 +362,7 @@ def test_compaction_drops_photos_no_item_names(shop: Path) -> None:
     assert fresh.get("/items/kept/image").status_code == 200
 
 
+@pytest.mark.model
 def test_a_writer_whose_pid_is_not_seen_but_holds_its_lock_is_left_alone(shop: Path) -> None:
     """A build in another PID namespace (its pid unknown here) still holds its folder's lock:
     its work in progress is not removed."""
@@ -367,6 +381,7 @@ def test_a_writer_whose_pid_is_not_seen_but_holds_its_lock_is_left_alone(shop: P
     assert remove_dead_builds(shop / "ix") == [busy] and not busy.exists()
 
 
+@pytest.mark.model
 def test_reads_survive_an_old_journal_with_an_object_value(shop: Path) -> None:
     """GET /attributes answered 500 for good once the journal held {"gender": {"a": 1}}; such a
     journal (from before the checks) is read, and compaction names the value."""

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lookalike import ImageError, load_image
-from lookalike.ingest.images import load_model_input
+from lookalike import ImageError
+from lookalike.ingest.images import load_image, load_model_input
 
 from .conftest import garment, png_bomb
 

@@ -22,7 +22,7 @@ from .conftest import MYNTRA, build_tiny, garment
 
 pytest.importorskip("pymilvus")
 pytest.importorskip("milvus_lite")
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.milvus, pytest.mark.timeout(600)]
 
 
 @pytest.fixture(scope="module", autouse=True)

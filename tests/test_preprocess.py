@@ -17,7 +17,7 @@ from lookalike.errors import LookalikeError
 from lookalike.ingest.images import load_model_input
 from lookalike.ingest.preprocess import NEUTRAL, STEPS, Preprocess, detect_faces
 
-from .conftest import MYNTRA, STREET, build_tiny
+from .conftest import MYNTRA, STREET, build_tiny, needs_data
 
 ALL = Preprocess(STEPS)
 BOX = (60, 90, 170, 230)  # x0, y0, x1, y1 of the object in the synthetic photos
@@ -175,6 +175,8 @@ def test_steps_parse_in_one_order_and_unknown_steps_are_named() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.model
+@needs_data(MYNTRA / "images", STREET / "images")
 def test_real_photos() -> None:
     """A catalogue photo with a model, a shirt on a wooden floor, a watch on white."""
     model = Image.open(MYNTRA / "images" / "16498.jpg").convert("RGB")

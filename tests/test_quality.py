@@ -48,6 +48,7 @@ def test_mapping_errors(tmp_path: Path, name: str, text: str, message: str) -> N
         read_label_mapping(tmp_path / name)
 
 
+@pytest.mark.model
 def test_query_set_and_triplet_errors(two_indexes: dict[str, Path], tmp_path: Path) -> None:
     qs = read_query_set(two_indexes["queries"])
     assert len(qs) == 5 and qs.missing == {}
@@ -65,6 +66,7 @@ def test_query_set_and_triplet_errors(two_indexes: dict[str, Path], tmp_path: Pa
         read_triplets(tmp_path / "t2.csv", ids)
 
 
+@pytest.mark.model
 def test_compare_two_indexes_on_the_same_queries(two_indexes: dict[str, Path]) -> None:
     results = evaluate_indexes(
         [two_indexes[m] for m in MODELS], relevances=[["type"], ["type", "colour"]], ks=[1, 3],
@@ -92,6 +94,7 @@ def test_compare_two_indexes_on_the_same_queries(two_indexes: dict[str, Path]) -
     assert sorted(set(q.labels)) == ["bag", "footwear", "top"]
 
 
+@pytest.mark.model
 def test_sample_is_seeded_and_shared(two_indexes: dict[str, Path]) -> None:
     def rows(seed: int) -> list[list[str]]:
         res = evaluate_indexes([two_indexes[m] for m in MODELS], relevances=[["type"]], ks=[1],
@@ -103,11 +106,13 @@ def test_sample_is_seeded_and_shared(two_indexes: dict[str, Path]) -> None:
     assert rows(2) != first
 
 
+@pytest.mark.model
 def test_unknown_relevance_attribute(two_indexes: dict[str, Path]) -> None:
     with pytest.raises(LookalikeError, match="no attribute 'size'"):
         evaluate_indexes([two_indexes["mobilenet-v2"]], relevances=[["size"]])
 
 
+@pytest.mark.model
 def test_cli_json_is_flat_and_comparison_shows_differences(two_indexes: dict[str, Path]) -> None:
     run = CliRunner().invoke
     r = run(cli, ["evaluate", str(two_indexes["mobilenet-v2"]), "-r", "type", "-r", "type+colour",
@@ -130,6 +135,7 @@ def test_cli_json_is_flat_and_comparison_shows_differences(two_indexes: dict[str
     assert r.exit_code == 2 and "--queries and --mapping go together" in r.output
 
 
+@pytest.mark.model
 def test_default_relevances_skip_near_unique_columns(two_indexes: dict[str, Path]) -> None:
     res = evaluate_indexes([two_indexes["mobilenet-v2"]], ks=[1])
     keys = res[0].metrics.keys()
@@ -139,6 +145,7 @@ def test_default_relevances_skip_near_unique_columns(two_indexes: dict[str, Path
     assert not any("/file" in k for k in keys)
 
 
+@pytest.mark.model
 def test_report_files(two_indexes: dict[str, Path], tmp_path: Path) -> None:
     results = evaluate_indexes(
         [two_indexes[m] for m in MODELS], relevances=[["type"], ["colour"]], ks=[1, 3],
@@ -158,6 +165,7 @@ def test_report_files(two_indexes: dict[str, Path], tmp_path: Path) -> None:
         assert f'src="{rel}"' in html
 
 
+@pytest.mark.model
 def test_report_opens_with_plain_words(two_indexes: dict[str, Path], tmp_path: Path) -> None:
     from lookalike.quality.report import headline, mislabelled, recall_cap
 
@@ -197,6 +205,7 @@ def test_default_relevances_leave_out_what_is_not_seen() -> None:
         [["type"], ["type", "colour"], ["colour"], ["gender"]]
 
 
+@pytest.mark.model
 def test_query_photos_split_by_who_took_them(two_indexes: dict[str, Path], tmp_path: Path) -> None:
     from lookalike.training.splits import group_splits
 

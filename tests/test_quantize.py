@@ -46,6 +46,7 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.mark.model
 def test_int8_build_end_to_end(photos: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     base = ["build", str(photos), "--images", str(MYNTRA), "-q", "--model", MODEL]
@@ -84,6 +85,7 @@ def test_int8_build_end_to_end(photos: Path, tmp_path: Path) -> None:
     np.testing.assert_allclose(b.embed(photo), b.vector(item), atol=1e-5)
 
 
+@pytest.mark.model
 def test_strict_refuses_a_broken_calibration(tiny_catalog: Path, tmp_path: Path) -> None:
     cat = read_catalog(tiny_catalog, id_column="sku", image_column="file")
     black = [Image.new("RGB", (96, 96))] * 4  # nothing like the catalogue: ranges all wrong
@@ -100,6 +102,7 @@ def test_strict_refuses_a_broken_calibration(tiny_catalog: Path, tmp_path: Path)
     assert s.precision["calibration"]["source"] == "given"
 
 
+@pytest.mark.model
 def test_uint8_graph_normalises_like_the_float_path() -> None:
     spec = get_spec(MODEL)
     model = build_torch_model(MODEL)

@@ -31,6 +31,7 @@ def model() -> DeepRanking:
     return DeepRanking(BACKBONE, dim=64).eval()
 
 
+@pytest.mark.model
 def test_output_is_unit_length_and_matches_the_cached_path(model: DeepRanking) -> None:
     px = torch.randint(0, 256, (3, 224, 224, 3), dtype=torch.uint8)
     with torch.no_grad():

@@ -16,7 +16,7 @@ from lookalike.store.milvus import close_clients
 from .conftest import MYNTRA, build_tiny
 
 ray = pytest.importorskip("ray")
-pytestmark = pytest.mark.timeout(600)  # a stuck Ray worker fails the test, not CI
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]  # a stuck Ray worker fails the test
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import pytest
+
 from lookalike.quality.report import write_report
 from lookalike.quality.runs import evaluate_indexes, read_label_mapping, read_query_set
 
@@ -27,6 +29,7 @@ def broken_images(page_path: Path) -> tuple[int, int]:
     return total, broken
 
 
+@pytest.mark.model
 def test_html_report_has_no_broken_images(two_indexes: dict[str, Path], tmp_path: Path) -> None:
     results = evaluate_indexes(
         [two_indexes[m] for m in MODELS], relevances=[["type"]], ks=[1, 3],

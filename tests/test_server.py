@@ -10,7 +10,7 @@ from PIL import Image
 from lookalike.ingest.preprocess import DEFAULT_PREPROCESS
 from lookalike.server import create_app
 
-from .conftest import MODELS, garment, png_bomb
+from .conftest import MODELS, garment, png_bomb, serve
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +25,7 @@ def jpeg(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+@pytest.mark.model
 def test_health_and_openapi(client: TestClient) -> None:
     r = client.get("/health")
     body = r.json()
@@ -40,6 +41,7 @@ def test_health_and_openapi(client: TestClient) -> None:
     assert client.get("/docs").status_code == 200
 
 
+@pytest.mark.model
 def test_item_metadata_and_photo(client: TestClient) -> None:
     r = client.get("/items/P2-1")
     assert r.status_code == 200
@@ -50,6 +52,7 @@ def test_item_metadata_and_photo(client: TestClient) -> None:
     assert Image.open(io.BytesIO(r.content)).size == (96, 96)
 
 
+@pytest.mark.model
 def test_unknown_and_skipped_items_are_404(client: TestClient) -> None:
     for path in ("/items/nope", "/items/nope/image", "/items/nope/similar"):
         r = client.get(path)
@@ -60,6 +63,7 @@ def test_unknown_and_skipped_items_are_404(client: TestClient) -> None:
     assert client.get("/items/..%2F..%2Fcatalog.csv/image").status_code == 404
 
 
+@pytest.mark.model
 def test_similar_shape_filters_and_options(client: TestClient) -> None:
     r = client.get("/items/P1-0/similar", params={"k": 3})
     assert r.status_code == 200
@@ -75,6 +79,7 @@ def test_similar_shape_filters_and_options(client: TestClient) -> None:
     assert len(products) == len(set(products)) and "P1" not in products
 
 
+@pytest.mark.model
 @pytest.mark.parametrize("params, message", [
     ({"k": 0}, "greater than or equal to 1"),
     ({"k": 1000}, "less than or equal to 100"),
@@ -86,6 +91,7 @@ def test_bad_parameters_are_422(client: TestClient, params: dict, message: str) 
     assert r.status_code == 422 and message in str(r.json()["detail"])
 
 
+@pytest.mark.model
 def test_search_by_photo(client: TestClient, two_indexes: dict[str, Path]) -> None:
     photo = (two_indexes["root"] / "photos" / "P4-0.jpg").read_bytes()
     r = client.post("/search", files={"image": ("shoe.jpg", photo, "image/jpeg")},
@@ -99,6 +105,7 @@ def test_search_by_photo(client: TestClient, two_indexes: dict[str, Path]) -> No
     assert {x["metadata"]["type"] for x in r.json()["results"]} == {"Bags"}
 
 
+@pytest.mark.model
 def test_search_errors(client: TestClient) -> None:
     big = jpeg(Image.effect_noise((600, 600), 100).convert("RGB"))
     assert len(big) > 200_000
@@ -118,38 +125,23 @@ def test_search_errors(client: TestClient) -> None:
     assert r.status_code == 422
 
 
+@pytest.mark.model
 def test_lookalike_serve_answers_over_http(two_indexes: dict[str, Path]) -> None:
     import json
-    import socket
-    import subprocess
-    import sys
-    import time
     import urllib.request
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "lookalike.cli", "serve",
-                             str(two_indexes[MODELS[0]]), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc, url = serve(two_indexes[MODELS[0]])
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                    assert json.load(r)["items"] == 24
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(proc.stdout.read().decode()) from None
-                time.sleep(0.3)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/items/P3-0/similar?k=2") as r:
+        with urllib.request.urlopen(f"{url}/health", timeout=10) as r:
+            assert json.load(r)["items"] == 24
+        with urllib.request.urlopen(f"{url}/items/P3-0/similar?k=2") as r:
             assert len(json.load(r)["results"]) == 2
     finally:
         proc.terminate()
         proc.wait(timeout=10)
 
 
+@pytest.mark.model
 def test_page_and_filters(client: TestClient) -> None:
     r = client.get("/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
@@ -160,6 +152,7 @@ def test_page_and_filters(client: TestClient) -> None:
     assert attrs["type"] == ["Bags", "Shirts", "Shoes"] and attrs["gender"] == ["Men", "Women"]
 
 
+@pytest.mark.model
 def test_batched_similar_matches_the_index(two_indexes: dict[str, Path]) -> None:
     from concurrent.futures import ThreadPoolExecutor
 

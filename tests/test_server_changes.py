@@ -15,6 +15,8 @@ from lookalike.server import create_app
 
 from .conftest import MODELS, garment
 
+pytestmark = pytest.mark.model  # every test here runs a pretrained CNN
+
 KEY = {"X-API-Key": "s3cret"}
 
 

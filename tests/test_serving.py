@@ -55,6 +55,7 @@ def test_plain_k() -> None:
         assert plain_k(q) is None, q
 
 
+@pytest.mark.model
 def test_every_list_is_kept_from_the_start_and_answered_as_the_app_answers(
         folder: Path) -> None:
     with TestClient(create_app(folder)) as client:
@@ -83,6 +84,7 @@ def test_every_list_is_kept_from_the_start_and_answered_as_the_app_answers(
             min(22, len(ix) - 1)
 
 
+@pytest.mark.model
 def test_lists_a_change_drops_are_computed_again(folder: Path) -> None:
     with TestClient(create_app(folder, api_key="k")) as client:
         _wait_for_lists(client)
@@ -97,6 +99,7 @@ def test_lists_a_change_drops_are_computed_again(folder: Path) -> None:
             assert [h["item_id"] for h in got] == [h.item_id for h in fresh.similar(item_id)]
 
 
+@pytest.mark.model
 def test_concurrent_photos_are_embedded_in_one_model_call(folder: Path) -> None:
     ix = Index.open(folder)
     photos = [_jpeg(i) for i in range(6)]
@@ -113,6 +116,7 @@ def test_concurrent_photos_are_embedded_in_one_model_call(folder: Path) -> None:
         assert np.allclose(g, ix.embed(p), atol=1e-5)
 
 
+@pytest.mark.model
 def test_a_full_photo_queue_is_refused_at_once(folder: Path) -> None:
     ix = Index.open(folder)
     pixels = ix.model_input(_jpeg(1))
@@ -130,6 +134,7 @@ def test_a_full_photo_queue_is_refused_at_once(folder: Path) -> None:
     batcher.close()
 
 
+@pytest.mark.model
 def test_a_busy_server_answers_503_with_retry_after(folder: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     def full(*_: object) -> np.ndarray:
@@ -142,6 +147,7 @@ def test_a_busy_server_answers_503_with_retry_after(folder: Path,
     assert "waiting" in r.json()["detail"]
 
 
+@pytest.mark.model
 def test_photo_search_over_http_equals_index_search(folder: Path) -> None:
     ix = Index.open(folder)
     photos = [_jpeg(i) for i in range(8)]
@@ -154,6 +160,7 @@ def test_photo_search_over_http_equals_index_search(folder: Path) -> None:
         assert [h["item_id"] for h in r.json()["results"]] == [h.item_id for h in want]
 
 
+@pytest.mark.model
 def test_filtered_answers_follow_additions_and_deletions(folder: Path) -> None:
     """The filter's mask over the built items is kept; the added items' part is not stale."""
     ix = Index.open(folder)
@@ -212,6 +219,7 @@ def _workers(parent: int) -> list[str]:
 
 
 
+@pytest.mark.model
 def test_import_and_serve_without_torch(folder: Path) -> None:
     """`import lookalike` loads no PyTorch, and `lookalike serve` answers similar-by-id and
     photo search with torch made unimportable (searching runs on ONNX Runtime)."""
@@ -238,3 +246,17 @@ def test_import_and_serve_without_torch(folder: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_the_facade_is_small_and_every_name_resolves() -> None:
+    """`import lookalike` offers the index, its hits, the errors and a few entry functions;
+    helpers live in their packages."""
+    import lookalike
+
+    assert 10 <= len(lookalike.__all__) <= 15
+    assert {"Index", "Hit", "LookalikeError", "build_index", "read_catalog",
+            "evaluate_indexes", "write_report", "train"} <= set(lookalike.__all__)
+    for name in lookalike.__all__:
+        assert getattr(lookalike, name) is not None, name
+    with pytest.raises(AttributeError):
+        lookalike.sample_triplets  # noqa: B018 (a helper, not part of the facade)

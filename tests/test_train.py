@@ -57,6 +57,7 @@ CFG = {"category": "type", "color": "colour", "dim": 32, "epochs": 2, "triplets_
        "patience": 5}
 
 
+@pytest.mark.model
 def test_short_training_run_gives_a_model_that_build_uses(shop: dict[str, Path],
                                                           tmp_path: Path) -> None:
     out = tmp_path / "model"
@@ -95,6 +96,7 @@ def test_short_training_run_gives_a_model_that_build_uses(shop: dict[str, Path],
     assert json.loads(r.stdout)["queries/type"] < 72  # the unseen products only
 
 
+@pytest.mark.model
 def test_checkpoint_resume_and_refusals(shop: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "model"
     train(shop["index"], out, TrainConfig(**{**CFG, "epochs": 1}), progress=False,
@@ -127,6 +129,7 @@ def test_checkpoint_resume_and_refusals(shop: dict[str, Path], tmp_path: Path) -
     assert r.exit_code == 1 and "nor a trained model folder" in r.output
 
 
+@pytest.mark.model
 def test_cli_triplets_and_train(shop: dict[str, Path], tmp_path: Path) -> None:
     run = CliRunner().invoke
     r = run(cli, ["triplets", str(shop["index"]), "-n", "500", "-o", str(tmp_path / "t.parquet"),
@@ -153,6 +156,7 @@ def test_cli_triplets_and_train(shop: dict[str, Path], tmp_path: Path) -> None:
     assert r.exit_code == 1 and "column 'size' (--keep)" in r.output
 
 
+@pytest.mark.model
 def test_finetuning_the_last_stages(shop: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "tuned"
     cfg = TrainConfig(**{**CFG, "epochs": 1, "finetune_stages": 2, "p_same_product": 0.5})
@@ -181,6 +185,7 @@ def test_finetuning_the_last_stages(shop: dict[str, Path], tmp_path: Path) -> No
               progress=False)
 
 
+@pytest.mark.model
 @pytest.mark.parametrize("tune", [0, 1])
 def test_single_photo_products_train_on_augmented_views(shop: dict[str, Path], tmp_path: Path,
                                                         tune: int) -> None:
@@ -209,6 +214,7 @@ def test_augmented_views_differ_but_keep_the_garment() -> None:
         assert red.max() > 100
 
 
+@pytest.mark.model
 def test_training_keeps_the_index_preprocessing(shop: dict[str, Path], tmp_path: Path) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
@@ -233,6 +239,7 @@ def test_training_keeps_the_index_preprocessing(shop: dict[str, Path], tmp_path:
     assert Index.open(plain.path).preprocess.steps == ()
 
 
+@pytest.mark.model
 def test_an_int8_index_trains_on_fp32_features(shop: dict[str, Path], tmp_path: Path) -> None:
     """The trained model exports the fp32 backbone, so the features it learns from are fp32's,
     not the int8 index's vectors."""
@@ -254,6 +261,7 @@ SMALL = {"dim": 16, "epochs": 1, "triplets_per_epoch": 200, "val_triplets": 40,
          "batch_size": 64, "test_fraction": 0.2, "val_fraction": 0.25}
 
 
+@pytest.mark.model
 @pytest.mark.parametrize("shape", ["products only", "category only", "category and colour"])
 def test_training_takes_its_roles_from_the_index(shop: dict[str, Path], tmp_path: Path,
                                                   shape: str) -> None:
@@ -291,6 +299,7 @@ def test_training_takes_its_roles_from_the_index(shop: dict[str, Path], tmp_path
               progress=False, log=lambda _: None)
 
 
+@pytest.mark.model
 def test_split_by_photo_trains_every_product(shop: dict[str, Path], tmp_path: Path) -> None:
     from lookalike.training.splits import photo_splits
 
@@ -308,6 +317,7 @@ def test_split_by_photo_trains_every_product(shop: dict[str, Path], tmp_path: Pa
     assert "recall@10/product" in s.verdict["metrics"]
 
 
+@pytest.mark.model
 def test_train_says_when_it_did_not_help(shop: dict[str, Path], tmp_path: Path) -> None:
     """A head that does not learn (learning rate 0) is worse than the backbone it projects:
     the run says so, and --require-better turns that into a failure."""
@@ -322,6 +332,7 @@ def test_train_says_when_it_did_not_help(shop: dict[str, Path], tmp_path: Path) 
     assert r.exit_code == 1 and (tmp_path / "b" / "model.onnx").exists()
 
 
+@pytest.mark.model
 def test_columns_are_said_once(shop: dict[str, Path], tmp_path: Path) -> None:
     """A catalogue with its own column names: after one build with the column flags, add,
     train, build --model and evaluate need none."""
@@ -361,6 +372,7 @@ def test_columns_are_said_once(shop: dict[str, Path], tmp_path: Path) -> None:
     assert all("accuracy@1/query:type" in v for v in json.loads(r.stdout).values())
 
 
+@pytest.mark.model
 def test_outside_photos_train_by_group(shop: dict[str, Path], tmp_path: Path) -> None:
     """Labelled outside photos are anchors; the held-out groups are never read, and an epoch
     worse on the outside validation photos than the backbone never counts as the best."""
@@ -403,6 +415,7 @@ def test_outside_photos_train_by_group(shop: dict[str, Path], tmp_path: Path) ->
               progress=False, log=lambda _: None)
 
 
+@pytest.mark.model
 def test_camera_views_train(shop: dict[str, Path], tmp_path: Path) -> None:
     """Camera-like views: each step changes the photo and keeps it a picture of the garment;
     a run with all of them trains, and an unknown step is refused."""
@@ -467,6 +480,7 @@ def _outside_photos(shop: dict[str, Path]) -> tuple[str, str]:
     return str(csv), str(yaml)
 
 
+@pytest.mark.model
 def test_classifier_only_gives_a_model_that_build_and_search_use(shop: dict[str, Path],
                                                                  tmp_path: Path) -> None:
     """--classifier-only keeps the index's embedding (the model embeds exactly as the
@@ -528,6 +542,7 @@ def test_classifier_only_gives_a_model_that_build_and_search_use(shop: dict[str,
                     model="mobilenet-v2", rerank="classify")
 
 
+@pytest.mark.model
 def test_a_changed_classifier_is_refused(shop: dict[str, Path], tmp_path: Path) -> None:
     """An index never re-ranks with a classifier other than the one it was built with."""
     from lookalike.errors import IndexFormatError
@@ -550,6 +565,7 @@ def test_a_changed_classifier_is_refused(shop: dict[str, Path], tmp_path: Path) 
               progress=False, log=lambda _: None)
 
 
+@pytest.mark.model
 def test_full_training_fits_a_classifier_when_it_beats_the_vote(shop: dict[str, Path],
                                                                 tmp_path: Path) -> None:
     lines: list[str] = []
@@ -563,6 +579,7 @@ def test_full_training_fits_a_classifier_when_it_beats_the_vote(shop: dict[str, 
     assert kept or any("not kept" in x for x in lines)
 
 
+@pytest.mark.model
 def test_the_server_keeps_classified_lists_fresh(shop: dict[str, Path], tmp_path: Path) -> None:
     """An index re-ranked by its classifier: the server's kept similar lists (the path that
     asks the classifier for a list's category) equal a fresh search, before and after

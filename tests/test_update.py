@@ -28,7 +28,7 @@ def remove_items(path, ids):
 def read_delta(ix, path):
     return ix.read_delta(path)
 
-from .conftest import MYNTRA, garment
+from .conftest import MYNTRA, garment, needs_data
 
 OPTS = {"id_column": "sku", "image_column": "file", "product_column": "product"}
 
@@ -233,6 +233,8 @@ def test_a_compaction_killed_at_any_step_loses_nothing(split: dict[str, Path], s
 
 
 @pytest.mark.slow
+@pytest.mark.model
+@needs_data(MYNTRA / "catalog.csv")
 def test_myntra_add_1000_remove_500_equals_a_fresh_build(tmp_path: Path) -> None:
     """Acceptance 3 of issue 7, on the real catalogue with the default embedder."""
     cat = pd.read_csv(MYNTRA / "catalog.csv", dtype=str)  # photo paths under MYNTRA

@@ -18,7 +18,7 @@ from lookalike.server import create_app
 from .conftest import ARTIFACTS, BROWSER_ARGS, CHROMIUM, MYNTRA, STREET, needs_browser
 
 pytestmark = [
-    pytest.mark.slow, needs_browser,
+    pytest.mark.slow, *needs_browser,
     pytest.mark.skipif(not (MYNTRA / "catalog.csv").exists() or not (STREET / "photos.csv").exists(),
                        reason="sample data not found"),
 ]
@@ -30,12 +30,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> str:
     df = pd.read_csv(MYNTRA / "catalog.csv", dtype={"id": str}).head(400)
     df.to_csv(root / "slice.csv", index=False)
     build_index(read_catalog(root / "slice.csv", MYNTRA), root / "index")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(create_app(root / "index"), host="127.0.0.1", port=port,
-                                        log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
+    sock = socket.socket()  # bound here and handed to the server: no port race
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    port = sock.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(create_app(root / "index"), log_level="warning"))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not srv.started:

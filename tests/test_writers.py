@@ -6,8 +6,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
+
 from .conftest import MODELS
 from .writers import run_round
+
+pytestmark = pytest.mark.model  # every test here runs a pretrained CNN
 
 
 def test_a_server_and_cli_writers_at_once_lose_nothing(two_indexes: dict[str, Path],

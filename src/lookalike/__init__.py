@@ -1,9 +1,14 @@
-"""lookalike — find visually similar products in a shop's catalogue."""
+"""lookalike — find visually similar products in a shop's catalogue.
 
-from lookalike.api import Hit, Index, UpdateSummary
-from lookalike.build import BuildSummary, build_index
-from lookalike.embed.local import EmbedResult, embed_images
-from lookalike.embedders import create_embedder, list_embedders
+The public API is what this module exports: open or build an :class:`Index` and ask it for
+similar items (:class:`Hit`), read a catalogue, measure and report quality, train a model.
+Everything else is internal and may change; the build's option objects (engines, stores,
+precisions) live in :mod:`lookalike.build`. ``import lookalike`` loads no PyTorch: ``train``
+and ``TrainConfig`` load it on first use.
+"""
+
+from lookalike.api import Hit, Index
+from lookalike.build import build_index
 from lookalike.errors import (
     CatalogError,
     ImageError,
@@ -12,13 +17,9 @@ from lookalike.errors import (
     LookalikeError,
     UnknownItemError,
 )
-from lookalike.ingest.catalog import Catalog, read_catalog
-from lookalike.ingest.images import load_image
-from lookalike.ingest.preprocess import Preprocess
+from lookalike.ingest.catalog import read_catalog
 from lookalike.quality.report import write_report
-from lookalike.quality.runs import evaluate_indexes, read_label_mapping, read_query_set
-from lookalike.training.splits import assign_splits
-from lookalike.training.triplets import sample_triplets, write_triplets
+from lookalike.quality.runs import evaluate_indexes
 
 
 def __getattr__(name: str) -> object:
@@ -36,32 +37,18 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
-    "BuildSummary",
-    "Catalog",
     "CatalogError",
-    "EmbedResult",
     "Hit",
     "ImageError",
     "Index",
     "IndexFormatError",
     "ItemExistsError",
     "LookalikeError",
-    "Preprocess",
     "TrainConfig",
     "UnknownItemError",
-    "UpdateSummary",
-    "assign_splits",
     "build_index",
-    "create_embedder",
-    "embed_images",
     "evaluate_indexes",
-    "list_embedders",
-    "load_image",
     "read_catalog",
-    "read_label_mapping",
-    "read_query_set",
-    "sample_triplets",
     "train",
     "write_report",
-    "write_triplets",
 ]

@@ -34,13 +34,18 @@ def index_arg(f: Any) -> Any:
     return click.argument("index", type=click.Path(file_okay=False), envvar="LOOKALIKE_INDEX")(f)
 
 
-def query_options(f: Any) -> Any:
+def query_options(per_product: str) -> Any:
+    """The options of a query (``similar``, ``search``); ``per_product`` tells what
+    ``--per-product`` does for this kind of query."""
+    return lambda f: _query_options(f, per_product)
+
+
+def _query_options(f: Any, per_product: str) -> Any:
     f = click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1),
                      help="How many results.")(f)
     f = click.option("--where", "where", multiple=True, metavar="ATTR=VALUE",
                      help="Only items with this attribute value (repeat; same attribute = OR).")(f)
-    f = click.option("--per-product", is_flag=True,
-                     help="One hit per product (its best photo); the query's product excluded.")(f)
+    f = click.option("--per-product", is_flag=True, help=per_product)(f)
     f = click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")(f)
     f = click.option("--rerank", default=None, metavar="WAYS", callback=parse_rerank,
                      help=RERANK_HELP + " [default: the index's own, lookalike info]")(f)

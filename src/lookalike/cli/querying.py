@@ -6,7 +6,6 @@ import json
 import time
 
 import click
-from tqdm import tqdm
 
 from lookalike.api import Index
 from lookalike.cli.options import (
@@ -21,6 +20,8 @@ from lookalike.embedders import (
     list_embedders,
 )
 from lookalike.ingest.preprocess import Preprocess
+from lookalike.progress import progress_bar
+from lookalike.search.neighbors import output_format
 from lookalike.search.rerank import Rerank
 from lookalike.search.topk import parse_where
 from lookalike.store.journal import history
@@ -29,7 +30,8 @@ from lookalike.store.journal import history
 @click.command()
 @index_arg
 @click.argument("item_id")
-@query_options
+@query_options("One hit per product (its best photo), leaving out the other photos of "
+               "ITEM_ID's own product.")
 def similar(index: str, item_id: str, k: int, where: tuple[str, ...], per_product: bool,
             as_json: bool, rerank: Rerank | None) -> None:
     """Items that look like ITEM_ID (the item itself excluded)."""
@@ -43,7 +45,7 @@ def similar(index: str, item_id: str, k: int, where: tuple[str, ...], per_produc
 @index_arg
 @click.option("--image", "image", required=True, type=click.Path(dir_okay=False, exists=True),
               help="A photo, e.g. from a phone camera.")
-@query_options
+@query_options("One hit per product: its photo that looks most like the query photo.")
 def search(index: str, image: str, k: int, where: tuple[str, ...], per_product: bool,
            as_json: bool, rerank: Rerank | None) -> None:
     """Catalogue items that look like a photo."""
@@ -63,9 +65,10 @@ def search(index: str, image: str, k: int, where: tuple[str, ...], per_product: 
 @click.option("--quiet", "-q", is_flag=True)
 def neighbors(index: str, k: int, out: str, block_size: int, quiet: bool) -> None:
     """Top-k neighbours of every item, one row per pair: item_id, rank, neighbor_id, score."""
+    output_format(out)  # before any work
     ix = Index.open(index)
     t0 = time.perf_counter()
-    with tqdm(total=len(ix), unit="item", disable=quiet, desc="neighbors") as bar:
+    with progress_bar(len(ix), unit="item", desc="neighbors", show=not quiet) as bar:
         n = ix.neighbors(out, k, block_size=block_size, on_block=bar.update)
     click.echo(f"{out}: {n} rows, top-{min(k, len(ix) - 1)} of {len(ix)} items "
                f"in {time.perf_counter() - t0:.1f} s")

@@ -48,6 +48,7 @@ def serve(index: str, host: str, port: int, max_upload_bytes: int, max_pixels: i
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
+    sock.listen(2048)  # connections wait from the moment the address is printed
     port = sock.getsockname()[1]
     click.echo(f"serving {index} at http://{host}:{port}/ (API docs: http://{host}:{port}/docs)"
                + (f" with {workers} worker processes" if workers > 1 else ""))

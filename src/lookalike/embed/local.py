@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from lookalike.embedders import Embedder
 from lookalike.errors import ImageError
@@ -28,6 +27,7 @@ from lookalike.ingest.images import (
     read_bytes,
 )
 from lookalike.ingest.preprocess import Outcome, Preprocess
+from lookalike.progress import progress_bar
 
 
 @dataclass
@@ -131,7 +131,7 @@ def embed_images(
     digests: list[str | None] = []
     skipped = dict(skip)
     batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
-    bar = tqdm(total=len(sources), unit="img", disable=not progress, desc=embedder.name)
+    bar = progress_bar(len(sources), unit="img", desc=embedder.name, show=progress)
     bar.update(len(skip))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
         pending: deque = deque()

@@ -27,6 +27,7 @@ from lookalike.embedders import Embedder, onnx_session
 from lookalike.errors import LookalikeError
 from lookalike.ingest.decoding import choose_decoder
 from lookalike.ingest.preprocess import Preprocess
+from lookalike.progress import on_terminal
 
 ENGINES = ("local", "ray")
 
@@ -165,7 +166,7 @@ def embed_on_ray(
         actors = actors or max(1, cpus // 2)
         threads = max(1, cpus // actors)
         ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = progress
+        ctx.enable_progress_bars = progress and on_terminal()
         ctx.print_on_execution_start = False
         logging.getLogger("ray.data").setLevel(logging.INFO if progress else logging.WARNING)
         model = ray.put(embedder.onnx_path.read_bytes())

@@ -98,16 +98,23 @@ class _Writer:
         (self._f if self.fmt == "jsonl" else self._w).close()
 
 
+def output_format(out: str | os.PathLike) -> str:
+    """The neighbours file's format from its name, refused before any work when unsupported."""
+    out = Path(out)
+    fmt = FORMATS.get(out.suffix.lower())
+    if fmt is None:
+        raise LookalikeError(f"output {out}: unsupported file type {out.suffix!r} "
+                             f"(use {', '.join(FORMATS)})")
+    return fmt
+
+
 def write_neighbors(index: faiss.Index, embeddings: np.ndarray, item_ids: np.ndarray,
                     out: str | os.PathLike, k: int = 10, *, block_size: int = 2048,
                     on_block: Callable[[int], None] | None = None) -> int:
     """Write the top-k neighbours of every item to ``out`` (.parquet, .csv or .jsonl),
     atomically. Returns the number of rows written."""
     out = Path(out)
-    fmt = FORMATS.get(out.suffix.lower())
-    if fmt is None:
-        raise LookalikeError(f"output {out}: unsupported file type {out.suffix!r} "
-                             f"(use {', '.join(FORMATS)})")
+    fmt = output_format(out)
     ids = pa.array(item_ids)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")

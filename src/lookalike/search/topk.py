@@ -1,4 +1,5 @@
-"""Exact top-k search over an index's vectors: filters, exclusions, one hit per product.
+"""Top-k search over any kind of vector index (exact or approximate): filters, exclusions,
+one hit per product. A filter that keeps few items is searched exactly over those items.
 
 Pure functions over a faiss index and arrays; no files, no printing.
 """

@@ -1,4 +1,5 @@
-"""Vector indexes over unit embeddings: exact (faiss flat) and approximate (HNSW, IVF-PQ).
+"""Vector indexes over unit embeddings: exact (faiss flat) and approximate (HNSW, IVF-Flat,
+IVF-PQ whose candidates are re-scored exactly), float32 or float16.
 
 An approximate index is tuned when it is built: its search breadth (HNSW ``efSearch``, IVF
 ``nprobe``) doubles until recall@10 against exact search, on a seeded sample of the items as

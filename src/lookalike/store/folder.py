@@ -1,6 +1,7 @@
-"""The index folder: manifest.json, items.parquet, embeddings.npy, index.faiss, or, with
-the Milvus backend, manifest.json and items.parquet beside a Milvus collection; and journal/,
-the changes since the build (journal.py).
+"""The index folder: manifest.json, items.parquet, embeddings.npy and index.faiss (with the
+Milvus backend, manifest.json and items.parquet beside a Milvus collection); model-int8.onnx
+when built in int8; journal/ (changes.log, the changes since the build: journal.py); photos/,
+photos of items added with their bytes; and .lock, the writers' lock.
 
 A folder is written next to its destination under a temporary name and renamed into place
 only when every file is complete, so a crash mid-build never leaves a half index that loads.

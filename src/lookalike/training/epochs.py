@@ -11,10 +11,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from lookalike.api import Index
 from lookalike.errors import LookalikeError
+from lookalike.progress import progress_bar
 from lookalike.search.exact import rank
 from lookalike.training.config import TrainConfig
 from lookalike.training.network import DeepRanking, triplet_loss
@@ -96,8 +96,8 @@ def run_epoch(model: DeepRanking, labels: Labels, opt: torch.optim.Optimizer, ca
     order = np.random.default_rng([cfg.seed, epoch]).permutation(len(ts))
     set_train(model, tune)
     total = correct = seen = 0.0
-    with tqdm(total=len(ts), unit="triplet", desc=f"epoch {epoch + 1}/{cfg.epochs}",
-              disable=not progress) as bar:
+    with progress_bar(len(ts), unit="triplet", desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                      show=progress) as bar:
         for b in range(0, len(ts), cfg.batch_size):
             i = order[b:b + cfg.batch_size]
             q, p, n = ts.query[i], ts.positive[i], ts.negative[i]

@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from tqdm import tqdm
 
 from lookalike.api import Index
 from lookalike.embedders import (
@@ -27,6 +26,7 @@ from lookalike.embedders import (
 )
 from lookalike.errors import ImageError, LookalikeError
 from lookalike.ingest.images import load_image, to_model_input
+from lookalike.progress import progress_bar
 from lookalike.training.config import TrainConfig
 from lookalike.training.network import DeepRanking, subsample4
 
@@ -205,7 +205,7 @@ def cache_views(ix: Index, model: DeepRanking, rows: np.ndarray, tune: int, prog
     with tempfile.TemporaryDirectory() as tmp, \
             ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool, \
             ThreadPoolExecutor(max_workers=1) as loader, \
-            tqdm(total=len(rows), unit="img", desc=desc, disable=not progress) as bar:
+            progress_bar(len(rows), unit="img", desc=desc, show=progress) as bar:
         front = front_runner(model, tune, Path(tmp)) if tune and len(rows) else None
         at = {int(r): p for r, p in zip(rows, photos)} if photos is not None else None
 
