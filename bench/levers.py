@@ -42,8 +42,8 @@ import pandas as pd
 from lookalike import Index
 from lookalike.ingest.catalog import label_codes
 from lookalike.ingest.images import load_model_views
+from lookalike.quality.inputs import read_label_mapping
 from lookalike.quality.metrics import evaluate_catalog, evaluate_queries
-from lookalike.quality.runs import read_label_mapping
 from lookalike.search.classifier import coded
 from lookalike.search.exact import rank
 from lookalike.search.rerank import Rerank, reranked

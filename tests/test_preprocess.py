@@ -14,8 +14,10 @@ from PIL import Image, ImageDraw, ImageFilter
 from lookalike import Index, build_index, read_catalog
 from lookalike.cli import cli
 from lookalike.errors import LookalikeError
+from lookalike.ingest.boxes import NEUTRAL
+from lookalike.ingest.faces import detect_faces
 from lookalike.ingest.images import load_model_input
-from lookalike.ingest.preprocess import NEUTRAL, STEPS, Preprocess, detect_faces
+from lookalike.ingest.preprocess import STEPS, Preprocess
 
 from .conftest import MYNTRA, STREET, build_tiny, needs_data
 

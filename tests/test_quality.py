@@ -10,14 +10,9 @@ from click.testing import CliRunner
 
 from lookalike import LookalikeError
 from lookalike.cli import cli
+from lookalike.quality.inputs import read_label_mapping, read_query_set, read_triplets
 from lookalike.quality.report import write_report
-from lookalike.quality.runs import (
-    default_relevances,
-    evaluate_indexes,
-    read_label_mapping,
-    read_query_set,
-    read_triplets,
-)
+from lookalike.quality.runs import default_relevances, evaluate_indexes
 
 from .conftest import MODELS
 

@@ -401,7 +401,7 @@ def test_outside_photos_train_by_group(shop: dict[str, Path], tmp_path: Path) ->
         assert s.history[s.best_epoch][f"val_{key}"] >= s.history[0][f"pretrained_{key}"] \
             or any("no epoch beat" in x for x in lines)
     # the split by sender is the one lookalike evaluate selects
-    from lookalike.quality.runs import read_query_set
+    from lookalike.quality.inputs import read_query_set
 
     held = read_query_set(shop["root"] / "outside.csv", group_column="sender_id", split="test",
                           test_fraction=0.4)

@@ -51,7 +51,8 @@ from lookalike.search.rerank import VOTE_POOL, Rerank, expand_queries, vote
 from lookalike.search.topk import Where
 from lookalike.store import journal
 from lookalike.store.changes import Prepared, UpdateSummary, from_delta, from_rows, keep_photo
-from lookalike.store.folder import catch_up, compact, generation, now, open_segments
+from lookalike.store.compaction import compact
+from lookalike.store.folder import catch_up, generation, now, open_segments
 from lookalike.store.segments import Segments, View
 
 log = logging.getLogger(__name__)

@@ -72,6 +72,7 @@ def evaluate(indexes: tuple[str, ...], relevances: tuple[str, ...], ks: str, sam
              gallery_queries: int, as_json: bool, split: str | None, test_fraction: float,
              val_fraction: float, split_seed: int, rerank: Rerank | None, quiet: bool) -> None:
     """Retrieval quality of INDEXES (one, or several to compare on the same queries)."""
+    from lookalike.quality.inputs import read_label_mapping, read_query_set
     from lookalike.quality.report import (
         group_tables,
         headline,
@@ -80,7 +81,7 @@ def evaluate(indexes: tuple[str, ...], relevances: tuple[str, ...], ks: str, sam
         render_text,
         write_report,
     )
-    from lookalike.quality.runs import evaluate_indexes, read_label_mapping, read_query_set
+    from lookalike.quality.runs import evaluate_indexes
 
     k_list = parse_ks(ks)
     if (queries is None) != (mapping is None):

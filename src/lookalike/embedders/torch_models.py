@@ -4,8 +4,6 @@ pooling around it, exported to ONNX once (lookalike.embedders runs the exported 
 from __future__ import annotations
 
 import importlib
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -15,6 +13,7 @@ from torch.nn import functional as F
 
 from lookalike.embedders import _onnx_path, get_spec
 from lookalike.embedders.spec import EmbedderSpec
+from lookalike.files import atomic_path
 
 #: family → the module whose ``build(spec)`` makes its backbone
 FAMILIES = {"efficientnet-lite": "efficientnet", "mobilenet-v2": "mobilenet",
@@ -57,18 +56,12 @@ def export_module(model: nn.Module, input_size: int, path: Path) -> Path:
     """Export a uint8 NHWC → embedding module to ONNX at ``path``, atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     dummy = torch.zeros(2, input_size, input_size, 3, dtype=torch.uint8)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".onnx.tmp")
-    os.close(fd)
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the exporter's constant-folding chatter
-            torch.onnx.export(model.eval(), (dummy,), tmp, input_names=["pixels"],
-                              output_names=["embedding"], opset_version=17, dynamo=False,
-                              dynamic_axes={"pixels": {0: "batch"}, "embedding": {0: "batch"}})
-        os.replace(tmp, path)  # atomic: a concurrent or crashed export never leaves half a file
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    # atomic: a concurrent or crashed export never leaves half a file
+    with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's constant-folding chatter
+        torch.onnx.export(model.eval(), (dummy,), str(tmp), input_names=["pixels"],
+                          output_names=["embedding"], opset_version=17, dynamo=False,
+                          dynamic_axes={"pixels": {0: "batch"}, "embedding": {0: "batch"}})
     return path
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from lookalike.errors import IndexFormatError, LookalikeError
+from lookalike.files import atomic_path
 from lookalike.ingest.catalog import label_codes
 
 HEAD_FILE = "category_head.npz"
@@ -61,11 +62,9 @@ class CategoryHead:
     def save(self, folder: str | os.PathLike) -> str:
         """Write ``folder/category_head.npz`` (atomically); returns its digest."""
         path = Path(folder) / HEAD_FILE
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        with open(tmp, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, column=np.array(self.column), classes=np.array(self.classes, dtype=str),
                      weight=self.weight.astype(np.float32), bias=self.bias.astype(np.float32))
-        os.replace(tmp, path)
         return head_digest(folder)
 
 

@@ -20,6 +20,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from lookalike.errors import LookalikeError
+from lookalike.files import atomic_path
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl"}
 
@@ -117,28 +118,22 @@ def write_neighbors(index: faiss.Index, embeddings: np.ndarray, item_ids: np.nda
     fmt = output_format(out)
     ids = pa.array(item_ids)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    writer = _Writer(tmp, fmt, ids.type)
     written = 0
-    try:
-        for own, nbr, scores in neighbor_blocks(index, embeddings, k, block_size=block_size):
-            b, kk = nbr.shape
-            table = pa.table({
-                "item_id": ids.take(pa.array(np.repeat(own, kk))),
-                "rank": pa.array(np.tile(np.arange(1, kk + 1, dtype=np.int32), b)),
-                "neighbor_id": ids.take(pa.array(nbr.ravel())),
-                "score": pa.array(scores.ravel().astype(np.float32)),
-            }, schema=writer.schema)
-            writer.write(table)
-            written += len(table)
-            if on_block:
-                on_block(b)
-        writer.close()
-        os.replace(tmp, out)
-    except BaseException:
+    with atomic_path(out) as tmp:
+        writer = _Writer(tmp, fmt, ids.type)
         try:
-            writer.close()
+            for own, nbr, scores in neighbor_blocks(index, embeddings, k, block_size=block_size):
+                b, kk = nbr.shape
+                table = pa.table({
+                    "item_id": ids.take(pa.array(np.repeat(own, kk))),
+                    "rank": pa.array(np.tile(np.arange(1, kk + 1, dtype=np.int32), b)),
+                    "neighbor_id": ids.take(pa.array(nbr.ravel())),
+                    "score": pa.array(scores.ravel().astype(np.float32)),
+                }, schema=writer.schema)
+                writer.write(table)
+                written += len(table)
+                if on_block:
+                    on_block(b)
         finally:
-            tmp.unlink(missing_ok=True)
-        raise
+            writer.close()
     return written

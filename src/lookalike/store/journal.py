@@ -27,7 +27,6 @@ import os
 import struct
 import threading
 import time
-import uuid
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -38,7 +37,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from lookalike.errors import IndexFormatError, LookalikeError
-from lookalike.store.litter import temp_file
+from lookalike.files import atomic_path
 
 JOURNAL = "journal"
 LOG = "changes.log"
@@ -337,16 +336,10 @@ def _append(path: str | os.PathLike, cursor: Cursor,
 def write_file(target: Path, data: bytes) -> None:
     """Write ``data`` to ``target`` durably and atomically (a unique temporary name renamed
     into place)."""
-    tmp = temp_file(target, uuid.uuid4().hex[:8])
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(target) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
     fsync_dir(target.parent)
 
 

@@ -106,11 +106,6 @@ def remove_dead_builds(out: Path) -> list[Path]:
     return remove_dead(out.parent, re.compile(rf"\.{re.escape(out.name)}\.tmp-(?P<pid>\d+)-.+"))
 
 
-def temp_file(target: Path, tag: str) -> Path:
-    """A temporary name beside ``target`` that says which process writes it."""
-    return target.with_name(f".{target.name}.{os.getpid()}-{tag}.tmp")
-
-
 def remove_dead_files(folder: Path) -> list[Path]:
     """Temporary files of :func:`temp_file` in ``folder`` whose process is gone."""
     return remove_dead(folder, re.compile(r"\..+\.(?P<pid>\d+)-[0-9a-f]+\.tmp"))

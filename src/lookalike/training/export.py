@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -22,6 +21,7 @@ from lookalike.embedders import (
     export_module,
 )
 from lookalike.errors import LookalikeError
+from lookalike.files import atomic_path
 from lookalike.store.folder import now
 from lookalike.training.config import TrainConfig
 from lookalike.training.epochs import Labels
@@ -37,12 +37,11 @@ def save_checkpoint(path: Path, model: DeepRanking, labels: Labels, opt: torch.o
                      epoch: int, history: list[dict[str, float]], best_score: float,
                      best_state: dict[str, torch.Tensor] | None, best_epoch: int,
                      cfg: TrainConfig, ix: Index) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save({"model": model.state_dict(), "labels": labels.state_dict(),
-                "optimizer": opt.state_dict(), "epoch": epoch, "history": history,
-                "best_score": best_score, "best_model": best_state, "best_epoch": best_epoch,
-                "config": asdict(cfg), "index": str(ix.path)}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save({"model": model.state_dict(), "labels": labels.state_dict(),
+                    "optimizer": opt.state_dict(), "epoch": epoch, "history": history,
+                    "best_score": best_score, "best_model": best_state,
+                    "best_epoch": best_epoch, "config": asdict(cfg), "index": str(ix.path)}, tmp)
 
 
 def export_trained(out: Path, ix: Index, state: dict[str, torch.Tensor], cfg: TrainConfig,
@@ -76,9 +75,8 @@ def model_meta(ix: Index, cfg: TrainConfig, spec: EmbedderSpec, **more: Any) -> 
 
 def write_meta(out: Path, meta: dict[str, Any]) -> None:
     """Write model.json atomically."""
-    tmp = out / f".{TRAINED_SPEC}.tmp"
-    tmp.write_text(json.dumps(meta, indent=2, default=float))
-    os.replace(tmp, out / TRAINED_SPEC)
+    with atomic_path(out / TRAINED_SPEC) as tmp:
+        tmp.write_text(json.dumps(meta, indent=2, default=float))
 
 
 def catalog_meta(ix: Index, cfg: TrainConfig) -> dict[str, Any]:

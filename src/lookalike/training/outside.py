@@ -36,7 +36,7 @@ class Outside:
 
 
 def read_outside(ix: Index, cfg: TrainConfig, log: Callable[[str], None]) -> Outside:
-    from lookalike.quality.runs import read_label_mapping, read_query_set
+    from lookalike.quality.inputs import read_label_mapping, read_query_set
     from lookalike.training.splits import group_splits
 
     if cfg.mapping is None:

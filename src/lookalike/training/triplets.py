@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lookalike.errors import LookalikeError
+from lookalike.files import atomic_path
 from lookalike.ingest.catalog import DEFAULT_CATEGORY, DEFAULT_COLOR, PRODUCT_ID
 
 POSITIVE_TYPES = ("same_product", "same_product_augmented", "same_category_color")
@@ -229,12 +230,8 @@ def write_triplets(triplets: TripletSet, item_ids: np.ndarray, out: str | os.Pat
     if out.suffix.lower() not in (".parquet", ".pq"):
         raise LookalikeError(f"triplet output {out}: use a .parquet file name")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(out) as tmp:
         pq.write_table(pa.Table.from_pandas(triplets.table(item_ids), preserve_index=False), tmp)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out
 
 
