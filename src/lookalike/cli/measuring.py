@@ -73,15 +73,9 @@ def evaluate(indexes: tuple[str, ...], relevances: tuple[str, ...], ks: str, sam
              val_fraction: float, split_seed: int, rerank: Rerank | None, quiet: bool) -> None:
     """Retrieval quality of INDEXES (one, or several to compare on the same queries)."""
     from lookalike.quality.inputs import read_label_mapping, read_query_set
-    from lookalike.quality.report import (
-        group_tables,
-        headline,
-        label_tables,
-        metric_tables,
-        render_text,
-        write_report,
-    )
+    from lookalike.quality.report import headline, write_report
     from lookalike.quality.runs import evaluate_indexes
+    from lookalike.quality.tables import group_tables, label_tables, metric_tables, render_text
 
     k_list = parse_ks(ks)
     if (queries is None) != (mapping is None):

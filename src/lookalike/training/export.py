@@ -22,6 +22,7 @@ from lookalike.embedders import (
 )
 from lookalike.errors import LookalikeError
 from lookalike.files import atomic_path
+from lookalike.quality.plots import figure
 from lookalike.store.folder import now
 from lookalike.training.config import TrainConfig
 from lookalike.training.epochs import Labels
@@ -94,33 +95,26 @@ def update_meta(out: Path, extra: dict[str, Any]) -> None:
 def plot_curve(history: list[dict[str, float]], keys: Sequence[str], out: Path) -> Path:
     """Loss and validation metrics per epoch (epoch 0: before training), with the pretrained
     backbone's as dashed lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     epochs = [h["epoch"] for h in history]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
-    a.plot(epochs[1:], [h["loss"] for h in history[1:]], marker="o", label="training loss")
-    a.xaxis.get_major_locator().set_params(integer=True)
-    a.set_xlabel("epoch")
-    a.set_ylabel("loss")
-    a.grid(alpha=0.3)
-    a.legend()
-    for key in keys:
-        line = b.plot(epochs, [h["val_" + key] for h in history], marker="o", label=key)[0]
-        pre = history[0].get("pretrained_" + key)
-        if pre is not None:
-            b.axhline(pre, ls="--", color=line.get_color(), alpha=0.6,
-                      label=f"{key}, pretrained backbone")
-    b.plot(epochs, [h["val_triplet_accuracy"] for h in history], marker=".", color="gray",
-           label="triplet accuracy")
-    b.set_xlabel("epoch (0 = untrained head)")
-    b.set_ylabel("validation")
-    b.set_ylim(0, 1)
-    b.grid(alpha=0.3)
-    b.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    with figure(out, 1, 2, size=(10, 3.6)) as axes:
+        a, b = axes[0]
+        a.plot(epochs[1:], [h["loss"] for h in history[1:]], marker="o", label="training loss")
+        a.xaxis.get_major_locator().set_params(integer=True)
+        a.set_xlabel("epoch")
+        a.set_ylabel("loss")
+        a.grid(alpha=0.3)
+        a.legend()
+        for key in keys:
+            line = b.plot(epochs, [h["val_" + key] for h in history], marker="o", label=key)[0]
+            pre = history[0].get("pretrained_" + key)
+            if pre is not None:
+                b.axhline(pre, ls="--", color=line.get_color(), alpha=0.6,
+                          label=f"{key}, pretrained backbone")
+        b.plot(epochs, [h["val_triplet_accuracy"] for h in history], marker=".", color="gray",
+               label="triplet accuracy")
+        b.set_xlabel("epoch (0 = untrained head)")
+        b.set_ylabel("validation")
+        b.set_ylim(0, 1)
+        b.grid(alpha=0.3)
+        b.legend(fontsize=7)
     return out
