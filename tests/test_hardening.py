@@ -336,7 +336,7 @@ def test_a_journal_value_that_does_not_fit_is_named_not_a_traceback(shop: Path) 
     ok = ix.add([{"item_id": "fine", "year": 2001}], vectors=np.ones((1, 1280)))
     record = {"row": -1, "item_id": "old", "product_id": "old", "image_path": None,
               "type": "shoe", "gender": None, "year": "2012", "photo_sha1": None}
-    ix._commit_add(Prepared([record], np.ones((1, 1280), np.float32), [None], UpdateSummary()),
+    ix._live.add(Prepared([record], np.ones((1, 1280), np.float32), [None], UpdateSummary()),
                    True)  # as an older version wrote it, unchecked
     with pytest.raises(LookalikeError, match=r"change 2 of the journal gives item 'old' year="
                                              r"'2012', which is str"):
@@ -389,7 +389,7 @@ def test_reads_survive_an_old_journal_with_an_object_value(shop: Path) -> None:
 
     record = {"row": -1, "item_id": "old", "product_id": "old", "image_path": None,
               "type": "shoe", "gender": {"a": 1}, "year": None, "photo_sha1": None}
-    Index.open(shop / "ix")._commit_add(
+    Index.open(shop / "ix")._live.add(
         Prepared([record], np.ones((1, 1280), np.float32), [None], UpdateSummary()), True)
     client = TestClient(create_app(shop / "ix"))
     assert client.get("/attributes").status_code == 200

@@ -32,7 +32,7 @@ THREADS = 4
 CLI_ITEMS = 12  # items in each `lookalike add` delta
 MIN_POSTS = 6  # each server thread posts at least this many, and on until the CLI is done
 # ... but no more than this many: past 1,000 changes the server compacts on its own
-# (api.COMPACT_MIN_ITEMS), and the journal this round reads would no longer hold them all
+# (store.live.COMPACT_MIN_ITEMS), and the journal this round reads would no longer hold them all
 MAX_POSTS = 200
 
 

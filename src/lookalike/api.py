@@ -8,27 +8,19 @@ this process; other processes see it on their next ``refresh`` (the server refre
 
 from __future__ import annotations
 
-import logging
 import os
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from lookalike.build import BuildSummary, build_index
-from lookalike.embedders import DEFAULT_EMBEDDER, Embedder, EmbedderSpec, create_embedder
-from lookalike.embedders.quantize import INT8_MODEL
-from lookalike.errors import (
-    ImageError,
-    IndexFormatError,
-    ItemExistsError,
-    LookalikeError,
-    UnknownItemError,
-)
+from lookalike.embed.local import pool_views
+from lookalike.embedders import DEFAULT_EMBEDDER, Embedder, EmbedderSpec, index_embedder
+from lookalike.errors import ImageError, IndexFormatError, LookalikeError, UnknownItemError
 from lookalike.ingest.catalog import (
     IMAGE_PATH,
     ITEM_ID,
@@ -36,43 +28,24 @@ from lookalike.ingest.catalog import (
     Catalog,
     read_catalog,
     resolve_image,
+    telling_attributes,
 )
 from lookalike.ingest.images import (
     DEFAULT_MAX_PIXELS,
     ImageSource,
     is_uri,
-    load_model_views,
     parse_views,
+    query_views,
 )
 from lookalike.ingest.preprocess import Preprocess
 from lookalike.search.classifier import CategoryHead, load_head
-from lookalike.search.neighbors import drop_self, write_neighbors
-from lookalike.search.rerank import VOTE_POOL, Rerank, expand_queries, vote
+from lookalike.search.neighbors import write_neighbors
+from lookalike.search.rerank import Rerank
 from lookalike.search.topk import Where
-from lookalike.store import journal
-from lookalike.store.changes import Prepared, UpdateSummary, from_delta, from_rows, keep_photo
-from lookalike.store.compaction import compact
-from lookalike.store.folder import catch_up, generation, now, open_segments
-from lookalike.store.segments import Segments, View
-
-log = logging.getLogger(__name__)
-
-#: Auto-compaction: an add or delete folds the journal in (in the background) once it holds
-#: this many entries (opening replays every entry) ...
-COMPACT_ENTRIES = 10_000
-#: ... or once the items added and removed since the build pass this share of the built items
-#: (a search then steps over the removed ones and searches the added ones apart) and this count.
-COMPACT_SHARE = 0.10
-COMPACT_MIN_ITEMS = 1_000
-
-
-def _distinct(column: pd.Series) -> int:
-    """How many distinct values ``column`` has; a list or an object (only a journal written
-    before values were checked can hold one: lookalike.ingest.checks) counts by its text."""
-    try:
-        return int(column.nunique())
-    except TypeError:
-        return int(column.dropna().astype(str).nunique())
+from lookalike.store.changes import UpdateSummary, prepare
+from lookalike.store.live import LiveFolder, Snapshot
+from lookalike.store.reranked import Classify, ranked, ranked_many
+from lookalike.store.segments import Segments
 
 
 @dataclass(frozen=True)
@@ -84,43 +57,20 @@ class Hit:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-def pool_views(embeddings: np.ndarray) -> np.ndarray:
-    """One photo's embedding from those of its views (n, d): the first when alone, else their
-    normalised mean."""
-    if len(embeddings) == 1:
-        return embeddings[0]
-    mean = embeddings.mean(axis=0)
-    return (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
-
-
-class Snapshot(NamedTuple):
-    """The state one request reads from start to end: the segments and their view."""
-
-    seg: Segments
-    view: View
-
-    def slot(self, item_id: object) -> int:
-        return self.seg.slot(item_id, self.view)
-
-
 class Index:
     """An opened index folder. ``Index.open(path)``, then ``similar``/``search``/``neighbors``,
     and ``add``/``delete``/``compact`` to change it."""
 
     def __init__(self, path: str | os.PathLike, model: str | None = None, *,
                  auto_compact: bool = True) -> None:
-        self._seg = open_segments(path)
-        self.path = self._seg.path
+        self._live = LiveFolder(path, auto_compact)
+        self.path = self._live.path
         if model is not None and model != self.spec.name:
             raise IndexFormatError(f"index {self.path} was built with {self.spec.name!r}, "
                                    f"not {model!r}; rebuild it or open it without a model")
-        #: fold the journal in on its own once it passes the COMPACT_* thresholds
-        self.auto_compact = auto_compact
         self._embedder: Embedder | None = None
         self._embedder_spec: EmbedderSpec | None = None
         self._head: CategoryHead | None = None
-        self._write = threading.Lock()  # this process's writers, one at a time
-        self._compactor: threading.Thread | None = None
 
     @classmethod
     def open(cls, path: str | os.PathLike, model: str | None = None, *,
@@ -136,8 +86,17 @@ class Index:
     # --- what the index holds ----------------------------------------------------------------
 
     def snapshot(self) -> Snapshot:
-        seg = self._seg
-        return Snapshot(seg, seg.view)
+        """The state a request reads from start to end (changes made meanwhile not seen)."""
+        return self._live.snapshot()
+
+    @property
+    def _seg(self) -> Segments:
+        return self._live.seg
+
+    @property
+    def auto_compact(self) -> bool:
+        """Whether an add or delete folds the journal in once it grows (store.live)."""
+        return self._live.auto_compact
 
     @property
     def manifest(self) -> dict[str, Any]:
@@ -218,11 +177,7 @@ class Index:
         return self._seg.view.count
 
     def __contains__(self, item_id: object) -> bool:
-        try:
-            self.snapshot().slot(item_id)
-        except UnknownItemError:
-            return False
-        return True
+        return self._live.holds(item_id)
 
     @property
     def model(self) -> str:
@@ -233,20 +188,10 @@ class Index:
         root = self._seg.manifest["catalog"]["images_root"]
         return root if is_uri(root) else Path(root)
 
-    def _slot(self, snap: Snapshot, item_id: object) -> int:
-        try:
-            return snap.slot(item_id)
-        except UnknownItemError:
-            skipped = {s["item_id"]: s["reason"] for s in snap.seg.manifest.get("skipped", [])}
-            if str(item_id) in skipped:
-                raise UnknownItemError(f"item {item_id!r} was skipped when the index was built: "
-                                       f"{skipped[str(item_id)]}") from None
-            raise
-
     def row(self, item_id: object) -> int:
         """The item's row in ``items`` and ``embeddings``."""
         snap = self.snapshot()
-        return int(snap.seg.row_of_slot(snap.view)[self._slot(snap, item_id)])
+        return int(snap.seg.row_of_slot(snap.view)[snap.slot(item_id)])
 
     def _columns(self, seg: Segments) -> list[str]:
         return seg.attributes + ([PRODUCT_ID] if seg.manifest["catalog"].get("has_products")
@@ -254,48 +199,33 @@ class Index:
 
     def metadata(self, item_id: object) -> dict[str, Any]:
         snap = self.snapshot()
-        return snap.seg.metadata(self._slot(snap, item_id), self._columns(snap.seg))
+        return snap.seg.metadata(snap.slot(item_id), self._columns(snap.seg))
 
     def display_attributes(self, n: int = 5) -> list[str]:
-        """The ``n`` attributes that tell items apart best, for tables and pictures: most
-        distinct values first, leaving out near-unique ones such as names."""
-        items = self.items
-        counts = {a: _distinct(items[a]) for a in self.attributes}
-        useful = [a for a in self.attributes if 1 < counts[a] <= max(2, len(items) // 2)]
-        return sorted(useful, key=lambda a: -counts[a])[:n]
+        """The ``n`` attributes that tell items apart best, for tables, pictures and filters
+        (lookalike.ingest.catalog.telling_attributes)."""
+        return telling_attributes(self.items, self.attributes, n)
 
     def image_path(self, item_id: object) -> Path | str:
         snap = self.snapshot()
-        rel = snap.seg.metadata(self._slot(snap, item_id), [IMAGE_PATH])[IMAGE_PATH]
+        rel = snap.seg.metadata(snap.slot(item_id), [IMAGE_PATH])[IMAGE_PATH]
         if rel is None:
             raise ImageError(f"item {item_id!r} was added with its vector alone: it has no photo")
         return resolve_image(self.images_root, rel)
 
     def vector(self, item_id: object) -> np.ndarray:
         snap = self.snapshot()
-        return snap.seg.vector(self._slot(snap, item_id))
+        return snap.seg.vector(snap.slot(item_id))
 
     @property
     def embedder(self) -> Embedder:
+        """The model the index was embedded with (its int8 copy for an int8 index)."""
         spec = self.spec
-        if self._embedder is not None and self._embedder_spec == spec:
-            return self._embedder
-        if spec.precision == "int8":
-            model = self.path / self._seg.manifest.get("precision", {}).get("model", INT8_MODEL)
-            if not model.is_file():
-                raise IndexFormatError(f"index {self.path} was embedded with an int8 model, "
-                                       f"and its {model.name} is missing; rebuild the index")
-            embedder = Embedder(spec, model)
-        else:
-            embedder = create_embedder(spec.source or spec.name)
-            if embedder.spec != spec:
-                raise IndexFormatError(
-                    f"index {self.path} was built with a different {spec.name!r} "
-                    f"(weights {spec.weights}, input {spec.input_size}) than this "
-                    f"lookalike provides ({embedder.spec.weights}, "
-                    f"{embedder.spec.input_size}); rebuild the index")
-        self._embedder, self._embedder_spec = embedder, spec
-        return embedder
+        if self._embedder is None or self._embedder_spec != spec:
+            self._embedder = index_embedder(self.path, spec,
+                                            self._seg.manifest.get("precision", {}))
+            self._embedder_spec = spec
+        return self._embedder
 
     @property
     def views(self) -> tuple[str, ...]:
@@ -315,16 +245,8 @@ class Index:
         """What :meth:`embed` hands the model: uint8 (1 + len(views), size, size, 3), the
         photo preprocessed as the index's catalogue was and each of its views (the server
         decodes photos in parallel and runs the model on several at once)."""
-        try:
-            views = self.views if views is None else parse_views(views)
-        except ValueError as e:
-            raise LookalikeError(str(e)) from None
-        try:  # the index's Preprocess applies its fit too
-            return load_model_views(image, self.spec.input_size, views, max_pixels=max_pixels,
-                                    preprocess=self.preprocess or None)
-        except ImageError as e:
-            name = f"photo {image}" if isinstance(image, (str, os.PathLike)) else "the photo"
-            raise type(e)(f"{name}: {e}") from None  # the same kind, named
+        return query_views(image, self.spec.input_size, self.views if views is None else views,
+                           max_pixels=max_pixels, preprocess=self.preprocess or None)
 
     # --- searching -----------------------------------------------------------------------------
 
@@ -354,7 +276,7 @@ class Index:
         product excluded and one hit per product), re-ranked as in :meth:`search_vector`."""
         snap = self.snapshot()
         seg = snap.seg
-        slot = self._slot(snap, item_id)
+        slot = snap.slot(item_id)
         return self._hits(seg, *self._ranked(snap, seg.vector(slot), k, where, per_product,
                                              [slot], rerank))
 
@@ -372,109 +294,27 @@ class Index:
                                  "a model from lookalike train (or re-rank with vote)")
         return r
 
-    def _ranked(self, snap: Snapshot, query: np.ndarray, k: int, where: Where | None,
-                per_product: bool, exclude: Sequence[int], rerank: Rerank | str | None,
-                known: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """The search behind :meth:`search_vector` and :meth:`similar`: α-query expansion,
-        then the category vote or classifier (lookalike.search.rerank), each through the index's own
-        search; ``known``: the category to rank first, found already."""
-        seg, v = snap
-        r = self.reranking(rerank)
-
-        def search(q: np.ndarray, n: int, w: Where | None, skip: Sequence[int]
-                   ) -> tuple[np.ndarray, np.ndarray]:
-            return seg.search(v, q, n, where=w, per_product=per_product, exclude=skip)
-
-        if r.expand:
-            found, scores = search(query, r.expand, where, exclude)
-            query = expand_queries(np.asarray(query, np.float32)[None],
-                                   seg.vectors(found)[None], scores[None], r.alpha)[0]
-        column = self.category
-        if not r.categorises or column is None or (where and column in where):
-            return search(query, k, where, exclude)
-        won = known
-        if won is None:
-            # one search of a pool: its first r.vote vote (or the classifier names the
-            # category), and when it holds k items of the winner (in order, so the winner's
-            # best k overall) it is the answer
-            found, scores = search(query, max(r.vote, VOTE_POOL * k), where, exclude)
-            named = self._classified(query[None], r)
-            won, answer = self._from_pool(seg, found, scores, k, r,
-                                          None if named is None else named[0])
-            if won is None:
-                return search(query, k, where, exclude)
-            if answer is not None and not per_product:  # (per product: a product's best
-                return answer  # photo of the category may be outside the pool)
-        first = search(query, k, {**(where or {}), column: won}, exclude)
-        if len(first[0]) >= k:
-            return first
-        rest = search(query, k, where, [*exclude, *first[0].tolist()])
-        if per_product:  # one hit per product across both lists
-            seen = {seg.product(s) for s in first[0].tolist()}
-            keep = np.array([seg.product(s) not in seen for s in rest[0].tolist()], bool)
-            rest = rest[0][keep], rest[1][keep]
-        take = k - len(first[0])
-        return (np.concatenate([first[0], rest[0][:take]]),
-                np.concatenate([first[1], rest[1][:take]]))
-
-    def _classified(self, queries: np.ndarray, r: Rerank) -> list[str] | None:
-        """The classifier's category per query vector (n, d) when ``r`` asks for it, else
-        None."""
-        head = self.classifier if r.classify else None
-        return None if head is None else head.predict(np.asarray(queries, np.float32))
-
-    def _from_pool(self, seg: Segments, found: np.ndarray, scores: np.ndarray, k: int,
-                   r: Rerank, named: str | None = None
-                   ) -> tuple[str | None, tuple[np.ndarray, np.ndarray] | None]:
-        """The category the first ``r.vote`` of a best-first pool vote for (None: no votes),
-        or the one the classifier ``named``, and the pool's first ``k`` of it when the pool
-        holds that many."""
-        column = self.category
-        keep = found >= 0
-        found, scores = found[keep], scores[keep]
-        names = seg.values(column, found.tolist())
-        if named is not None:
-            won_name = named
-        else:
-            values = sorted({str(x) for x in names[:r.vote] if x is not None})
-            if not values:
-                return None, None
-            won_name = values[vote(np.array([[values.index(str(x)) if x is not None else -1
-                                              for x in names[:r.vote]]]),
-                                   scores[None, :r.vote])[0]]
-        hit = np.flatnonzero([str(x) == won_name for x in names])
-        return won_name, (found[hit[:k]], scores[hit[:k]]) if len(hit) >= k else None
-
     def similar_slots(self, snap: Snapshot, slots: Sequence[int], ks: Sequence[int],
                       rerank: Rerank | str | None = None) -> list[list[Hit]]:
         """Unfiltered similar items for many items of one snapshot in one pass (the server
         batches concurrent requests this way): each item itself left out, re-ranked by the
         category vote as :meth:`similar` does (query expansion is not batched)."""
-        seg, v = snap
         r = self.reranking(rerank)
-        if r.expand:
-            raise LookalikeError("query expansion is not batched: use Index.similar")
-        rows = np.asarray(slots, np.int64)
-        k = min(max(ks), max(v.count - 1, 0))
-        if k == 0:
-            return [[] for _ in slots]
-        if not r.categorises or self.category is None:
-            found, scores = drop_self(*seg.search_many(v, seg.vectors(rows), k + 1), rows)
-            return [self._hits(seg, f[:kk], s[:kk]) for f, s, kk in zip(found, scores, ks)]
-        pool = min(max(r.vote, VOTE_POOL * k), v.count - 1)
-        vectors = seg.vectors(rows)
-        found, scores = drop_self(*seg.search_many(v, vectors, pool + 1), rows)
-        named = self._classified(vectors, r) or [None] * len(rows)
-        out = []
-        for slot, f, s, kk, name in zip(rows.tolist(), found, scores, ks, named):
-            won, answer = self._from_pool(seg, f, s, kk, r, name)
-            if won is None:  # nobody voted: the plain list
-                answer = f[:kk], s[:kk]
-            elif answer is None:  # fewer than k of the winner in the pool
-                answer = self._ranked(snap, seg.vector(slot), kk, None, False, [slot], r,
-                                      known=won)
-            out.append(self._hits(seg, *answer))
-        return out
+        return [self._hits(snap.seg, *found)
+                for found in ranked_many(snap, slots, ks, r, self.category, self._classify(r))]
+
+    def _ranked(self, snap: Snapshot, query: np.ndarray, k: int, where: Where | None,
+                per_product: bool, exclude: Sequence[int], rerank: Rerank | str | None
+                ) -> tuple[np.ndarray, np.ndarray]:
+        r = self.reranking(rerank)
+        return ranked(snap, query, k, where, per_product, exclude, r, self.category,
+                      self._classify(r))
+
+    def _classify(self, r: Rerank) -> Classify | None:
+        """The classifier's category per query vector when ``r`` asks for it."""
+        head = self.classifier if r.classify else None
+        return None if head is None else \
+            (lambda queries: head.predict(np.asarray(queries, np.float32)))
 
     def search(self, image: ImageSource, k: int = 10, *, where: Where | None = None,
                per_product: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -524,146 +364,32 @@ class Index:
         Returns when the change is durable and searchable here."""
         if isinstance(items, (str, os.PathLike)):
             items = self.read_delta(items, images, allow_outside_images=allow_outside_images)
-        if isinstance(items, Catalog):
-            if photos is not None or vectors is not None:
-                raise LookalikeError("a catalogue delta brings its own photos; give photos= "
-                                     "or vectors= with rows instead")
-            prepared = from_delta(self, items, batch_size, progress)
-        else:
-            prepared = from_rows(self, items, photos, vectors, max_pixels)
+        prepared = prepare(self, items, photos, vectors, batch_size, progress, max_pixels)
         if not prepared.records:
             return prepared.summary
-        summary = self._commit_add(prepared, replace)
-        self._maybe_compact()
-        return summary
+        return self._live.add(prepared, replace)
 
     def delete(self, item_ids: Sequence[object]) -> UpdateSummary:
         """Remove items by id, all or none: an unknown id changes nothing and is named."""
-        wanted = list(dict.fromkeys(str(i) for i in item_ids))
-        out = UpdateSummary(removed=wanted)
-        with self._write, journal.locked(self.path):
-            self._refresh_locked()
-            seg = self._seg
-            unknown = [i for i in wanted if i not in self]
-            if unknown:
-                raise UnknownItemError(
-                    f"index {self.path} has no item(s) {', '.join(unknown[:20])}"
-                    + (f" (and {len(unknown) - 20} more)" if len(unknown) > 20 else "")
-                    + "; nothing was removed")
-            if not wanted:
-                return out
-            change = {"op": "delete", "item_ids": wanted, "time": now(),
-                      "counts": {"removed": len(wanted)}}
-            # the entry first, then Milvus: a vector a crash leaves behind is never returned
-            out.change = self._commit(seg, change, None)
-            if seg.backend is not None:
-                seg.backend.delete(wanted)
-        self._maybe_compact()
-        return out
+        return self._live.delete(list(dict.fromkeys(str(i) for i in item_ids)))
 
     def compact(self) -> int:
-        """Fold the journal into a new build of the folder (store.compact), then reopen it.
+        """Fold the journal into a new build of the folder (store.compaction), then reopen it.
         Searches go on meanwhile, on the state before; changes made meanwhile are carried
         over. Returns the number of changes folded in."""
-        with self._write, journal.locked(self.path):
-            self._refresh_locked()
-            seg, v = self.snapshot()
-        n = compact(seg, v)
-        self.refresh()
-        return n
+        return self._live.compact()
 
     def refresh(self) -> int:
         """Apply changes that other processes made to the folder since this one last looked
         (a replaced folder is read again). Cheap when there are none: a server calls it several
         times a second. Searches never wait for it. Returns the entries applied."""
-        seg = self._seg
-        gen = generation(self.path)
-        if gen is None:  # mid-swap: the next call will see the new folder
-            return 0
-        if gen != seg.generation:
-            new = open_segments(self.path)  # outside the lock: writers keep going meanwhile
-            with self._write:
-                if self._seg is seg:
-                    self._seg = new
-                return self._apply_new(locked=False) + new.applied
-        if not journal.has_news(self.path, seg.cursor):
-            return 0
-        with self._write:
-            return self._apply_new(locked=False)
+        return self._live.refresh()
 
     @property
     def compacting(self) -> bool:
         """Whether a compaction started by an add or delete is running."""
-        return self._compactor is not None and self._compactor.is_alive()
+        return self._live.compacting
 
     def wait_for_compaction(self, timeout: float | None = None) -> None:
         """Wait until a compaction started by an add or delete has finished."""
-        t = self._compactor
-        if t is not None:
-            t.join(timeout)
-
-    def _apply_new(self, locked: bool) -> int:
-        """Read and apply the changes after the last one applied (this process's writer lock
-        held; without the folder's lock the folder is checked not to have been replaced while
-        they were read: they could be the new folder's)."""
-        seg = self._seg
-        gen = seg.generation
-        return catch_up(seg, None if locked else lambda: generation(self.path) == gen)
-
-    def _refresh_locked(self) -> None:
-        """Bring this process up to date with the folder (both locks held: nobody changes it
-        now), so that the next change follows the last one."""
-        if generation(self.path) != self._seg.generation:
-            self._seg = open_segments(self.path)
-        elif journal.has_news(self.path, self._seg.cursor):
-            self._apply_new(locked=True)
-
-    def _maybe_compact(self) -> None:
-        if not self.auto_compact or self.compacting:
-            return
-        seg, v = self.snapshot()
-        changed = (v.n - seg.n0) + (v.n - v.count)
-        if seg.applied < COMPACT_ENTRIES and \
-                changed < max(COMPACT_MIN_ITEMS, COMPACT_SHARE * seg.n0):
-            return
-
-        def run() -> None:
-            try:
-                n = self.compact()
-                log.info("index %s: %d change(s) folded in", self.path, n)
-            except Exception as e:  # noqa: BLE001 (the changes stay in the journal)
-                log.warning("index %s: compaction failed, the journal is kept: %s", self.path, e)
-
-        # not a daemon: a process that ends waits for it rather than leave a half-written copy
-        self._compactor = threading.Thread(target=run, name="lookalike-compact")
-        self._compactor.start()
-
-    def _commit_add(self, p: Prepared, replace: bool) -> UpdateSummary:
-        out = p.summary
-        with self._write, journal.locked(self.path):
-            self._refresh_locked()
-            seg = self._seg
-            for r in p.records:
-                (out.replaced if r[ITEM_ID] in self else out.added).append(r[ITEM_ID])
-            if out.replaced and not replace:
-                raise ItemExistsError(f"item(s) {', '.join(map(repr, out.replaced[:20]))} "
-                                      "already exist; delete them first")
-            for rec, data in zip(p.records, p.photos):
-                if data is not None:  # under the lock: a compaction's swap carries it along
-                    rec[IMAGE_PATH] = str(keep_photo(self.path, rec[ITEM_ID], data))
-            change = {"op": "add", "items": p.records, "time": now(),
-                      "counts": {"added": len(out.added), "replaced": len(out.replaced)}}
-            if seg.backend is None:
-                out.change = self._commit(seg, change, np.asarray(p.vectors, seg.storage))
-            else:  # the collection first: an id the items table lacks is never returned
-                seg.backend.upsert(pd.DataFrame(p.records), np.asarray(p.vectors, np.float32))
-                out.change = self._commit(seg, change, None)
-        return out
-
-    def _commit(self, seg: Segments, change: dict[str, Any], vectors: np.ndarray | None) -> int:
-        """Append ``change`` to the journal (both locks held) and apply it here; returns its
-        number."""
-        cursor = journal.append(self.path, seg.cursor, change, vectors)
-        seg.apply([journal.Entry(cursor.seq, change, vectors)])
-        seg.cursor = cursor
-        return cursor.seq
+        self._live.wait_for_compaction(timeout)

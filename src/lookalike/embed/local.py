@@ -179,3 +179,12 @@ def count_notes(seen: dict[str, Counter], notes: Sequence[dict[str, str]]) -> No
     for n in notes:
         for step, note in n.items():
             seen[step][note] += 1
+
+
+def pool_views(embeddings: np.ndarray) -> np.ndarray:
+    """One photo's embedding from those of its views (n, d): the first when alone, else their
+    normalised mean."""
+    if len(embeddings) == 1:
+        return embeddings[0]
+    mean = embeddings.mean(axis=0)
+    return (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)

@@ -20,16 +20,18 @@ from typing import Any
 import numpy as np
 
 from lookalike.embedders.spec import SPECS, EmbedderSpec
-from lookalike.errors import LookalikeError
+from lookalike.errors import IndexFormatError, LookalikeError
 
 __all__ = [
     "DEFAULT_EMBEDDER",
+    "INT8_MODEL",
     "Embedder",
     "EmbedderSpec",
     "build_torch_model",
     "create_embedder",
     "export_module",
     "get_spec",
+    "index_embedder",
     "is_trained_model",
     "list_embedders",
     "normalise_pixels",
@@ -44,6 +46,7 @@ EXPORT_VERSION = 2  # bump when the exported graph changes (2: normalisation as 
 #: Ray workers run on ONNX Runtime and never load torch
 _TORCH = {"build_torch_model", "export_module", "export_onnx", "normalise_pixels"}
 
+INT8_MODEL = "model-int8.onnx"  # an int8 index keeps its model: queries must use the same one
 
 def __getattr__(name: str) -> Any:
     if name in _TORCH:
@@ -164,3 +167,21 @@ def create_embedder(name: str = DEFAULT_EMBEDDER, *, threads: int | None = None)
 
         path = export_onnx(name, path)
     return Embedder(spec, path, threads=threads)
+
+
+def index_embedder(folder: Path, spec: EmbedderSpec, precision: dict[str, Any]) -> Embedder:
+    """The embedder an index folder was built with: its own int8 copy (kept in the folder),
+    or the named model, refused when this installation's differs from the one recorded."""
+    if spec.precision == "int8":
+        model = Path(folder) / precision.get("model", INT8_MODEL)
+        if not model.is_file():
+            raise IndexFormatError(f"index {folder} was embedded with an int8 model, and its "
+                                   f"{model.name} is missing; rebuild the index")
+        return Embedder(spec, model)
+    embedder = create_embedder(spec.source or spec.name)
+    if embedder.spec != spec:
+        raise IndexFormatError(
+            f"index {folder} was built with a different {spec.name!r} (weights "
+            f"{spec.weights}, input {spec.input_size}) than this lookalike provides "
+            f"({embedder.spec.weights}, {embedder.spec.input_size}); rebuild the index")
+    return embedder

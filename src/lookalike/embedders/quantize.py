@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from lookalike.embedders import Embedder, cache_dir, fold
+from lookalike.embedders import INT8_MODEL, Embedder, cache_dir, fold
 from lookalike.errors import LookalikeError
 from lookalike.ingest.images import ImageSource, load_model_input
 from lookalike.ingest.preprocess import Preprocess
@@ -33,7 +33,6 @@ QUANTIZED_OPS = ["Conv", "Add", "Clip", "Relu", "MatMul", "Gemm", "AveragePool",
 MIN_MEAN_COSINE = 0.99  # the check's thresholds: below them a build warns (--strict: refuses)
 MIN_AGREEMENT = 0.8
 CHECK_PHOTOS = 256  # photos (not the calibration ones) the int8 model is checked on
-INT8_MODEL = "model-int8.onnx"  # an int8 index keeps its model: queries must use the same one
 QUANTIZE_VERSION = 2  # in the cache key: 2 folds the normalisation into the first convolutions
 
 

@@ -245,3 +245,20 @@ def label_codes(items: pd.DataFrame, attributes: Sequence[str]) -> np.ndarray:
     codes = pd.factorize(joined.to_numpy(dtype=object))[0].astype(np.int64)
     codes[missing] = -1
     return codes
+
+
+def _distinct(column: pd.Series) -> int:
+    """How many distinct values ``column`` has; a list or an object (only a journal written
+    before values were checked can hold one: lookalike.ingest.checks) counts by its text."""
+    try:
+        return int(column.nunique())
+    except TypeError:
+        return int(column.dropna().astype(str).nunique())
+
+
+def telling_attributes(items: pd.DataFrame, attributes: Sequence[str], n: int = 5) -> list[str]:
+    """The ``n`` attributes that tell items apart best: most distinct values first, leaving
+    out near-unique ones such as names."""
+    counts = {a: _distinct(items[a]) for a in attributes}
+    useful = [a for a in attributes if 1 < counts[a] <= max(2, len(items) // 2)]
+    return sorted(useful, key=lambda a: -counts[a])[:n]

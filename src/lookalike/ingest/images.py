@@ -20,7 +20,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from lookalike.errors import ImageError, ImageTooLargeError
+from lookalike.errors import ImageError, ImageTooLargeError, LookalikeError
 
 ImageSource = str | os.PathLike | bytes | BinaryIO | Image.Image
 
@@ -344,3 +344,20 @@ def load_model_views(source: ImageSource, size: int, views: Sequence[str], *,
         else:
             raise ValueError(f"unknown view {v!r}; choose from {', '.join(VIEWS)}")
     return np.stack([to_model_input(i, size) for i in out])
+
+
+def query_views(image: ImageSource, size: int, views: Sequence[str] | str | None, *,
+                max_pixels: int = DEFAULT_MAX_PIXELS,
+                preprocess: Callable[[Image.Image], Image.Image] | None = None) -> np.ndarray:
+    """:func:`load_model_views` of a query photo, its ``views`` checked (lookalike.errors
+    kinds, not ValueError) and its decoding errors naming the photo."""
+    try:
+        views = parse_views(views)
+    except ValueError as e:
+        raise LookalikeError(str(e)) from None
+    try:
+        return load_model_views(image, size, views, max_pixels=max_pixels,
+                                preprocess=preprocess)
+    except ImageError as e:
+        name = f"photo {image}" if isinstance(image, (str, os.PathLike)) else "the photo"
+        raise type(e)(f"{name}: {e}") from None  # the same kind, named

@@ -15,8 +15,9 @@ from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
-from lookalike.api import Hit, Index, Snapshot
+from lookalike.api import Hit, Index
 from lookalike.search.rerank import Rerank
+from lookalike.store.live import Snapshot
 
 MAX_BATCH = 256
 NO_RERANK = Rerank()

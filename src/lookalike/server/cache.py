@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 
-from lookalike.api import Hit, Index, Snapshot
+from lookalike.api import Hit, Index
+from lookalike.store.live import Snapshot
 
 if TYPE_CHECKING:
     from lookalike.server.batcher import SimilarBatcher

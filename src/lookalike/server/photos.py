@@ -19,7 +19,8 @@ from concurrent.futures import Future
 
 import numpy as np
 
-from lookalike.api import Index, pool_views
+from lookalike.api import Index
+from lookalike.embed.local import pool_views
 from lookalike.errors import BusyError
 from lookalike.server.batcher import serve_batches
 

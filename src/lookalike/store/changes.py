@@ -192,3 +192,16 @@ def keep_photo(folder: Path, item_id: str, data: bytes) -> Path:
     path = photos / f"{safe}-{uuid.uuid4().hex[:12]}.{fmt}"
     journal.write_file(path, data)
     return path.resolve()
+
+
+def prepare(ix: Any, items: Catalog | pd.DataFrame | Sequence[Mapping[str, Any]],
+            photos: Sequence[ImageSource] | None, vectors: np.ndarray | None,
+            batch_size: int, progress: bool, max_pixels: int) -> Prepared:
+    """What ``Index.add`` commits: a catalogue delta's new and changed rows, or rows with
+    their photos or vectors."""
+    if isinstance(items, Catalog):
+        if photos is not None or vectors is not None:
+            raise LookalikeError("a catalogue delta brings its own photos; give photos or "
+                                 "vectors with rows instead")
+        return from_delta(ix, items, batch_size, progress)
+    return from_rows(ix, items, photos, vectors, max_pixels)

@@ -43,7 +43,15 @@ class Snapshot(NamedTuple):
     view: View
 
     def slot(self, item_id: object) -> int:
-        return self.seg.slot(item_id, self.view)
+        """The item's slot; an id the build skipped is told why."""
+        try:
+            return self.seg.slot(item_id, self.view)
+        except UnknownItemError:
+            skipped = {s["item_id"]: s["reason"] for s in self.seg.manifest.get("skipped", [])}
+            if str(item_id) in skipped:
+                raise UnknownItemError(f"item {item_id!r} was skipped when the index was built: "
+                                       f"{skipped[str(item_id)]}") from None
+            raise
 
 
 class LiveFolder:
