@@ -183,9 +183,9 @@ def test_searches_never_wait_for_writers(tmp_path: Path) -> None:
 
 
 def test_added_items_are_indexed_in_the_background(tmp_path: Path, monkeypatch) -> None:
-    import lookalike.store.segments
+    import lookalike.store.growing
 
-    monkeypatch.setattr(lookalike.store.segments, "INDEX_AFTER_BYTES", 64 * DIM * 4)
+    monkeypatch.setattr(lookalike.store.growing, "INDEX_AFTER_BYTES", 64 * DIM * 4)
     rng = np.random.default_rng(4)
     path = folder_of_vectors(tmp_path / "ix", unit(rng, 400), "hnsw")
     ix = Index.open(path)
@@ -209,9 +209,9 @@ def test_added_items_are_indexed_in_the_background(tmp_path: Path, monkeypatch) 
 EXIT_WHILE_INDEXING = """
 import sys
 import numpy as np
-import lookalike.store.segments
+import lookalike.store.growing
 from lookalike import Index
-lookalike.store.segments.INDEX_CHUNK = 10**6  # one long chunk: the thread is inside faiss at the end
+lookalike.store.growing.INDEX_CHUNK = 10**6  # one long chunk: the thread is inside faiss at the end
 rng = np.random.default_rng(0)
 x = rng.standard_normal((30000, 64)).astype(np.float32)
 ix = Index.open(sys.argv[1], auto_compact=sys.argv[2] == "compact")

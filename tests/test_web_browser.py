@@ -29,7 +29,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> str:
     root = tmp_path_factory.mktemp("web")
     df = pd.read_csv(MYNTRA / "catalog.csv", dtype={"id": str}).head(400)
     df.to_csv(root / "slice.csv", index=False)
-    build_index(read_catalog(root / "slice.csv", MYNTRA), root / "index")
+    build_index(read_catalog(root / "slice.csv", MYNTRA, category_column="articleType",
+                             color_column="baseColour"), root / "index")  # as the CLI does
     sock = socket.socket()  # bound here and handed to the server: no port race
     sock.bind(("127.0.0.1", 0))
     sock.listen()
@@ -54,6 +55,13 @@ BROKEN = ("sel => [...document.querySelectorAll(sel)]"
           ".filter(i => i.complete && i.naturalWidth === 0).length")
 
 
+def _first_result_in_view(page: object, height: int) -> bool:
+    """Most of the first result card (its top 120 px: the photo) shows without scrolling."""
+    page.evaluate("window.scrollTo(0, 0)")
+    box = page.locator("#results .card").first.bounding_box()
+    return box is not None and box["y"] + 120 <= height
+
+
 @pytest.mark.parametrize("width, height", [(1280, 900), (390, 844)])
 def test_photo_search_then_item_page(server: str, width: int, height: int) -> None:
     from playwright.sync_api import sync_playwright
@@ -69,10 +77,20 @@ def test_photo_search_then_item_page(server: str, width: int, height: int) -> No
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(server + "/")
-            page.wait_for_selector("#filters select")  # filled from /attributes after load
-            assert page.locator("#filters select").count() >= 2
+            # filled from /attributes after load; on a phone they wait behind one button
+            page.wait_for_selector("#filters select", state="attached")
+            names = page.eval_on_selector_all("#filters select", "s => s.map(x => x.name)")
+            assert names[:2] == ["articleType", "baseColour"] and "gender" in names, names
+            assert "year" not in names and "season" not in names  # not how an item looks
+            phone = width < 480
+            assert page.locator("#filters select").first.is_visible() != phone
+            if phone:
+                page.click("#filters-toggle")
+                assert page.locator("#filters select").first.is_visible()
+                page.click("#filters-toggle")
             page.set_input_files("#photo", str(photo))
             page.wait_for_selector("#results .card")
+            assert _first_result_in_view(page, height), "the first result needs scrolling"
             page.evaluate("window.scrollTo(0, document.body.scrollHeight)")  # lazy images
             page.wait_for_function(LOADED, arg=["#results .card img", 10], timeout=30_000)
             assert page.locator("#results .card").count() >= 10
@@ -92,6 +110,10 @@ def test_photo_search_then_item_page(server: str, width: int, height: int) -> No
             page.wait_for_function(LOADED, arg=["#results .card img", 10], timeout=30_000)
             assert page.evaluate(BROKEN, "img") == 0
             page.evaluate("window.scrollTo(0, 0)")
+            name = page.locator("#item h2.name").inner_text()
+            assert name and name != item_id  # the product's name leads, not its raw columns
+            assert _first_result_in_view(page, height), "the similar items need scrolling"
+            page.click("#item summary")  # every column, behind one click
             assert item_id in page.locator("#item dl").inner_text()
             assert not page.locator("#query").is_visible()  # the photo search made way
             page.screenshot(path=str(ARTIFACTS / f"web-item-{tag}.png"), full_page=True)

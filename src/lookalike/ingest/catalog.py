@@ -262,3 +262,48 @@ def telling_attributes(items: pd.DataFrame, attributes: Sequence[str], n: int = 
     counts = {a: _distinct(items[a]) for a in attributes}
     useful = [a for a in attributes if 1 < counts[a] <= max(2, len(items) // 2)]
     return sorted(useful, key=lambda a: -counts[a])[:n]
+
+
+#: words in a column's name that say it is not about how an item looks (seasons, years, dates)
+NON_VISUAL = ("season", "year", "date", "time", "price")
+#: a filter with at most this many values is read at a glance (a few genders, not 40 colours)
+FEW_VALUES = 12
+
+
+def visual_attributes(items: pd.DataFrame, attributes: Sequence[str]) -> list[str]:
+    """The categorical attributes that say how an item looks: at least 2 values, at least half
+    of the items share their value with another item (names and ids, nearly unique, are left
+    out), not numeric and not named like a season, year, date, time or price."""
+    out = []
+    for a in attributes:
+        if pd.api.types.is_numeric_dtype(items[a]) or \
+                any(w in str(a).lower() for w in NON_VISUAL):
+            continue
+        counts = items[a].map(items[a].value_counts())
+        if items[a].nunique() >= 2 and (counts >= 2).mean() >= 0.5:
+            out.append(a)
+    return out
+
+
+def filter_attributes(items: pd.DataFrame, attributes: Sequence[str],
+                      roles: Sequence[str | None] = (), n: int = 4,
+                      max_values: int = 100) -> list[str]:
+    """The attributes a shopper filters by, most useful first: the roles given (category,
+    colour) where they qualify; then the other visual attributes that the roles do not imply
+    already (a subCategory each articleType has one of adds nothing), those with a few values
+    (up to :data:`FEW_VALUES`) first, the ones that split the items most evenly (entropy)
+    first: gender before usage. None with more than ``max_values`` values."""
+    visual = [a for a in visual_attributes(items, attributes)
+              if _distinct(items[a]) <= max_values]
+    first = [r for r in roles if r in visual]
+
+    def implied(a: str) -> bool:
+        return any(items.groupby(r, observed=True)[a].nunique().max() <= 1 for r in first)
+
+    def spread(a: str) -> float:
+        share = items[a].astype(str).value_counts(normalize=True).to_numpy()
+        return float(-(share * np.log2(share)).sum())
+
+    rest = sorted((a for a in visual if a not in first and not implied(a)),
+                  key=lambda a: (_distinct(items[a]) > FEW_VALUES, -spread(a)))
+    return [*first, *rest][:n]

@@ -24,6 +24,7 @@ from lookalike.ingest.catalog import (
     PRODUCT_ID,
     Catalog,
     label_codes,
+    visual_attributes,
 )
 from lookalike.ingest.images import ImageSource
 from lookalike.quality.inputs import TRIPLET_TYPES, LabelMapping, read_triplets
@@ -42,10 +43,6 @@ from lookalike.training.splits import assign_splits
 # --------------------------------------------------------------------------- inputs
 
 
-#: words in a column's name that say it is not about how an item looks (seasons, years, dates)
-NON_VISUAL = ("season", "year", "date", "time", "price")
-
-
 def default_relevances(items: pd.DataFrame, attributes: Sequence[str],
                        category: str | None = None, color: str | None = None
                        ) -> list[list[str]]:
@@ -54,14 +51,7 @@ def default_relevances(items: pd.DataFrame, attributes: Sequence[str],
     unique, are left out), not numeric and not named like a season, year, date, time or price.
     The finest first (most values, e.g. articleType before gender): it leads reports and
     galleries; the category and colour together follow the category."""
-    out = []
-    for a in attributes:
-        if pd.api.types.is_numeric_dtype(items[a]) or \
-                any(w in str(a).lower() for w in NON_VISUAL):
-            continue
-        counts = items[a].map(items[a].value_counts())
-        if items[a].nunique() >= 2 and (counts >= 2).mean() >= 0.5:
-            out.append(a)
+    out = visual_attributes(items, attributes)
     rels = [[a] for a in sorted(out, key=lambda a: -items[a].nunique())]
     if category in out and color in out:
         at = rels.index([category]) + 1

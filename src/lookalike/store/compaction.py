@@ -18,7 +18,8 @@ from lookalike.ingest.catalog import IMAGE_PATH, ITEM_ID
 from lookalike.ingest.checks import column_kinds, shown, value_problem
 from lookalike.store import journal
 from lookalike.store.folder import PHOTOS, generation, now, write_index
-from lookalike.store.segments import Segments, View
+from lookalike.store.parts import View
+from lookalike.store.segments import Segments
 
 
 def compact(seg: Segments, v: View) -> int:

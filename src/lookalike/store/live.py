@@ -23,7 +23,8 @@ from lookalike.store import journal
 from lookalike.store.changes import Prepared, UpdateSummary, keep_photo
 from lookalike.store.compaction import compact
 from lookalike.store.folder import catch_up, generation, now, open_segments
-from lookalike.store.segments import Segments, View
+from lookalike.store.parts import View
+from lookalike.store.segments import Segments
 
 log = logging.getLogger(__name__)
 

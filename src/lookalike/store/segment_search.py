@@ -8,7 +8,7 @@ all-items work. :class:`Segments` holds the state; this half reads it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -21,9 +21,7 @@ from lookalike.search.topk import (
     top_k,
     where_key,
 )
-
-if TYPE_CHECKING:  # (segments.py builds on this module)
-    from lookalike.store.segments import Part, View
+from lookalike.store.parts import Part, View
 
 #: filters whose mask over the built items is kept (each: a byte per item)
 MASKS_KEPT = 64

@@ -24,74 +24,23 @@ Pure in-memory work: reading and writing the folder is folder.py's and journal.p
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
 import math
 import threading
-import weakref
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-import faiss
 import numpy as np
 import pandas as pd
 
 from lookalike.errors import LookalikeError, UnknownItemError
 from lookalike.ingest.catalog import ITEM_ID, PRODUCT_ID
-from lookalike.search.vector_index import Reranked, make_index, set_search_params, stored_kind
+from lookalike.search.vector_index import stored_kind
+from lookalike.store.growing import GrowingIndex
 from lookalike.store.journal import Cursor, Entry
+from lookalike.store.parts import Part, View, kill
 from lookalike.store.segment_search import SegmentSearch
-
-#: added vectors searched exactly before the background thread indexes them: a scan of this
-#: many bytes costs about as much as a search of the indexed parts
-INDEX_AFTER_BYTES = 2 * 2**20
-#: vectors the thread indexes in one go: the longest a process that ends waits for it
-INDEX_CHUNK = 4096
-_closing = threading.Event()  # the interpreter is exiting: indexing threads stop
-_indexers: set[tuple[threading.Thread, threading.Event]] = set()
-
-
-class Part(NamedTuple):
-    """Slots [lo, hi) in a vector index that answers with offsets from ``lo``: the sealed
-    segment, or the indexed part of the growing one."""
-
-    index: Any
-    lo: int
-    hi: int
-    bits: np.ndarray | None  # packed alive bits of those slots; None: all alive
-    count: int  # alive slots among them
-    vectors: Any  # their vectors, row 0 = slot lo (None: Milvus holds them)
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class View:
-    """The state one search sees. Nothing in it changes once published."""
-
-    seq: int  # the last journal entry applied
-    n: int  # slots: built and added
-    alive: np.ndarray  # bool per slot
-    count: int  # alive slots
-    parts: tuple[Part, ...]  # indexed: the sealed segment, then the growing one's indexed slots
-
-    @property
-    def indexed(self) -> int:
-        """Slots below this are in ``parts``; the rest are searched exactly."""
-        return self.parts[-1].hi
-
-
-def _kill(part: Part, slots: Sequence[int], alive: np.ndarray) -> Part:
-    """``part`` with ``slots`` (those of it still alive in ``alive``) marked removed."""
-    gone = sorted({s for s in slots if part.lo <= s < part.hi and alive[s]})
-    if not gone:
-        return part
-    bits = np.packbits(np.ones(part.hi - part.lo, bool), bitorder="little") \
-        if part.bits is None else part.bits.copy()
-    for s in gone:
-        o = s - part.lo
-        bits[o >> 3] &= ~np.uint8(1 << (o & 7))
-    bits.setflags(write=False)
-    return part._replace(bits=bits, count=part.count - len(gone))
 
 
 def plain(v: Any) -> Any:
@@ -101,7 +50,7 @@ def plain(v: Any) -> Any:
     return v.item() if isinstance(v, np.generic) else v
 
 
-class Segments(SegmentSearch):
+class Segments(SegmentSearch, GrowingIndex):
     """The sealed vector index of a built folder, the items added since, the tombstones."""
 
     def __init__(self, path: Path, manifest: dict[str, Any], items: pd.DataFrame,
@@ -208,7 +157,7 @@ class Segments(SegmentSearch):
             if self.milvus:  # the collection covers every slot and removes items itself
                 parts = (v.parts[0]._replace(hi=n, count=count),)
             else:
-                parts = tuple(_kill(p, dead, v.alive) for p in v.parts)
+                parts = tuple(kill(p, dead, v.alive) for p in v.parts)
             self.view = View(entries[-1].seq, n, alive, count, parts)
         self.applied += len(entries)
         for item_id, slot in touched.items():
@@ -303,69 +252,6 @@ class Segments(SegmentSearch):
         m = v.n - self.n0
         return self._cached("added", v, lambda: pd.DataFrame(self.records[:m]))
 
-    # --- indexing the growing segment, in the background ---------------------------------
-
-    def _maybe_index(self) -> None:
-        """Wake the indexing thread when enough added vectors wait (approximate kinds)."""
-        v = self.view
-        if self.milvus or self.kind == "exact" or \
-                (v.n - v.indexed) * self.dim * 4 < INDEX_AFTER_BYTES:
-            return
-        if self._wake is None:
-            self._wake = threading.Event()
-            t = threading.Thread(target=_index_growing, args=(weakref.ref(self), self._wake),
-                                 name="lookalike-index-added", daemon=True)
-            _indexers.add((t, self._wake))
-            t.start()
-        self._wake.set()
-
-    def index_added(self, limit: int | None = None) -> int:
-        """Put the added vectors that wait (at most ``limit``) into the growing segment's index
-        and publish it; returns how many. The background thread's work, in chunks; call it to
-        finish that work now."""
-        total = 0
-        while True:
-            with self._indexing:
-                done = self._index_added(INDEX_CHUNK if limit is None else limit - total)
-            total += done
-            if not done or (limit is not None and total >= limit):
-                return total
-
-    def _index_added(self, limit: int) -> int:
-        v = self.view
-        done = 0 if self._private is None else self._private.ntotal
-        todo = min(limit, v.n - self.n0 - done)
-        if todo <= 0:
-            return 0
-        buf = self._grown
-        if self._private is None:
-            self._private = self._empty_like_sealed()
-        self._private.add(np.ascontiguousarray(buf[done:done + todo]))
-        index = faiss.clone_index(self._private)
-        kind, params = self.kind, self.params
-        set_search_params(index, kind, params)
-        hi = self.n0 + done + todo
-        searchable = Reranked(index, buf, params["rerank"]) if kind == "ivfpq" else index
-        with self._publish:
-            cur = self.view
-            alive = cur.alive[self.n0:hi]
-            part = Part(searchable, self.n0, hi, None, hi - self.n0, buf)
-            part = _kill(part, [self.n0 + int(i) for i in np.flatnonzero(~alive)],
-                         np.ones(hi, bool))
-            self.view = dataclasses.replace(cur, parts=(cur.parts[0], part))
-        return todo
-
-    def _empty_like_sealed(self) -> Any:
-        """An empty index of the sealed one's kind and parameters (IVF: a copy of it emptied,
-        which keeps its trained centroids and codebooks)."""
-        if self.kind in ("ivf", "ivfpq"):
-            inner = self.sealed.index if isinstance(self.sealed, Reranked) else self.sealed
-            # a copy that owns its memory (the sealed one's may be memory-mapped), emptied
-            empty = faiss.deserialize_index(faiss.serialize_index(inner))
-            empty.reset()
-            return empty
-        return make_index(np.zeros((0, self.dim), np.float32), self.kind, self.params)
-
     # --- the items as one table, for whole-catalogue work ----------------------------------
 
     def alive_slots(self, v: View) -> np.ndarray:
@@ -410,32 +296,3 @@ class Segments(SegmentSearch):
             return np.concatenate([np.asarray(self.base_vectors[base]),
                                    self._grown[added].astype(self.storage)])
         return self._cached("emb", v, make)
-
-def _index_growing(ref: weakref.ref, wake: threading.Event) -> None:
-    """The indexing thread of one Segments; ends with it, or when the interpreter exits. One
-    OpenMP thread, so that it never takes both cores from the searches."""
-    faiss.omp_set_num_threads(1)
-    try:
-        while not _closing.is_set():
-            wake.wait(5.0)
-            wake.clear()
-            while not _closing.is_set():  # a chunk at a time: an index let go stops it
-                seg = ref()
-                if seg is None:
-                    return
-                done = seg.index_added(INDEX_CHUNK)
-                del seg
-                if not done:
-                    break
-    finally:
-        _indexers.discard((threading.current_thread(), wake))
-
-
-@atexit.register
-def _stop_indexing() -> None:
-    """Let the indexing threads finish their chunk before the interpreter goes: a thread
-    still inside faiss when it does aborts the process."""
-    _closing.set()
-    for t, wake in list(_indexers):
-        wake.set()
-        t.join(timeout=60)

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import FileResponse, Response
 
 from lookalike.errors import ImageError
+from lookalike.ingest.catalog import filter_attributes
 from lookalike.ingest.images import is_uri, read_bytes
 from lookalike.server.contract import errors
 from lookalike.server.routes import ITEM_ID
@@ -23,15 +24,14 @@ State = Annotated[Served, Depends(served)]
 
 @router.get("/attributes")
 def attributes(s: State) -> dict[str, list[str]]:
-    """The attributes that tell items apart best (at most 4, most telling first) with their
-    values, for filters; any attribute can still be used as a filter."""
+    """The attributes a shopper filters by (at most 4, most useful first: the category and
+    colour, then visual attributes with the fewest values) with their values; any attribute
+    can still be used as a filter."""
     index = s.index
-    out = {}
-    for a in index.display_attributes(MAX_FILTERS):
-        distinct = sorted(set(index.items[a].dropna().astype(str)) - {""})
-        if 2 <= len(distinct) <= MAX_FILTER_VALUES:
-            out[a] = distinct
-    return out
+    items = index.items
+    chosen = filter_attributes(items, index.attributes, (index.category, index.color),
+                               MAX_FILTERS, MAX_FILTER_VALUES)
+    return {a: sorted(set(items[a].dropna().astype(str)) - {""}) for a in chosen}
 
 
 @router.get("/health")

@@ -26,6 +26,12 @@ function describe(meta) {
     .slice(0, 3).join(" · ");
 }
 
+function productName(meta) {
+  // a name-like column (productDisplayName, name, title): what a shopper calls the product
+  const key = Object.keys(meta).find((k) => /name|title/i.test(k) && typeof meta[k] === "string");
+  return key ? meta[key] : "";
+}
+
 function card(hit) {
   const a = document.createElement("a");
   a.className = "card";
@@ -90,8 +96,20 @@ async function showItem(id) {
   const sec = $("item");
   sec.hidden = false;
   const img = document.createElement("img");
-  img.alt = id;
+  const name = productName(item.metadata) || id;
+  img.alt = name;
   img.src = `/items/${encodeURIComponent(id)}/image`;
+  const about = document.createElement("div");
+  about.className = "about";
+  const title = document.createElement("h2");
+  title.className = "name";
+  title.textContent = name;
+  const line = document.createElement("p");
+  line.textContent = describe(item.metadata);
+  // every column, out of the way: the name, the photo and the similar items come first
+  const details = document.createElement("details");
+  const summary = document.createElement("summary");
+  summary.textContent = "Details";
   const dl = document.createElement("dl");
   for (const [k, v] of Object.entries({ id, ...item.metadata })) {
     if (v === null || v === "") continue;
@@ -101,7 +119,9 @@ async function showItem(id) {
     dd.textContent = v;
     dl.append(dt, dd);
   }
-  sec.replaceChildren(img, dl);
+  details.append(summary, dl);
+  about.append(title, line);
+  sec.replaceChildren(img, about, details);
   const { results } = await simResp.json();
   status("");
   showResults("Similar items", results);
@@ -131,6 +151,10 @@ function route() {
   status("Take or choose a photo of a garment to find similar products.");
 }
 
+$("filters-toggle").addEventListener("click", () => {
+  const open = document.querySelector("header").classList.toggle("open");
+  $("filters-toggle").setAttribute("aria-expanded", String(open));
+});
 $("photo").addEventListener("change", () => { if ($("photo").files[0]) searchPhoto($("photo").files[0]); });
 window.addEventListener("hashchange", route);
 loadFilters().then(route);
