@@ -124,7 +124,8 @@ def test_cli_end_to_end(tiny_catalog: Path, tmp_path: Path) -> None:
     r = run(cli, ["search", str(out), "--image", str(bad)])
     assert r.exit_code == 1 and f"Error: photo {bad}: truncated image" in r.output
     r = run(cli, ["build", str(tiny_catalog), "--out", str(tmp_path / "x")])
-    assert r.exit_code == 1 and "columns found: sku, product" in r.output
+    assert r.exit_code == 1 and "the columns are: sku, product" in r.output
+    assert "(--id-column of catalog.csv)" in r.output  # the CLI names its own flag
 
 
 @pytest.mark.model

@@ -148,7 +148,7 @@ def test_group_table() -> None:
 
 
 def test_bad_arguments() -> None:
-    with pytest.raises(LookalikeError, match="unknown attribute 'size'"):
+    with pytest.raises(LookalikeError, match="column 'size' \\(an attribute\\) not found"):
         evaluate_catalog(X, ITEMS, [["size"]])
     with pytest.raises(LookalikeError, match="positive"):
         evaluate_catalog(X, ITEMS, [["type"]], ks=[0])

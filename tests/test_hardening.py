@@ -220,7 +220,7 @@ def test_catalogue_photos_stay_inside_the_image_folder(shop: Path, tmp_path: Pat
     df.to_csv(shop / "out.csv", index=False)
     cat = read_catalog(shop / "out.csv")
     assert sorted(cat.missing) == [0, 1, 2]
-    assert "outside the image folder" in cat.missing[0] and "--allow-outside-images" in \
+    assert "outside the image folder" in cat.missing[0] and "allow_outside_images=" in \
         cat.missing[1] and "file URI" in cat.missing[2]
     assert not read_catalog(shop / "out.csv", allow_outside_images=True).missing.keys() - {2}
     (shop / "img" / "link.jpg").symlink_to(outside / "s.jpg")

@@ -103,7 +103,7 @@ def test_sample_is_seeded_and_shared(two_indexes: dict[str, Path]) -> None:
 
 @pytest.mark.model
 def test_unknown_relevance_attribute(two_indexes: dict[str, Path]) -> None:
-    with pytest.raises(LookalikeError, match="no attribute 'size'"):
+    with pytest.raises(LookalikeError, match="column 'size' .*not found"):
         evaluate_indexes([two_indexes["mobilenet-v2"]], relevances=[["size"]])
 
 

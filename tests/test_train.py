@@ -121,7 +121,7 @@ def test_checkpoint_resume_and_refusals(shop: dict[str, Path], tmp_path: Path) -
                                  "--lr", "0.5", "--epochs", "3"])
     assert r.exit_code == 2 and "--lr, --epochs only apply to a new training" in r.output, \
         r.output
-    with pytest.raises(LookalikeError, match=r"column 'style' \(--category\)"):
+    with pytest.raises(LookalikeError, match=r"column 'style' \(category=\)"):
         train(shop["index"], tmp_path / "x", TrainConfig(**{**CFG, "category": "style"}),
               progress=False)
     r = CliRunner().invoke(cli, ["build", str(shop["csv"]), "--model", str(tmp_path),
@@ -294,7 +294,7 @@ def test_training_takes_its_roles_from_the_index(shop: dict[str, Path], tmp_path
     }[shape]
     assert any("than the pretrained backbone" in x for x in lines)
     # a role named and absent is still an error
-    with pytest.raises(LookalikeError, match=r"column 'colour' \(--color\)"):
+    with pytest.raises(LookalikeError, match=r"column 'colour' \(color=\)"):
         train(tmp_path / "ix", tmp_path / "m2", TrainConfig(**{**SMALL, "color": "colour"}),
               progress=False, log=lambda _: None)
 
@@ -410,7 +410,7 @@ def test_outside_photos_train_by_group(shop: dict[str, Path], tmp_path: Path) ->
     assert set(held.items["sender_id"]).isdisjoint(trained.items["sender_id"])
     n_fit, n_val = (int(w) for w in said.split(":")[1].split()[::3][:2])
     assert n_fit + n_val == len(trained) and len(held) > 0
-    with pytest.raises(LookalikeError, match="--mapping"):
+    with pytest.raises(LookalikeError, match="needs their label mapping="):
         train(shop["index"], tmp_path / "m2", TrainConfig(**{**CFG, "queries": cfg.queries}),
               progress=False, log=lambda _: None)
 

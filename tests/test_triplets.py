@@ -100,9 +100,9 @@ def test_rows_restrict_the_pool() -> None:
 
 def test_errors_name_the_problem(tmp_path) -> None:
     items = catalogue()
-    with pytest.raises(LookalikeError, match=r"column 'color' \(--color\) not found"):
+    with pytest.raises(LookalikeError, match=r"column 'color' \(color=\) not found"):
         sample_triplets(items, 10, category="type", color="color")
-    with pytest.raises(LookalikeError, match=r"column 'sku' \(--product\) not found"):
+    with pytest.raises(LookalikeError, match=r"column 'sku' \(product=\) not found"):
         sample_triplets(items, 10, category="type", color="colour", product="sku")
     with pytest.raises(LookalikeError, match="p_in_class must be between 0 and 1"):
         sample_triplets(items, 10, category="type", color="colour", p_in_class=1.5)

@@ -67,3 +67,13 @@ def choose(value: str, names: Iterable[str], what: str) -> str:
     if value not in names:
         raise LookalikeError(f"unknown {what} {value!r}; choose one of {', '.join(names)}")
     return value
+
+
+def require_column(columns: Iterable[object], column: str, what: str,
+                   error: type[LookalikeError] = LookalikeError) -> None:
+    """Refuse ``column`` when ``columns`` lack it: "column 'x' (what) not found; the columns
+    are: a, b" (``what``: the parameter that named it, e.g. ``id_column=``, or the file)."""
+    columns = [str(c) for c in columns]
+    if column not in columns:
+        raise error(f"column {column!r} ({what}) not found; the columns are: "
+                    f"{', '.join(columns) or '(none)'}")

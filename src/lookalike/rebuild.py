@@ -82,7 +82,8 @@ def check_replace(out: str | Path, on_changes: str) -> Pending | None:
         raise LookalikeError(
             f"index {out} has {pending.changes} change(s) since it was built (items added or "
             f"removed, e.g. through the server): a new build would drop them. Build with "
-            f"--keep-changes to replay them onto the new build, or --force to drop them")
+            f'on_changes="keep" to replay them onto the new build, or on_changes="force" to '
+            "drop them")
     return pending
 
 

@@ -13,17 +13,20 @@ from typing import Any
 import click
 
 from lookalike.cli import indexing, measuring, querying, serving, training
+from lookalike.cli.options import as_flags
 from lookalike.errors import LookalikeError
 
 
 class _Group(click.Group):
-    """Turns lookalike's errors into one line on stderr and exit status 1."""
+    """Turns lookalike's errors into one line on stderr and exit status 1, the parameters
+    they name as the command's flags."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except LookalikeError as e:
-            raise click.ClickException(str(e)) from None
+            command = self.commands.get(ctx.invoked_subcommand or "")
+            raise click.ClickException(as_flags(str(e), command)) from None
 
 
 @click.group(cls=_Group)

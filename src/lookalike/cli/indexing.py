@@ -27,6 +27,7 @@ from lookalike.build import (
 from lookalike.cli.options import (
     OUTSIDE_HELP,
     RERANK_HELP,
+    as_flags,
     columns,
     describe_index,
     describe_precision,
@@ -246,7 +247,8 @@ def _report_build(s: BuildSummary, engine: str) -> None:
     for step, seen in s.preprocess.items():
         click.echo(f"preprocess {step}: " + "; ".join(f"{n} {note}" for note, n in seen.items()))
     for sk in s.skipped[:20]:
-        click.echo(f"  skipped {sk['item_id']} (row {sk['row']}): {sk['reason']}", err=True)
+        reason = as_flags(sk["reason"], click.get_current_context().command)
+        click.echo(f"  skipped {sk['item_id']} (row {sk['row']}): {reason}", err=True)
     if len(s.skipped) > 20:
         click.echo(f"  … and {len(s.skipped) - 20} more (all listed in manifest.json)", err=True)
 

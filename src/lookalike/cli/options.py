@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -168,3 +169,23 @@ def describe_precision(p: dict[str, Any]) -> str:
     return (f"int8 model calibrated on {p['calibration']['photos']} photos; against fp32 on "
             f"{c['photos']}: mean cosine {c['mean_cosine']:.4f} (min {c['min_cosine']:.4f}), "
             f"top-10 agreement {c['top10_agreement']:.4f}")
+
+
+#: library wordings that are one flag on the command line
+_SPELLED = {'on_changes="keep"': "--keep-changes", 'on_changes="force"': "--force"}
+
+
+def as_flags(message: str, command: click.Command | None) -> str:
+    """A library message with the parameters it names (``id_column=``) as ``command``'s flags
+    (``--id-column``); parameters the command does not have stay as they are."""
+    if command is None:
+        return message
+    flags = {}
+    for p in command.params:
+        if isinstance(p, click.Option):
+            for name in (p.name, *(o.lstrip("-").replace("-", "_") for o in p.opts)):
+                flags[name] = p.opts[0]
+    for said, flag in _SPELLED.items():
+        message = message.replace(said, flag)
+    return re.sub(r"\b([a-z][a-z0-9_]*)=(?![\w'\"])",
+                  lambda m: flags.get(m[1], m[0]), message)

@@ -36,7 +36,7 @@ def _ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise LookalikeError("--engine ray needs Ray: pip install 'lookalike[ray]' "
+        raise LookalikeError("the Ray engine needs Ray: pip install 'lookalike[ray]' "
                              "(or pip install 'ray[data]')") from None
     return ray
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lookalike.errors import CatalogError, ImageError, LookalikeError
+from lookalike.errors import CatalogError, ImageError, require_column
 from lookalike.ingest.checks import ID_RULE, id_problem, shown
 from lookalike.ingest.images import file_digest, is_uri, join_location, read_bytes
 
@@ -92,13 +92,6 @@ def _read_table(path: Path, text_columns: list[str]) -> pd.DataFrame:
                        "(use .csv, .tsv or .parquet)")
 
 
-def _require(df: pd.DataFrame, column: str, option: str, path: Path) -> None:
-    if column not in df.columns:
-        found = ", ".join(map(str, df.columns)) or "(none)"
-        raise CatalogError(f"column {column!r} ({option}) not found in {path.name}; "
-                           f"columns found: {found}")
-
-
 def _as_text(values: pd.Series) -> pd.Series:
     """Ids as text, exactly as a person reads them (15970, not 15970.0)."""
     if pd.api.types.is_float_dtype(values) and values.dropna().mod(1).eq(0).all():
@@ -132,19 +125,19 @@ def read_catalog(
     path = Path(path)
     text_cols = [c for c in (id_column, image_column, product_column) if c]
     df = _read_table(path, text_cols)
-    _require(df, id_column, "--id-column", path)
-    _require(df, image_column, "--image-column", path)
-    if product_column:
-        _require(df, product_column, "--product-column", path)
+    for column, param in ((id_column, "id_column="), (image_column, "image_column="),
+                          (product_column, "product_column=")):
+        if column:
+            require_column(df.columns, column, f"{param} of {path.name}", CatalogError)
     if attributes is None:
         attributes = [c for c in df.columns if c not in (id_column, image_column, product_column)]
     for a in attributes:
-        _require(df, a, "--attributes", path)
+        require_column(df.columns, a, f"attributes= of {path.name}", CatalogError)
     clash = [a for a in attributes if a in RESERVED and a not in (id_column, image_column,
                                                                   product_column)]
     if clash:
         raise CatalogError(f"attribute column(s) {clash} clash with lookalike's own column names "
-                           f"{list(RESERVED)}; rename them or leave them out with --attributes")
+                           f"{list(RESERVED)}; rename them or leave them out with attributes=")
     if len(df) == 0:
         raise CatalogError(f"catalogue {path} has a header but no rows")
 
@@ -190,7 +183,7 @@ def read_catalog(
     root: Path | str = str(images) if remote else Path(images) if images is not None \
         else path.parent
     if not remote and not Path(root).is_dir():
-        raise CatalogError(f"image folder not found: {root} (--images)")
+        raise CatalogError(f"image folder not found: {root} (images=)")
     missing: dict[int, str] = {}
     inside = None if remote else Path(root).resolve()
     for i, rel in enumerate(items[IMAGE_PATH].tolist()):
@@ -198,7 +191,7 @@ def read_catalog(
             missing[i] = f"no image path (column {image_column!r} is empty)"
         elif is_uri(rel) and str(rel).lower().startswith("file:") and not allow_outside_images:
             missing[i] = (f"image path {rel!r} is a local file URI; give paths under the image "
-                          "folder (or allow it with --allow-outside-images)")
+                          "folder (or allow it with allow_outside_images=)")
         elif remote or is_uri(rel):
             continue
         elif not Path(resolve_image(root, rel)).is_file():
@@ -206,11 +199,11 @@ def read_catalog(
         elif not allow_outside_images and inside is not None and \
                 not Path(resolve_image(root, rel)).resolve().is_relative_to(inside):
             missing[i] = (f"image path {rel!r} leads outside the image folder {inside} "
-                          "(allow it with --allow-outside-images)")
+                          "(allow it with allow_outside_images=)")
     if len(missing) == len(items):
         first = next(iter(missing.values()))
         raise CatalogError(f"none of the {len(items)} images of {path.name} can be found "
-                           f"under {root} (first: {first}); check --images and --image-column")
+                           f"under {root} (first: {first}); check images= and image_column=")
     cat = Catalog(source=path, images_root=root if remote else Path(root).resolve(), items=items,
                   attributes=tuple(attributes),
                   columns={"id": id_column, "image": image_column, "product": product_column},
@@ -234,9 +227,7 @@ def label_codes(items: pd.DataFrame, attributes: Sequence[str]) -> np.ndarray:
     missing = np.zeros(len(items), bool)
     parts = []
     for a in attributes:
-        if a not in items.columns:
-            raise LookalikeError(f"unknown attribute {a!r}; the items have: "
-                                 f"{', '.join(map(str, items.columns))}")
+        require_column(items.columns, a, "an attribute")
         s = items[a].astype("string")
         missing |= (s.isna() | (s.str.strip() == "")).to_numpy()
         parts.append(s.fillna(""))
@@ -279,10 +270,21 @@ def visual_attributes(items: pd.DataFrame, attributes: Sequence[str]) -> list[st
         if pd.api.types.is_numeric_dtype(items[a]) or \
                 any(w in str(a).lower() for w in NON_VISUAL):
             continue
-        counts = items[a].map(items[a].value_counts())
-        if items[a].nunique() >= 2 and (counts >= 2).mean() >= 0.5:
+        s = _hashable(items[a])
+        counts = s.map(s.value_counts())
+        if s.nunique() >= 2 and (counts >= 2).mean() >= 0.5:
             out.append(a)
     return out
+
+
+def _hashable(s: pd.Series) -> pd.Series:
+    """``s``, or its values as text where some cannot be counted (a list or an object, which
+    only a journal written before values were checked can hold)."""
+    try:
+        s.nunique()
+    except TypeError:
+        return s.where(s.isna(), s.astype(str))
+    return s
 
 
 def filter_attributes(items: pd.DataFrame, attributes: Sequence[str],
@@ -298,10 +300,11 @@ def filter_attributes(items: pd.DataFrame, attributes: Sequence[str],
     first = [r for r in roles if r in visual]
 
     def implied(a: str) -> bool:
-        return any(items.groupby(r, observed=True)[a].nunique().max() <= 1 for r in first)
+        return any(_hashable(items[a]).groupby(_hashable(items[r]).to_numpy(), observed=True)
+                   .nunique().max() <= 1 for r in first)
 
     def spread(a: str) -> float:
-        share = items[a].astype(str).value_counts(normalize=True).to_numpy()
+        share = _hashable(items[a]).astype(str).value_counts(normalize=True).to_numpy()
         return float(-(share * np.log2(share)).sum())
 
     rest = sorted((a for a in visual if a not in first and not implied(a)),

@@ -116,8 +116,8 @@ def read_query_set(path: str | os.PathLike, *, images: str | os.PathLike | None 
     as ``lookalike train --queries`` splits them), so that no person's photos are both trained
     on and measured."""
     if split is not None and group_column is None:
-        raise LookalikeError("a query split needs the group column (--query-split with "
-                             "--query-group-column)")
+        raise LookalikeError("a query split needs the group column (query_split= with "
+                             "query_group_column=)")
     cat = read_catalog(path, images, id_column=image_column, image_column=image_column,
                        attributes=[label_column] + ([group_column] if group_column else []),
                        allow_outside_images=True, id_rule=False)  # photos to query with

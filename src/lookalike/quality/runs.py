@@ -121,7 +121,7 @@ def common_queries(indexes: Sequence[Index], sample: int | None, seed: int) -> l
         raise LookalikeError("the indexes have no item in common: nothing to compare")
     if sample is not None and sample < len(ids):
         if sample < 1:
-            raise LookalikeError(f"--sample must be at least 1, got {sample}")
+            raise LookalikeError(f"sample= must be at least 1, got {sample}")
         pick = np.sort(np.random.default_rng(seed).choice(len(ids), sample, replace=False))
         ids = [ids[i] for i in pick]
     return ids

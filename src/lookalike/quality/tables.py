@@ -112,8 +112,8 @@ def group_frames(results: Sequence[IndexQuality], attr: str) -> tuple[list[str],
     for res in results:
         items = res.index.items
         if attr not in items.columns:
-            raise LookalikeError(f"--by {attr}: no such attribute (the index has: "
-                                 f"{', '.join(res.index.attributes)})")
+            raise LookalikeError(f"no attribute {attr!r} to break the results down by (by=); "
+                                 f"the index has: {', '.join(res.index.attributes)}")
         groups = items[attr].to_numpy()[res.catalog.query_rows]
         parts.append(group_table(res.catalog.per_query, groups, cols))
     return cols, parts

@@ -108,7 +108,7 @@ def write_index(out: str | os.PathLike, manifest: dict[str, Any], items: pd.Data
         raise ValueError(f"{len(items)} items but {len(embeddings)} embeddings")
     if out.exists() and not (out.is_dir() and (is_index(out) or not any(out.iterdir()))):
         raise IndexFormatError(f"{out} exists and is not a lookalike index; refusing to "
-                               "overwrite it (choose another --out or remove it)")
+                               "overwrite it (choose another out= or remove it)")
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_dead_builds(out)
     tmp = Path(tempfile.mkdtemp(prefix=build_tmp_prefix(out), dir=out.parent))

@@ -58,7 +58,7 @@ def client(uri: str) -> Any:
         try:
             from pymilvus import MilvusClient
         except ImportError:
-            raise LookalikeError("--backend milvus needs pymilvus (and milvus-lite for a local "
+            raise LookalikeError("a Milvus store needs pymilvus (and milvus-lite for a local "
                                  "file): pip install 'lookalike[milvus]'") from None
         try:
             _clients[uri] = MilvusClient(uri, token=os.environ.get("MILVUS_TOKEN", ""))
@@ -189,7 +189,7 @@ def create(uri: str, name: str, items: pd.DataFrame, embeddings: np.ndarray,
                              f"{', '.join(INDEX_TYPES)}")
     if kind == "ivfpq" and is_lite(uri):
         raise LookalikeError("milvus-lite cannot build IVF_PQ (it accepts the index and fails "
-                             "in the background); use --index hnsw, ivf or exact, or a Milvus "
+                             "in the background); use index= hnsw, ivf or exact, or a Milvus "
                              "server")
     n, d = embeddings.shape
     p = {**default_params(kind, n, d), **(params or {})}

@@ -85,10 +85,10 @@ def train_classifier_only(ix: Index, out: Path, cfg: TrainConfig, val: Val,
     file) and the category classifier fitted on it. The verdict: the classifier against the
     category vote, on validation."""
     if cfg.category is None:
-        raise LookalikeError("--classifier-only needs a category column (--category); this "
+        raise LookalikeError("classifier_only= needs a category column (category=); this "
                              f"index has none among {', '.join(ix.attributes)}")
     if ix.spec.precision != "fp32":
-        raise LookalikeError(f"--classifier-only needs an index embedded in fp32; {ix.path} is "
+        raise LookalikeError(f"classifier_only= needs an index embedded in fp32; {ix.path} is "
                              f"{ix.spec.precision}")
     t0 = time.perf_counter()
     vectors = np.asarray(ix.embeddings, np.float32)

@@ -95,9 +95,9 @@ def resolve_roles(ix: Index, cfg: TrainConfig, log: Callable[[str], None]) -> Tr
     """``cfg`` with its roles taken from what the index has: a role left to its default and
     absent is left out with a note; one named and absent is an error."""
     have = set(ix.items.columns)
-    for col, opt in ((cfg.product, "--product"), *((c, "--keep") for c in cfg.keep)):
+    for col, param in ((cfg.product, "product="), *((c, "keep=") for c in cfg.keep)):
         if col not in have:
-            raise LookalikeError(f"column {col!r} ({opt}) is not in index {ix.path}; it has: "
+            raise LookalikeError(f"column {col!r} ({param}) is not in index {ix.path}; it has: "
                                  f"{', '.join(ix.attributes)}")
     category, color = roles(have, (ix.category, ix.color), cfg.category, cfg.color, log)
     unknown = [c for c in cfg.camera if c not in CAMERA_STEPS]

@@ -135,7 +135,7 @@ def make_model(backbone: str, cfg: TrainConfig
         try:
             tuned = [p for m in model.tail_modules(tune) for p in m.parameters()]
         except ValueError as e:
-            raise LookalikeError(f"--finetune-stages: {e}") from None
+            raise LookalikeError(f"finetune_stages=: {e}") from None
         for p in tuned:
             p.requires_grad_(True)
         model.eval()

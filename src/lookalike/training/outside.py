@@ -40,12 +40,13 @@ def read_outside(ix: Index, cfg: TrainConfig, log: Callable[[str], None]) -> Out
     from lookalike.training.splits import group_splits
 
     if cfg.mapping is None:
-        raise LookalikeError("training on outside photos (--queries) needs --mapping")
+        raise LookalikeError("training on outside photos (queries=) needs their label mapping= "
+                             "too")
     mapping = read_label_mapping(cfg.mapping)
     relevant = mapping.masks(ix.items)
     group = cfg.query_group_column
     if group is None:
-        log("note: no --query-group-column: every outside photo is its own group (photos of "
+        log("note: no query_group_column=: every outside photo is its own group (photos of "
             "one person may then be both trained on and measured)")
     qs = read_query_set(cfg.queries, images=cfg.query_images,
                         label_column=cfg.query_label_column, group_column=group)

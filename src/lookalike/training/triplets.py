@@ -31,7 +31,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lookalike.errors import LookalikeError
+from lookalike.errors import LookalikeError, require_column
 from lookalike.files import atomic_path
 from lookalike.ingest.catalog import DEFAULT_CATEGORY, DEFAULT_COLOR, PRODUCT_ID
 
@@ -97,10 +97,9 @@ def roles(columns: Collection[str], index_roles: tuple[str | None, str | None],
     """The category and colour columns triplets are drawn by: those named, else the index's
     (``index_roles``), else articleType and baseColour where the items have them. A default
     left out is said in a note; a named column that is absent is an error."""
-    for col, opt in ((category, "--category"), (color, "--color")):
-        if col is not None and col not in columns:
-            raise LookalikeError(f"column {col!r} ({opt}) is not in the index; it has: "
-                                 f"{', '.join(map(str, columns))}")
+    for col, param in ((category, "category="), (color, "color=")):
+        if col is not None:
+            require_column(columns, col, param)
     if category is None:
         category = index_roles[0] or (DEFAULT_CATEGORY if DEFAULT_CATEGORY in columns else None)
         if category is None:
@@ -110,9 +109,9 @@ def roles(columns: Collection[str], index_roles: tuple[str | None, str | None],
         color = index_roles[1] or (DEFAULT_COLOR if DEFAULT_COLOR in columns else None)
         if color is None:
             log(f"note: no {DEFAULT_COLOR!r} column: colour takes no part (name one with "
-                "--color)")
+                "color=)")
     if category is None and color is not None:
-        raise LookalikeError("--color needs a category column (--category)")
+        raise LookalikeError("color= needs a category column (category=)")
     return category, color
 
 
@@ -152,10 +151,9 @@ def sample_triplets(items: pd.DataFrame, n: int, *, category: str | None, color:
         p_same_product, p_in_class = 1.0, 0.0
     elif color is None:
         p_in_class = 0.0
-    for col, opt in ((category, "--category"), (color, "--color"), (product, "--product")):
-        if col is not None and col not in items.columns:
-            raise LookalikeError(f"column {col!r} ({opt}) not found; the items have: "
-                                 f"{', '.join(map(str, items.columns))}")
+    for col, param in ((category, "category="), (color, "color="), (product, "product=")):
+        if col is not None:
+            require_column(items.columns, col, param)
     for p, name in ((p_same_product, "p_same_product"), (p_in_class, "p_in_class")):
         if not 0 <= p <= 1:
             raise LookalikeError(f"{name} must be between 0 and 1, got {p}")
