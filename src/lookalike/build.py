@@ -109,25 +109,14 @@ Store = FolderStore | MilvusStore
 Precision = Fp32 | Int8
 
 
-def build_index(
-    catalog: Catalog,
-    out: str | os.PathLike,
-    *,
-    model: str | Embedder = DEFAULT_EMBEDDER,
-    engine: Engine = LocalEngine(),
-    store: Store = FolderStore(),
-    precision: Precision = Fp32(),
-    index: str = "exact",
-    index_params: dict[str, int] | None = None,
-    batch_size: int = 32,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    preprocess: Preprocess | str | None = None,
-    decoder: str | None = None,
-    rerank: Rerank | str | None = None,
-    views: Sequence[str] | str | None = None,
-    on_changes: str = "refuse",
-    progress: bool = False,
-) -> BuildSummary:
+def build_index(catalog: Catalog, out: str | os.PathLike, *,
+                model: str | Embedder = DEFAULT_EMBEDDER, engine: Engine = LocalEngine(),
+                store: Store = FolderStore(), precision: Precision = Fp32(),
+                index: str = "exact", index_params: dict[str, int] | None = None,
+                batch_size: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS,
+                preprocess: Preprocess | str | None = None, decoder: str | None = None,
+                rerank: Rerank | str | None = None, views: Sequence[str] | str | None = None,
+                on_changes: str = "refuse", progress: bool = False) -> BuildSummary:
     """Embed every photo of ``catalog`` and write the index folder ``out`` atomically.
 
     Photos that cannot be read are skipped and listed (item id, catalogue row, reason) in the
@@ -163,10 +152,8 @@ def build_index(
         views = parse_views(views)
     except ValueError as e:
         raise LookalikeError(str(e)) from None
-    if preprocess is None:
-        pre = default_preprocess(embedder)
-    else:
-        pre = preprocess if isinstance(preprocess, Preprocess) else Preprocess.parse(preprocess)
+    pre = default_preprocess(embedder) if preprocess is None else \
+        preprocess if isinstance(preprocess, Preprocess) else Preprocess.parse(preprocess)
     paths = [catalog.image_file(i) if i not in catalog.missing else None
              for i in range(len(catalog))]
     quant: dict[str, Any] = {}
@@ -174,21 +161,29 @@ def build_index(
         embedder, quant = _int8(embedder, paths, pre, precision)
     result = _embed(embedder, paths, catalog, engine, pre, batch_size, max_pixels, decoder,
                     progress)
+    manifest = _manifest(catalog, embedder, pre, result, engine, decoder, rerank, views, head,
+                         quant)
+    path = _write(out, catalog, result, manifest, store, index, index_params,
+                  {INT8_MODEL: embedder.onnx_path} if quant else None)
+    kept = replay(path, pending) if pending is not None else None
+    return BuildSummary(path, embedder.spec.name, len(result.rows), manifest["skipped"],
+                        result.timings, manifest["preprocess"]["outcomes"],
+                        read_manifest(path)["index"], quant, result.decoder, kept)
+
+
+def _write(out: str | os.PathLike, catalog: Catalog, result: EmbedResult,
+           manifest: dict[str, Any], store: Store, index: str,
+           index_params: dict[str, int] | None, extra: dict[str, Path] | None) -> Path:
+    """The index folder: the embedded items (their catalogue rows and photo digests), their
+    vectors in the store asked for, the manifest."""
     items = catalog.items.iloc[result.rows].reset_index(drop=True)
     items.insert(0, "row", result.rows)
     items[PHOTO_DIGEST] = result.digests
-    manifest = _manifest(catalog, embedder, pre, result, engine, decoder, rerank, views, head)
-    if quant:
-        manifest["precision"] = quant
     fp16 = isinstance(store, FolderStore) and store.vectors == "float16"
     params = {**(index_params or {}), **({"fp16": 1} if fp16 else {})}
-    path = write_index(out, manifest, items, result.embeddings, index, params or None,
+    return write_index(out, manifest, items, result.embeddings, index, params or None,
                        milvus_uri=store.uri if isinstance(store, MilvusStore) else None,
-                       extra_files={INT8_MODEL: embedder.onnx_path} if quant else None)
-    kept = replay(path, pending) if pending is not None else None
-    return BuildSummary(path, embedder.spec.name, len(items), manifest["skipped"],
-                        result.timings, manifest["preprocess"]["outcomes"],
-                        read_manifest(path)["index"], quant, result.decoder, kept)
+                       extra_files=extra)
 
 
 def _check_options(engine: Engine, store: Store, precision: Precision) -> None:
@@ -237,7 +232,7 @@ def _embed(embedder: Embedder, paths: list[Any], catalog: Catalog, engine: Engin
 
 def _manifest(catalog: Catalog, embedder: Embedder, pre: Preprocess, result: EmbedResult,
               engine: Engine, decoder: str | None, rerank: Rerank, views: Sequence[str],
-              head: str | None) -> dict[str, Any]:
+              head: str | None, quant: dict[str, Any]) -> dict[str, Any]:
     """What the index folder records about its build."""
     ids = catalog.items[ITEM_ID]
     skipped = [{"item_id": str(ids.iat[r]), "row": int(r), "reason": reason}
@@ -264,6 +259,7 @@ def _manifest(catalog: Catalog, embedder: Embedder, pre: Preprocess, result: Emb
         "decoder": result.decoder.to_dict() if result.decoder else {"name": decoder},
         "search": {"rerank": rerank.to_dict(), "views": list(views),
                    **({"classifier": head} if head else {})},
+        **({"precision": quant} if quant else {}),
     }
 
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -125,53 +127,77 @@ def embed_images(
     choice = (choose_decoder((sources[i] for i in todo), size, max_pixels)
               if decoder is None else None)
     decoder = choice.name if choice else decoder
-    decode_s = infer_s = wait_s = 0.0
-    chunks: list[np.ndarray] = []
-    rows: list[int] = []
-    digests: list[str | None] = []
-    skipped = dict(skip)
+    got = _Collected(skipped=dict(skip))
     batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
     bar = progress_bar(len(sources), unit="img", desc=embedder.name, show=progress)
     bar.update(len(skip))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
-        pending: deque = deque()
-        it = iter(batches)
-
-        def submit() -> None:
-            b = next(it, None)
-            if b is not None:
-                pending.append(pool.submit(decode_batch, [sources[i] for i in b], b, size,
-                                           max_pixels, pre, decoder))
-
-        for _ in range(workers + 2):  # decode runs ahead of inference
-            submit()
-        while pending:
-            t0 = time.perf_counter()
-            d = pending.popleft().result()
-            wait_s += time.perf_counter() - t0
+        decode = partial(decode_batch, size=size, max_pixels=max_pixels, pre=pre,
+                         decoder=decoder)
+        for d, waited in _decoded_ahead(pool, decode, sources, batches, workers + 2):
+            got.wait_s += waited
             count_notes(seen, d.notes)
-            submit()
-            decode_s += d.seconds
-            skipped.update(d.bad)
-            t0 = time.perf_counter()
-            if d.ok:
-                chunks.append(embedder(d.pixels))
-                rows.extend(d.ok)
-                digests.extend(d.digests)
-            infer_s += time.perf_counter() - t0
+            got.take(d, embedder)
             bar.update(len(d.ok) + len(d.bad))
             if d.bad:
-                bar.set_postfix(skipped=len(skipped))
+                bar.set_postfix(skipped=len(got.skipped))
     bar.close()
     total = time.perf_counter() - t_start
-    emb = np.concatenate(chunks) if chunks else np.zeros((0, embedder.dim), np.float32)
-    n = len(rows)
+    emb = np.concatenate(got.chunks) if got.chunks else np.zeros((0, embedder.dim), np.float32)
+    n = len(got.rows)
     return EmbedResult(
-        embeddings=emb, rows=np.asarray(rows, dtype=np.int64), skipped=skipped,
-        timings={"total_s": total, "decode_s": decode_s, "infer_s": infer_s,
-                 "wait_for_decode_s": wait_s, "images": n,
+        embeddings=emb, rows=np.asarray(got.rows, dtype=np.int64), skipped=got.skipped,
+        timings={"total_s": total, "decode_s": got.decode_s, "infer_s": got.infer_s,
+                 "wait_for_decode_s": got.wait_s, "images": n,
                  "images_per_s": n / total if total > 0 else 0.0},
-        preprocess=seen, digests=digests, decoder=choice)
+        preprocess=seen, digests=got.digests, decoder=choice)
+
+
+@dataclass
+class _Collected:
+    """What the embedding loop has gathered so far, and where its time went."""
+
+    skipped: dict[int, str]
+    chunks: list[np.ndarray] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)
+    digests: list[str | None] = field(default_factory=list)
+    decode_s: float = 0.0
+    infer_s: float = 0.0
+    wait_s: float = 0.0
+
+    def take(self, d: Any, embedder: Embedder) -> None:
+        """One decoded batch: its photos embedded, its failures recorded."""
+        self.decode_s += d.seconds
+        self.skipped.update(d.bad)
+        t0 = time.perf_counter()
+        if d.ok:
+            self.chunks.append(embedder(d.pixels))
+            self.rows.extend(d.ok)
+            self.digests.extend(d.digests)
+        self.infer_s += time.perf_counter() - t0
+
+
+def _decoded_ahead(pool: ThreadPoolExecutor, decode: Callable[..., Any],
+                   sources: Sequence[ImageSource], batches: list[list[int]], ahead: int
+                   ) -> Iterator[tuple[Any, float]]:
+    """Each batch decoded by ``pool``, in order, ``ahead`` batches decoding while the caller
+    runs the model; with the seconds the caller waited for it."""
+    pending: deque = deque()
+    it = iter(batches)
+
+    def submit() -> None:
+        b = next(it, None)
+        if b is not None:
+            pending.append(pool.submit(decode, [sources[i] for i in b], b))
+
+    for _ in range(ahead):
+        submit()
+    while pending:
+        t0 = time.perf_counter()
+        d = pending.popleft().result()
+        waited = time.perf_counter() - t0
+        submit()
+        yield d, waited
 
 
 def count_notes(seen: dict[str, Counter], notes: Sequence[dict[str, str]]) -> None:

@@ -128,6 +128,59 @@ class _Embed:
         return {**out, "vector": vectors, "infer_s": np.full(len(vectors), infer)}
 
 
+def _pipeline(ray: Any, embedder: Embedder, sources: Sequence[Any], todo: list[int],
+              decode_args: tuple[Any, ...], batch_size: int, actors: int, threads: int,
+              cpus: int) -> Any:
+    """The Ray Data pipeline: the work list as Arrow blocks (compact at millions of photos, a
+    few per CPU), decoded by one actor pool and embedded by another."""
+    chunks = np.array_split(np.asarray(todo, np.int64),
+                            max(1, min(len(todo) // batch_size, 4 * cpus)))
+    ds = ray.data.from_arrow([pa.table({"pos": c, "path": [str(sources[i]) for i in c]})
+                              for c in chunks if len(c)] or [pa.table({"pos": [], "path": []})])
+    ds = ds.map_batches(_Decode, fn_constructor_args=decode_args, batch_size=batch_size,
+                        num_cpus=0.5, compute=ray.data.ActorPoolStrategy(size=actors))
+    model = ray.put(embedder.onnx_path.read_bytes())
+    return ds.map_batches(_Embed, fn_constructor_args=(model, embedder.dim, threads),
+                          batch_size=batch_size, num_cpus=0.5,
+                          compute=ray.data.ActorPoolStrategy(size=actors))
+
+
+def _quiet(ray: Any, progress: bool) -> None:
+    """Ray Data's progress bars on a terminal only, and its chatter only with progress."""
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = progress and on_terminal()
+    ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.INFO if progress else logging.WARNING)
+
+
+def _in_order(pos_parts: list[np.ndarray], vec_parts: list[np.ndarray], dim: int
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """The embedded rows and their vectors in catalogue order, as the local engine gives."""
+    rows = np.concatenate(pos_parts) if pos_parts else np.zeros(0, np.int64)
+    emb = np.concatenate(vec_parts) if vec_parts else np.zeros((0, dim), np.float32)
+    order = np.argsort(rows, kind="stable")
+    return rows[order], np.ascontiguousarray(emb[order], dtype=np.float32)
+
+
+def _collect(batches: Any, skipped: dict[int, str], seen: dict[str, Counter]
+             ) -> tuple[list[np.ndarray], list[np.ndarray], dict[int, str], float, float]:
+    """The embedded batches gathered: positions, vectors, digests, the seconds spent decoding
+    and inferring (summed over workers); failures into ``skipped``."""
+    pos_parts, vec_parts, digests = [], [], {}
+    decode_s = infer_s = 0.0
+    for b in batches:
+        good = b["error"] == ""
+        for p, err in zip(b["pos"][~good].tolist(), b["error"][~good].tolist()):
+            skipped[p] = err
+        pos_parts.append(b["pos"][good])
+        vec_parts.append(b["vector"][good])
+        digests.update(zip(b["pos"][good].tolist(), b["digest"][good].tolist()))
+        count_notes(seen, [json.loads(n) for n in b["notes"][good]])
+        decode_s += float(b["decode_s"].sum())
+        infer_s += float(b["infer_s"].sum())
+    return pos_parts, vec_parts, digests, decode_s, infer_s
+
+
 def embed_on_ray(
     embedder: Embedder,
     sources: Sequence[str | os.PathLike | None],
@@ -149,10 +202,8 @@ def embed_on_ray(
     pre = preprocess or Preprocess()
     skip = dict(skip or {})
     todo = [i for i in range(len(sources)) if i not in skip and sources[i] is not None]
-    skipped = dict(skip)
-    for i in range(len(sources)):
-        if i not in skip and sources[i] is None:
-            skipped[i] = "no image path"
+    skipped = {**skip, **{i: "no image path" for i, s in enumerate(sources)
+                          if i not in skip and s is None}}
     seen: dict[str, Counter] = {s: Counter() for s in pre.steps}
     t_start = time.perf_counter()
     size = embedder.spec.input_size
@@ -165,42 +216,17 @@ def embed_on_ray(
         # fastest on 2 cores (1 worker: 90 images/s, 2: 72, 4: 56 on 2,000 photos)
         actors = actors or max(1, cpus // 2)
         threads = max(1, cpus // actors)
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = progress and on_terminal()
-        ctx.print_on_execution_start = False
-        logging.getLogger("ray.data").setLevel(logging.INFO if progress else logging.WARNING)
-        model = ray.put(embedder.onnx_path.read_bytes())
-        # the work list as Arrow blocks (compact at millions of photos), a few per CPU
-        chunks = np.array_split(np.asarray(todo, np.int64),
-                                max(1, min(len(todo) // batch_size, 4 * cpus)))
-        ds = ray.data.from_arrow([pa.table({"pos": c, "path": [str(sources[i]) for i in c]})
-                                  for c in chunks if len(c)] or [pa.table({"pos": [], "path": []})])
-        ds = ds.map_batches(_Decode, fn_constructor_args=(size, max_pixels, pre.to_dict(),
-                                                          choice.name if choice else decoder),
-                            batch_size=batch_size, num_cpus=0.5,
-                            compute=ray.data.ActorPoolStrategy(size=actors))
-        ds = ds.map_batches(_Embed, fn_constructor_args=(model, embedder.dim, threads),
-                            batch_size=batch_size, num_cpus=0.5,
-                            compute=ray.data.ActorPoolStrategy(size=actors))
-        pos_parts, vec_parts, digests = [], [], {}
-        decode_s = infer_s = 0.0
-        for b in (ds.iter_batches(batch_format="numpy", batch_size=None) if todo else []):
-            good = b["error"] == ""
-            for p, err in zip(b["pos"][~good].tolist(), b["error"][~good].tolist()):
-                skipped[p] = err
-            pos_parts.append(b["pos"][good])
-            vec_parts.append(b["vector"][good])
-            digests.update(zip(b["pos"][good].tolist(), b["digest"][good].tolist()))
-            count_notes(seen, [json.loads(n) for n in b["notes"][good]])
-            decode_s += float(b["decode_s"].sum())
-            infer_s += float(b["infer_s"].sum())
+        _quiet(ray, progress)
+        ds = _pipeline(ray, embedder, sources, todo, (size, max_pixels, pre.to_dict(),
+                                                      choice.name if choice else decoder),
+                       batch_size, actors, threads, cpus)
+        pos_parts, vec_parts, digests, decode_s, infer_s = _collect(
+            ds.iter_batches(batch_format="numpy", batch_size=None) if todo else [], skipped,
+            seen)
     finally:
         if owned:
             ray.shutdown()
-    rows = np.concatenate(pos_parts) if pos_parts else np.zeros(0, np.int64)
-    emb = np.concatenate(vec_parts) if vec_parts else np.zeros((0, embedder.dim), np.float32)
-    order = np.argsort(rows, kind="stable")  # catalogue order, as the local engine gives
-    rows, emb = rows[order], np.ascontiguousarray(emb[order], dtype=np.float32)
+    rows, emb = _in_order(pos_parts, vec_parts, embedder.dim)
     total = time.perf_counter() - t_start
     n = len(rows)
     return EmbedResult(

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from lookalike.embedders.spec import SPECS, EmbedderSpec
-from lookalike.errors import IndexFormatError, LookalikeError
+from lookalike.errors import IndexFormatError, LookalikeError, choose
 
 __all__ = [
     "DEFAULT_EMBEDDER",
@@ -61,11 +61,7 @@ def list_embedders() -> list[str]:
 
 
 def get_spec(name: str) -> EmbedderSpec:
-    try:
-        return _SPECS[name]
-    except KeyError:
-        raise LookalikeError(f"unknown embedder {name!r}; choose one of: "
-                             f"{', '.join(list_embedders())}") from None
+    return _SPECS[choose(name, list_embedders(), "embedder")]
 
 
 def cache_dir() -> Path:

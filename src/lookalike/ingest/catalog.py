@@ -10,6 +10,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -99,19 +100,11 @@ def _as_text(values: pd.Series) -> pd.Series:
     return values.astype("string")
 
 
-def read_catalog(
-    path: str | os.PathLike,
-    images: str | os.PathLike | None = None,
-    *,
-    id_column: str = "id",
-    image_column: str = "image_path",
-    product_column: str | None = None,
-    attributes: list[str] | None = None,
-    category_column: str | None = None,
-    color_column: str | None = None,
-    allow_outside_images: bool = False,
-    id_rule: bool = True,
-) -> Catalog:
+def read_catalog(path: str | os.PathLike, images: str | os.PathLike | None = None, *,
+                 id_column: str = "id", image_column: str = "image_path",
+                 product_column: str | None = None, attributes: list[str] | None = None,
+                 category_column: str | None = None, color_column: str | None = None,
+                 allow_outside_images: bool = False, id_rule: bool = True) -> Catalog:
     """Read and validate a catalogue; image paths are relative to ``images`` (default: the
     catalogue's folder), which may be a filesystem URI (``s3://bucket/photos``): then photos
     are not looked for here, and one that is missing is reported when it is read.
@@ -141,8 +134,37 @@ def read_catalog(
     if len(df) == 0:
         raise CatalogError(f"catalogue {path} has a header but no rows")
 
-    ids = _as_text(df[id_column])
-    # positions in messages: CSV line numbers (header is line 1), or 0-based Parquet rows
+    ids = _checked_ids(_as_text(df[id_column]), path, id_column, id_rule)
+    items = pd.DataFrame({ITEM_ID: ids.to_numpy()})
+    items[PRODUCT_ID] = (_as_text(df[product_column]).to_numpy() if product_column
+                         else items[ITEM_ID].to_numpy())
+    items[IMAGE_PATH] = df[image_column].astype("string").to_numpy()
+    for a in attributes:
+        items[a] = df[a].to_numpy()
+    no_product = items[PRODUCT_ID].isna()
+    items.loc[no_product, PRODUCT_ID] = items.loc[no_product, ITEM_ID]
+
+    remote = is_uri(images)
+    root: Path | str = str(images) if remote else Path(images) if images is not None \
+        else path.parent
+    if not remote and not Path(root).is_dir():
+        raise CatalogError(f"image folder not found: {root} (images=)")
+    missing = _missing_photos(items[IMAGE_PATH].tolist(), root, remote, image_column,
+                              allow_outside_images)
+    if len(missing) == len(items):
+        first = next(iter(missing.values()))
+        raise CatalogError(f"none of the {len(items)} images of {path.name} can be found "
+                           f"under {root} (first: {first}); check images= and image_column=")
+    cat = Catalog(source=path, images_root=root if remote else Path(root).resolve(), items=items,
+                  attributes=tuple(attributes),
+                  columns={"id": id_column, "image": image_column, "product": product_column},
+                  missing=missing)
+    return with_roles(cat, category=category_column, color=color_column)
+
+
+def _checked_ids(ids: pd.Series, path: Path, id_column: str, id_rule: bool) -> pd.Series:
+    """The item ids, refused when one is empty, breaks the id rule or comes twice; each named
+    by its CSV line (header: line 1) or Parquet row."""
     is_parquet = path.suffix.lower() in PARQUET_SUFFIXES
     where = "row" if is_parquet else "line"
 
@@ -169,46 +191,30 @@ def read_catalog(
                          for k, v in list(groups.items())[:5])
         raise CatalogError(f"{len(groups)} duplicate item id(s) in {path.name} "
                            f"(column {id_column!r}): {dups}")
+    return ids
 
-    items = pd.DataFrame({ITEM_ID: ids.to_numpy()})
-    items[PRODUCT_ID] = (_as_text(df[product_column]).to_numpy() if product_column
-                         else items[ITEM_ID].to_numpy())
-    items[IMAGE_PATH] = df[image_column].astype("string").to_numpy()
-    for a in attributes:
-        items[a] = df[a].to_numpy()
-    no_product = items[PRODUCT_ID].isna()
-    items.loc[no_product, PRODUCT_ID] = items.loc[no_product, ITEM_ID]
 
-    remote = is_uri(images)
-    root: Path | str = str(images) if remote else Path(images) if images is not None \
-        else path.parent
-    if not remote and not Path(root).is_dir():
-        raise CatalogError(f"image folder not found: {root} (images=)")
+def _missing_photos(paths: list[Any], root: Path | str, remote: bool, image_column: str,
+                    allow_outside: bool) -> dict[int, str]:
+    """Rows whose photo cannot be used, with the reason: no path, a local file URI, a file
+    that is not there, or a path that leads outside the image folder (unless allowed)."""
     missing: dict[int, str] = {}
     inside = None if remote else Path(root).resolve()
-    for i, rel in enumerate(items[IMAGE_PATH].tolist()):
+    for i, rel in enumerate(paths):
         if pd.isna(rel) or not str(rel).strip():
             missing[i] = f"no image path (column {image_column!r} is empty)"
-        elif is_uri(rel) and str(rel).lower().startswith("file:") and not allow_outside_images:
+        elif is_uri(rel) and str(rel).lower().startswith("file:") and not allow_outside:
             missing[i] = (f"image path {rel!r} is a local file URI; give paths under the image "
                           "folder (or allow it with allow_outside_images=)")
         elif remote or is_uri(rel):
             continue
         elif not Path(resolve_image(root, rel)).is_file():
             missing[i] = f"image file missing: {resolve_image(root, rel)}"
-        elif not allow_outside_images and inside is not None and \
+        elif not allow_outside and inside is not None and \
                 not Path(resolve_image(root, rel)).resolve().is_relative_to(inside):
             missing[i] = (f"image path {rel!r} leads outside the image folder {inside} "
                           "(allow it with allow_outside_images=)")
-    if len(missing) == len(items):
-        first = next(iter(missing.values()))
-        raise CatalogError(f"none of the {len(items)} images of {path.name} can be found "
-                           f"under {root} (first: {first}); check images= and image_column=")
-    cat = Catalog(source=path, images_root=root if remote else Path(root).resolve(), items=items,
-                  attributes=tuple(attributes),
-                  columns={"id": id_column, "image": image_column, "product": product_column},
-                  missing=missing)
-    return with_roles(cat, category=category_column, color=color_column)
+    return missing
 
 
 def with_roles(cat: Catalog, **roles: str | None) -> Catalog:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from lookalike.errors import LookalikeError
+from lookalike.errors import LookalikeError, choose
 from lookalike.ingest.boxes import NEUTRAL, cut, within
 from lookalike.ingest.faces import detect_faces, remove_faces
 from lookalike.ingest.images import FITS, fit_square
@@ -64,8 +64,7 @@ class Preprocess:
     fit: str = "squash"  # how the result becomes square (one of images.FITS), after the steps
 
     def __post_init__(self) -> None:
-        if self.fit not in FITS:
-            raise LookalikeError(f"unknown fit {self.fit!r}; choose one of {', '.join(FITS)}")
+        choose(self.fit, FITS, "fit")
         unknown = [s for s in self.steps if s not in STEPS]
         if unknown:
             raise LookalikeError(f"unknown preprocessing step(s) {', '.join(map(repr, unknown))}; "

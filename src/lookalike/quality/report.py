@@ -11,6 +11,7 @@ import html
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from lookalike.quality.metrics import PRODUCT, Evaluation
 from lookalike.quality.plots import plot_groups, plot_precision
 from lookalike.quality.runs import IndexQuality
 from lookalike.quality.tables import (
+    Table,
     group_tables,
     html_table,
     label_tables,
@@ -188,6 +190,19 @@ def _slug(s: str) -> str:
 
 # --------------------------------------------------------------------------- the report
 
+@dataclass
+class _Contents:
+    """What both renderings of a report show."""
+
+    words: list[str]  # the headline, in plain words
+    info: list[str]  # where the numbers come from
+    legend: str
+    tables: list[Table]
+    breakdowns: list[Table]
+    images: list[tuple[str, Path]]  # plots: caption, file
+    gallery: list[tuple[str, Path]]  # best and worst queries: caption, file
+
+
 def write_report(results: Sequence[IndexQuality], out_dir: str | os.PathLike, *,
                  by: Sequence[str] = (), gallery_queries: int = 6,
                  settings: dict[str, Any] | None = None) -> Path:
@@ -197,11 +212,8 @@ def write_report(results: Sequence[IndexQuality], out_dir: str | os.PathLike, *,
     (out / "plots").mkdir(parents=True, exist_ok=True)
     (out / "gallery").mkdir(exist_ok=True)
     by = list(by) or _default_by(results[0])
-    tables = metric_tables(results)
-    groups = group_tables(results, by)
-    labels = label_tables(results)
-    plot = plot_precision(results, out / "plots" / "precision_at_k.png")
-    images: list[tuple[str, Path]] = [("precision@k against k", plot)]
+    images: list[tuple[str, Path]] = [
+        ("precision@k against k", plot_precision(results, out / "plots" / "precision_at_k.png"))]
     for attr in by:
         images.append((f"by {attr}",
                        plot_groups(results, attr, out / "plots" / f"by-{_slug(attr)}.png")))
@@ -209,7 +221,6 @@ def write_report(results: Sequence[IndexQuality], out_dir: str | os.PathLike, *,
     show_k = min(main_k(results[0]), 10)
     gallery = [g for r in results
                for g in _gallery_images(r, out / "gallery", gallery_queries, show_k, shown)]
-
     info = [f"written {now()}"]
     for r in results:
         info.append(f"{r.label}: {r.index.path} ({len(r.index)} items, model {r.index.model})")
@@ -223,37 +234,47 @@ def write_report(results: Sequence[IndexQuality], out_dir: str | os.PathLike, *,
               + recall_cap(results[0]))
     words = [f"{r.label}: {line}" if len(results) > 1 else line
              for r in results for line in headline(r)]
+    c = _Contents(words, info, legend, metric_tables(results),
+                  group_tables(results, by) + label_tables(results), images, gallery)
+    (out / "report.md").write_text(_markdown(c, out))
+    page = out / "report.html"
+    page.write_text(_html(c, out))
+    return page
 
-    md = ["# lookalike evaluation report", "", *[f"**{line}**\n" for line in words],
-          *[f"- {line}" for line in info], "", legend, "", "## Metrics", ""]
-    md += [md_table(t) for t in tables]
-    md += ["## Plots", ""] + [f"![{c}]({p.relative_to(out).as_posix()})\n" for c, p in images]
-    if groups or labels:
-        md += ["## Breakdowns", ""] + [md_table(t) for t in groups + labels]
+
+def _markdown(c: _Contents, out: Path) -> str:
+    md = ["# lookalike evaluation report", "", *[f"**{line}**\n" for line in c.words],
+          *[f"- {line}" for line in c.info], "", c.legend, "", "## Metrics", ""]
+    md += [md_table(t) for t in c.tables]
+    md += ["## Plots", ""] + [f"![{cap}]({p.relative_to(out).as_posix()})\n"
+                              for cap, p in c.images]
+    if c.breakdowns:
+        md += ["## Breakdowns", ""] + [md_table(t) for t in c.breakdowns]
     md += ["## Best and worst queries", "",
            "Each row: the query, then its top results; green frame = relevant, red = not.", ""]
-    md += [f"### {c}\n\n![{c}]({p.relative_to(out).as_posix()})\n" for c, p in gallery]
-    (out / "report.md").write_text("\n".join(md))
+    md += [f"### {cap}\n\n![{cap}]({p.relative_to(out).as_posix()})\n" for cap, p in c.gallery]
+    return "\n".join(md)
 
+
+def _html(c: _Contents, out: Path) -> str:
     def figure(caption: str, path: Path) -> str:
         rel = html.escape(path.relative_to(out).as_posix())
         return (f'<figure><img src="{rel}" alt="{html.escape(caption)}">'
                 f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
     body = ["<h1>lookalike evaluation report</h1>",
-            *[f"<p><strong>{html.escape(line)}</strong></p>" for line in words], "<ul>",
-            *[f"<li>{html.escape(line)}</li>" for line in info], "</ul>",
-            f"<p>{html.escape(legend)}</p><h2>Metrics</h2>",
-            *[html_table(t) for t in tables], "<h2>Plots</h2>",
-            *[figure(c, p) for c, p in images]]
-    if groups or labels:
-        body += ["<h2>Breakdowns</h2>", *[html_table(t) for t in groups + labels]]
+            *[f"<p><strong>{html.escape(line)}</strong></p>" for line in c.words], "<ul>",
+            *[f"<li>{html.escape(line)}</li>" for line in c.info], "</ul>",
+            f"<p>{html.escape(c.legend)}</p><h2>Metrics</h2>",
+            *[html_table(t) for t in c.tables], "<h2>Plots</h2>",
+            *[figure(cap, p) for cap, p in c.images]]
+    if c.breakdowns:
+        body += ["<h2>Breakdowns</h2>", *[html_table(t) for t in c.breakdowns]]
     body += [("<h2>Best and worst queries</h2><p>Each row: the query, then its top results; "
               f'<span style="color:{GOOD}">green frame</span> = relevant, '
               f'<span style="color:{BAD}">red</span> = not.</p>'),
-             *[figure(c, p) for c, p in gallery]]
-    page = out / "report.html"
-    page.write_text(f"""<!doctype html><html><head><meta charset="utf-8">
+             *[figure(cap, p) for cap, p in c.gallery]]
+    return f"""<!doctype html><html><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>lookalike evaluation report</title><style>
 body{{font:14px system-ui,sans-serif;margin:16px;max-width:1400px}}
@@ -261,8 +282,7 @@ table{{border-collapse:collapse;margin:6px 0 18px}} td,th{{border:1px solid #ccc
 text-align:right}} td:first-child,th:first-child,td:nth-child(2){{text-align:left}}
 .note{{color:#555;margin:2px 0}} figure{{margin:12px 0}} img{{max-width:100%}}
 figcaption{{color:#333;font-weight:600}}</style></head><body>
-{"".join(body)}</body></html>""")
-    return page
+{"".join(body)}</body></html>"""
 
 
 def _default_by(result: IndexQuality) -> list[str]:

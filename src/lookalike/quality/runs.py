@@ -17,7 +17,7 @@ import pandas as pd
 
 from lookalike.api import Index
 from lookalike.embed.local import EmbedResult, embed_images
-from lookalike.errors import ImageError, LookalikeError
+from lookalike.errors import ImageError, LookalikeError, require_column
 from lookalike.ingest.catalog import (
     IMAGE_PATH,
     ITEM_ID,
@@ -162,36 +162,16 @@ def evaluate_indexes(
                            indexes[0].color)
     results = []
     for label, ix in zip(labels, indexes):
-        notes = []
+        notes: list[str] = []
         for attrs in rels:
             for a in attrs:
-                if a not in ix.attributes:
-                    raise LookalikeError(f"index {ix.path}: no attribute {a!r} (it has: "
-                                         f"{', '.join(ix.attributes)})")
+                require_column(ix.attributes, a, f"an attribute of index {ix.path}")
         if len(ix) != len(query_ids) and sample is None:
             notes.append(f"{len(ix) - len(query_ids)} item(s) of this index are not in every "
                          "index and were not used as queries")
-        qrows = np.array([ix.row(i) for i in query_ids], np.int64)
-        products = ix.items[PRODUCT_ID].to_numpy() if ix.manifest["catalog"].get("has_products") \
-            else None
-        gallery = np.arange(len(ix))
-        if split is not None:
-            gallery = np.flatnonzero(assign_splits(ix.items[PRODUCT_ID].to_numpy(),
-                                                   **(split_options or {})) == split)
-            qrows = qrows[np.isin(qrows, gallery)]
-            if len(qrows) == 0:
-                raise LookalikeError(f"index {ix.path}: no item falls in the {split!r} split")
-            notes.append(f"{split} split only: {len(gallery)} items, queries and gallery alike")
-        position = np.full(len(ix), -1)
-        position[gallery] = np.arange(len(gallery))
-        items = ix.items.iloc[gallery].reset_index(drop=True)
         r = ix.reranking(rerank)
-        if r:
-            notes.append(f"re-ranked: {r}")
-        ev = evaluate_catalog(np.asarray(ix.embeddings)[gallery], items, rels, ks,
-                              products=None if products is None else products[gallery],
-                              query_rows=position[qrows], exclude_product=exclude_product,
-                              ranker=_ranker(ix, r, items)).on_rows(gallery)
+        ev, gallery = _catalogue_run(ix, query_ids, rels, ks, exclude_product, split,
+                                     split_options, r, notes)
         result = IndexQuality(label, ix, ev, notes=notes, gallery=len(gallery))
         if query_set is not None and mapping is not None:
             result.queries = _run_queries(ix, query_set, query_label_column, mapping, ks,
@@ -207,6 +187,35 @@ def evaluate_indexes(
             result.triplets = t
         results.append(result)
     return results
+
+
+def _catalogue_run(ix: Index, query_ids: list[str], rels: list[list[str]], ks: Sequence[int],
+                   exclude_product: bool, split: str | None,
+                   split_options: dict[str, float] | None, r: Rerank, notes: list[str]
+                   ) -> tuple[Evaluation, np.ndarray]:
+    """The catalogue against itself (one split of it, with ``split``): the evaluation and the
+    gallery rows."""
+    qrows = np.array([ix.row(i) for i in query_ids], np.int64)
+    products = ix.items[PRODUCT_ID].to_numpy() if ix.manifest["catalog"].get("has_products") \
+        else None
+    gallery = np.arange(len(ix))
+    if split is not None:
+        gallery = np.flatnonzero(assign_splits(ix.items[PRODUCT_ID].to_numpy(),
+                                               **(split_options or {})) == split)
+        qrows = qrows[np.isin(qrows, gallery)]
+        if len(qrows) == 0:
+            raise LookalikeError(f"index {ix.path}: no item falls in the {split!r} split")
+        notes.append(f"{split} split only: {len(gallery)} items, queries and gallery alike")
+    position = np.full(len(ix), -1)
+    position[gallery] = np.arange(len(gallery))
+    items = ix.items.iloc[gallery].reset_index(drop=True)
+    if r:
+        notes.append(f"re-ranked: {r}")
+    ev = evaluate_catalog(np.asarray(ix.embeddings)[gallery], items, rels, ks,
+                          products=None if products is None else products[gallery],
+                          query_rows=position[qrows], exclude_product=exclude_product,
+                          ranker=_ranker(ix, r, items)).on_rows(gallery)
+    return ev, gallery
 
 
 def _ranker(ix: Index, r: Rerank, gallery: pd.DataFrame) -> Ranker:

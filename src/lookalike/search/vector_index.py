@@ -14,7 +14,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from lookalike.errors import LookalikeError
+from lookalike.errors import choose
 
 KINDS = ("exact", "hnsw", "ivf", "ivfpq")
 VECTOR_TYPES = ("float32", "float16")  # how an index folder stores its vectors
@@ -38,7 +38,8 @@ def default_params(kind: str, n: int, d: int) -> dict[str, int]:
         nbits = max(1, min(8, int(math.log2(max(2, n // 39)))))  # 39 points per centroid
         return {"nlist": nlist, "m": m, "nbits": nbits, "nprobe": max(1, nlist // 32),
                 "rerank": 10}
-    raise LookalikeError(f"unknown index type {kind!r}; choose one of {', '.join(KINDS)}")
+    choose(kind, KINDS, "index type")  # (raises: every kind has returned above)
+    raise AssertionError(kind)
 
 
 def flat_index(embeddings: np.ndarray) -> faiss.Index:

@@ -114,68 +114,23 @@ def write_index(out: str | os.PathLike, manifest: dict[str, Any], items: pd.Data
     tmp = Path(tempfile.mkdtemp(prefix=build_tmp_prefix(out), dir=out.parent))
     held = WriterLock(tmp)  # proof of life for whoever cleans up beside us
     old_backend = read_manifest(out).get("backend") if is_index(out) else None
-    new_backend: dict[str, Any] | None = None
+    made: list[dict[str, Any]] = []  # a Milvus collection made for this folder
     try:
         items = items.reset_index(drop=True)
         # one thread: a compaction may run while the interpreter exits, when pyarrow's
         # converter pool can no longer start
         pq.write_table(pa.Table.from_pandas(items, preserve_index=False, nthreads=1),
                        tmp / ITEMS)
-        if keep_backend:  # the collection holds the vectors already
-            info, files = manifest["index"], [ITEMS]
-        elif milvus_uri:
-            emb = np.ascontiguousarray(embeddings, dtype=np.float32)
-            new_backend = milvus.create(milvus_uri, milvus.collection_name(out), items, emb,
-                                        manifest["catalog"]["attributes"], kind, params)
-            info = {"type": "flat" if kind == "exact" else kind, "metric": "inner_product",
-                    **{k: new_backend[k] for k in ("params", "recall@10", "recall_queries",
-                                                   "recall_target")}}
-            files = [ITEMS]
-            manifest = {**manifest, "backend": new_backend}
-        else:
-            emb = np.ascontiguousarray(embeddings, dtype=np.float32)
-            index, info = build_vector_index(emb, kind, params)
-            # --vectors float16: the stored copy at half the size (search and re-ranking
-            # read it; the index holds its own float16 copy or PQ codes)
-            np.save(tmp / EMBEDDINGS, emb.astype(np.float16) if info.get("params", {}).get("fp16")
-                    else emb)
-            faiss.write_index(index, str(tmp / FAISS))
-            files = [ITEMS, EMBEDDINGS, FAISS]
-        manifest = {**manifest, "format": FORMAT, "format_version": FORMAT_VERSION,
-                    "files": dict(zip(("items", "embeddings", "index"), files)), "index": info}
-        if extra_files:
-            manifest["files"]["extra"] = sorted(extra_files)
-        for name, src in (extra_files or {}).items():
-            shutil.copyfile(src, tmp / name)
-        for name in [*files, *(extra_files or {})]:
-            with open(tmp / name, "rb") as f:
-                os.fsync(f.fileno())
-        with open(tmp / MANIFEST, "w") as f:  # the manifest last: it marks a complete folder
-            json.dump(manifest, f, indent=2, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o755)
+        manifest, files = _write_vectors(tmp, out, manifest, items, embeddings, kind, params,
+                                         milvus_uri, keep_backend, made)
+        _seal(tmp, manifest, files, extra_files or {})
         held.release()  # (the folder becomes the index: no lock file in it)
-        with journal.locked(out) if out.exists() else contextlib.nullcontext():
-            if before_swap is not None:
-                before_swap(tmp)
-            old = None
-            if not out.exists():
-                os.rename(tmp, out)
-            elif _exchange(tmp, out):  # one atomic step: readers never find the folder missing
-                old = tmp
-            else:  # two renames; a crash between them is undone by the next opener (_recover)
-                old = out.parent / f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-                os.rename(out, old)
-                os.rename(tmp, out)
-            journal.fsync_dir(out.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        _swap(tmp, out, before_swap)
     except BaseException:
         held.release()
         shutil.rmtree(tmp, ignore_errors=True)
-        if new_backend:
-            milvus.MilvusStore(new_backend).drop()
+        for backend in made:
+            milvus.MilvusStore(backend).drop()
         raise
     if old_backend and old_backend.get("type") == "milvus" and old_backend != keep_backend:
         try:  # the replaced folder's collection: nothing refers to it any more
@@ -184,6 +139,74 @@ def write_index(out: str | os.PathLike, manifest: dict[str, Any], items: pd.Data
             log.warning("could not drop the replaced index's Milvus collection %s: %s",
                         old_backend.get("collection"), e)
     return out
+
+
+def _write_vectors(tmp: Path, out: Path, manifest: dict[str, Any], items: pd.DataFrame,
+                   embeddings: np.ndarray | None, kind: str, params: dict[str, int] | None,
+                   milvus_uri: str | None, keep_backend: dict[str, Any] | None,
+                   made: list[dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:
+    """The vectors into ``tmp`` (embeddings.npy and index.faiss) or a new Milvus collection
+    (appended to ``made``); returns the manifest with its ``index`` entry and the files."""
+    if keep_backend:  # the collection holds the vectors already
+        info, files = manifest["index"], [ITEMS]
+    elif milvus_uri:
+        emb = np.ascontiguousarray(embeddings, dtype=np.float32)
+        backend = milvus.create(milvus_uri, milvus.collection_name(out), items, emb,
+                                manifest["catalog"]["attributes"], kind, params)
+        made.append(backend)
+        info = {"type": "flat" if kind == "exact" else kind, "metric": "inner_product",
+                **{k: backend[k] for k in ("params", "recall@10", "recall_queries",
+                                           "recall_target")}}
+        files = [ITEMS]
+        manifest = {**manifest, "backend": backend}
+    else:
+        emb = np.ascontiguousarray(embeddings, dtype=np.float32)
+        index, info = build_vector_index(emb, kind, params)
+        # float16 vectors: the stored copy at half the size (search and re-ranking read it;
+        # the index holds its own float16 copy or PQ codes)
+        np.save(tmp / EMBEDDINGS, emb.astype(np.float16) if info.get("params", {}).get("fp16")
+                else emb)
+        faiss.write_index(index, str(tmp / FAISS))
+        files = [ITEMS, EMBEDDINGS, FAISS]
+    return {**manifest, "format": FORMAT, "format_version": FORMAT_VERSION,
+            "files": dict(zip(("items", "embeddings", "index"), files)), "index": info}, files
+
+
+def _seal(tmp: Path, manifest: dict[str, Any], files: list[str],
+          extra_files: dict[str, Path]) -> None:
+    """Copy the extra files in, sync every file, and write the manifest last: it marks a
+    complete folder."""
+    if extra_files:
+        manifest["files"]["extra"] = sorted(extra_files)
+    for name, src in extra_files.items():
+        shutil.copyfile(src, tmp / name)
+    for name in [*files, *extra_files]:
+        with open(tmp / name, "rb") as f:
+            os.fsync(f.fileno())
+    with open(tmp / MANIFEST, "w") as f:
+        json.dump(manifest, f, indent=2, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(tmp, 0o755)
+
+
+def _swap(tmp: Path, out: Path, before_swap: Callable[[Path], None] | None) -> None:
+    """Put the complete folder ``tmp`` in the place of ``out``, under the writers' lock."""
+    with journal.locked(out) if out.exists() else contextlib.nullcontext():
+        if before_swap is not None:
+            before_swap(tmp)
+        old = None
+        if not out.exists():
+            os.rename(tmp, out)
+        elif _exchange(tmp, out):  # one atomic step: readers never find the folder missing
+            old = tmp
+        else:  # two renames; a crash between them is undone by the next opener (_recover)
+            old = out.parent / f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            os.rename(out, old)
+            os.rename(tmp, out)
+        journal.fsync_dir(out.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _exchange(a: Path, b: Path) -> bool:

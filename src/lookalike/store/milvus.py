@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from lookalike.errors import IndexFormatError, LookalikeError
+from lookalike.errors import IndexFormatError, LookalikeError, choose
 from lookalike.ingest.catalog import ITEM_ID, PRODUCT_ID
 from lookalike.search.topk import filter_values
 from lookalike.search.vector_index import RECALL_TARGET, default_params, measure_recall
@@ -184,9 +184,7 @@ def create(uri: str, name: str, items: pd.DataFrame, embeddings: np.ndarray,
     from pymilvus import DataType
 
     uri = normal_uri(uri)
-    if kind not in INDEX_TYPES:
-        raise LookalikeError(f"unknown index type {kind!r}; choose one of "
-                             f"{', '.join(INDEX_TYPES)}")
+    choose(kind, INDEX_TYPES, "index type")
     if kind == "ivfpq" and is_lite(uri):
         raise LookalikeError("milvus-lite cannot build IVF_PQ (it accepts the index and fails "
                              "in the background); use index= hnsw, ivf or exact, or a Milvus "
@@ -223,20 +221,29 @@ def create(uri: str, name: str, items: pd.DataFrame, embeddings: np.ndarray,
         store.upsert(items, embeddings)
         c.load_collection(name)
         store.info["insert_s"] = round(time.perf_counter() - t0, 3)
-        searcher = MilvusSearch(store, {str(i): r for r, i in enumerate(items[ITEM_ID])})
-        got, queries = measure_recall(searcher, embeddings)
-        knob = SEARCH_KNOB.get(index_type)
-        # Milvus may cluster into other than the nlist asked (milvus-lite does), so nprobe
-        # is bounded by the items, not by nlist
-        limit = 4096 if index_type == "HNSW" else min(MAX_NPROBE, max(n, 1))
-        while knob and got < target and store.info["params"][knob] < limit:
-            store.info["params"][knob] = min(limit, store.info["params"][knob] * 2)
-            got, queries = measure_recall(searcher, embeddings)
+        got, queries = _tune(store, items, embeddings, target)
     except BaseException:
         store.drop()
         raise
     return {**store.info, "recall@10": round(got, 4), "recall_queries": queries,
             "recall_target": target}
+
+
+def _tune(store: MilvusStore, items: pd.DataFrame, embeddings: np.ndarray, target: float
+          ) -> tuple[float, int]:
+    """Double the search breadth until recall@10 reaches ``target``; the recall and the
+    number of queries it was measured on."""
+    index_type = store.info["index_type"]
+    searcher = MilvusSearch(store, {str(i): r for r, i in enumerate(items[ITEM_ID])})
+    got, queries = measure_recall(searcher, embeddings)
+    knob = SEARCH_KNOB.get(index_type)
+    # Milvus may cluster into other than the nlist asked (milvus-lite does), so nprobe
+    # is bounded by the items, not by nlist
+    limit = 4096 if index_type == "HNSW" else min(MAX_NPROBE, max(len(embeddings), 1))
+    while knob and got < target and store.info["params"][knob] < limit:
+        store.info["params"][knob] = min(limit, store.info["params"][knob] * 2)
+        got, queries = measure_recall(searcher, embeddings)
+    return got, queries
 
 
 class Filter(NamedTuple):

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lookalike.api import Index
-from lookalike.errors import LookalikeError
+from lookalike.errors import LookalikeError, choose
 from lookalike.ingest.catalog import PRODUCT_ID
 from lookalike.training.triplets import roles
 
@@ -104,7 +104,5 @@ def resolve_roles(ix: Index, cfg: TrainConfig, log: Callable[[str], None]) -> Tr
     if unknown:
         raise LookalikeError(f"unknown camera step(s) {', '.join(unknown)}; choose from "
                              f"{', '.join(CAMERA_STEPS)}")
-    if cfg.split_by not in SPLIT_BY:
-        raise LookalikeError(f"unknown split {cfg.split_by!r}; choose one of "
-                             f"{', '.join(SPLIT_BY)}")
+    choose(cfg.split_by, SPLIT_BY, "split")
     return replace(cfg, category=category, color=color)

@@ -145,20 +145,8 @@ def sample_triplets(items: pd.DataFrame, n: int, *, category: str | None, color:
     ``color``, every item counts as one colour; without a ``category`` either, positives are
     same-product ones and negatives other products (drawn from ``hard_negatives[row]``, the
     item rows nearest each row among other products, where given)."""
-    if category is None and color is not None:
-        raise LookalikeError("a colour role needs a category role")
-    if category is None:
-        p_same_product, p_in_class = 1.0, 0.0
-    elif color is None:
-        p_in_class = 0.0
-    for col, param in ((category, "category="), (color, "color="), (product, "product=")):
-        if col is not None:
-            require_column(items.columns, col, param)
-    for p, name in ((p_same_product, "p_same_product"), (p_in_class, "p_in_class")):
-        if not 0 <= p <= 1:
-            raise LookalikeError(f"{name} must be between 0 and 1, got {p}")
-    if n < 1:
-        raise LookalikeError(f"the number of triplets must be at least 1, got {n}")
+    p_same_product, p_in_class = _shares(items, n, category, color, product, p_same_product,
+                                         p_in_class)
     pool = np.arange(len(items)) if rows is None else np.asarray(rows, np.int64)
     known = eligible(items, category, color)[pool]
     skipped = {"items without category or colour (left out)": int((~known).sum())}
@@ -176,7 +164,54 @@ def sample_triplets(items: pd.DataFrame, n: int, *, category: str | None, color:
     rng = np.random.default_rng(seed)
 
     q = rng.integers(0, m, n)
-    # positives
+    pos_, pt, no_pos = _positives(rng, q, prod, cat, col, p_same_product)
+    neg, nt, no_neg = _negatives(rng, q, cat, col, p_in_class)
+    if hard_negatives is not None:  # mined: one of each query's nearest other products
+        where_in_pool = np.full(len(items), -1, np.int64)
+        where_in_pool[pool] = np.arange(m)
+        cand = where_in_pool[np.maximum(hard_negatives[pool[q]], 0)]
+        cand[hard_negatives[pool[q]] < 0] = -1
+        pick = cand[np.arange(n), rng.integers(0, cand.shape[1], n)]
+        neg = np.where((nt == 1) & (pick >= 0), pick, neg)
+
+    ok = ~no_pos & ~no_neg
+    skipped["no other item of the same category and colour"] = int(no_pos.sum())
+    skipped["in-class negative impossible (category with one colour)"] = int(
+        (no_neg & (nt == 0) & ~no_pos).sum())
+    skipped["out-of-class negative impossible (one category)"] = int(
+        (no_neg & (nt == 1) & ~no_pos).sum())
+    return TripletSet(pool[q[ok]], pool[pos_[ok]], pool[neg[ok]], pt[ok].astype(np.int8),
+                      nt[ok].astype(np.int8), requested=n, skipped=skipped)
+
+
+def _shares(items: pd.DataFrame, n: int, category: str | None, color: str | None,
+            product: str, p_same_product: float, p_in_class: float) -> tuple[float, float]:
+    """The roles checked, and the shares of same-product positives and in-class negatives
+    that the roles allow."""
+    if category is None and color is not None:
+        raise LookalikeError("a colour role needs a category role")
+    if category is None:
+        p_same_product, p_in_class = 1.0, 0.0
+    elif color is None:
+        p_in_class = 0.0
+    for col, param in ((category, "category="), (color, "color="), (product, "product=")):
+        if col is not None:
+            require_column(items.columns, col, param)
+    for p, name in ((p_same_product, "p_same_product"), (p_in_class, "p_in_class")):
+        if not 0 <= p <= 1:
+            raise LookalikeError(f"{name} must be between 0 and 1, got {p}")
+    if n < 1:
+        raise LookalikeError(f"the number of triplets must be at least 1, got {n}")
+    return p_same_product, p_in_class
+
+
+def _positives(rng: np.random.Generator, q: np.ndarray, prod: np.ndarray, cat: np.ndarray,
+               col: np.ndarray, p_same_product: float
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each query's positive (pool positions), its type, and whether it has none: another
+    photo of the product (the query itself, augmented, when it has one photo), or another
+    item of the same category and colour."""
+    n = len(q)
     pt = np.where(rng.random(n) < p_same_product, 0, 2)
     po, ps, psz, ppos = _groups(prod)
     same_prod = _other_in_group(rng, q, po, ps, psz, ppos)
@@ -186,9 +221,15 @@ def sample_triplets(items: pd.DataFrame, n: int, *, category: str | None, color:
     same_cc = _other_in_group(rng, q, co, cs, csz, cpos)
     pos_ = np.where(pt == 0, np.where(single, q, same_prod), same_cc)
     pt = np.where((pt == 0) & single, 1, pt)
-    no_pos = (pt == 2) & (csz[q] == 1)
-    # negatives: within the category block (sorted by category then colour), skip the query's
-    # own colour block; outside it, skip the query's whole category block
+    return pos_, pt, (pt == 2) & (csz[q] == 1)
+
+
+def _negatives(rng: np.random.Generator, q: np.ndarray, cat: np.ndarray, col: np.ndarray,
+               p_in_class: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each query's negative, its type (in-class or out-of-class), and whether it has none:
+    within the category block (sorted by category then colour) the query's own colour block
+    is skipped; outside it, the query's whole category block."""
+    n, m = len(q), len(cat)
     nt = np.where(rng.random(n) < p_in_class, 0, 1)
     key = cat.astype(np.int64) * (col.max() + 1) + col
     ko, kstart, ksize, _ = _groups(key)  # colour blocks inside category blocks
@@ -200,26 +241,8 @@ def sample_triplets(items: pd.DataFrame, n: int, *, category: str | None, color:
     out_span = m - csize[q]
     r = rng.integers(0, np.maximum(out_span, 1))
     idx_out = r + np.where(r >= cstart[q], csize[q], 0)
-    neg_sorted = np.where(nt == 0, idx_in, idx_out)
-    neg = ko[np.minimum(neg_sorted, m - 1)]
-    no_neg = np.where(nt == 0, in_span == 0, out_span == 0)
-    if hard_negatives is not None:  # mined: one of each query's nearest other products
-        where_in_pool = np.full(len(items), -1, np.int64)
-        where_in_pool[pool] = np.arange(m)
-        cand = where_in_pool[np.maximum(hard_negatives[pool[q]], 0)]
-        cand[hard_negatives[pool[q]] < 0] = -1
-        pick = cand[np.arange(n), rng.integers(0, cand.shape[1], n)]
-        mined = (nt == 1) & (pick >= 0)
-        neg = np.where(mined, pick, neg)
-
-    ok = ~no_pos & ~no_neg
-    skipped["no other item of the same category and colour"] = int(no_pos.sum())
-    skipped["in-class negative impossible (category with one colour)"] = int(
-        (no_neg & (nt == 0) & ~no_pos).sum())
-    skipped["out-of-class negative impossible (one category)"] = int(
-        (no_neg & (nt == 1) & ~no_pos).sum())
-    return TripletSet(pool[q[ok]], pool[pos_[ok]], pool[neg[ok]], pt[ok].astype(np.int8),
-                      nt[ok].astype(np.int8), requested=n, skipped=skipped)
+    neg = ko[np.minimum(np.where(nt == 0, idx_in, idx_out), m - 1)]
+    return neg, nt, np.where(nt == 0, in_span == 0, out_span == 0)
 
 
 def write_triplets(triplets: TripletSet, item_ids: np.ndarray, out: str | os.PathLike) -> Path:
