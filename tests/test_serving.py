@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import io
 import os
+import queue
 import shutil
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import httpx2
@@ -260,3 +261,44 @@ def test_the_facade_is_small_and_every_name_resolves() -> None:
         assert getattr(lookalike, name) is not None, name
     with pytest.raises(AttributeError):
         lookalike.sample_triplets  # noqa: B018 (a helper, not part of the facade)
+
+
+class _RacingQueue(queue.Queue):
+    """A bounded queue where, the moment the batching thread takes the stop marker, other
+    requests fill the slot it freed (a producer racing in)."""
+
+    def __init__(self, maxsize: int) -> None:
+        super().__init__(maxsize)
+        self.late: list[Future] = []
+
+    def get_nowait(self) -> object:
+        item = super().get_nowait()
+        if item is None:
+            while not self.full():
+                self.late.append(Future())
+                self.put_nowait(("late", self.late[-1]))
+        return item
+
+
+def test_a_stop_marker_never_deadlocks_the_batching_thread() -> None:
+    """The batching loop put the stop marker back into its own queue; when requests had
+    filled the queue meanwhile, the thread blocked on that put forever. Requests left behind
+    at the stop are failed, not left waiting."""
+    from lookalike.server.batcher import serve_batches
+
+    q = _RacingQueue(maxsize=3)
+    first: Future = Future()
+    q.put(("first", first))
+    q.put(None)
+    t = threading.Thread(target=serve_batches, args=(q, 8),
+                         kwargs={"key": lambda item: 0,
+                                 "answer": lambda group: [item[0] for item in group]},
+                         daemon=True)
+    t.start()
+    t.join(timeout=5)
+    assert not t.is_alive(), "the batching thread is stuck putting its stop marker back"
+    assert first.result(timeout=1) == "first"
+    assert q.late and q.empty()
+    for late in q.late:  # turned away, not left waiting
+        with pytest.raises(BusyError, match="stopping"):
+            late.result(timeout=1)

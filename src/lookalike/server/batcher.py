@@ -16,6 +16,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from lookalike.api import Hit, Index
+from lookalike.errors import BusyError
 from lookalike.search.rerank import Rerank
 from lookalike.store.live import Snapshot
 
@@ -56,8 +57,7 @@ class SimilarBatcher:
         return [f.result() for f in futures]
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=5)
+        stop(self._queue, self._thread)
 
     def _run(self) -> None:
         serve_batches(self._queue, self.max_batch,
@@ -73,30 +73,58 @@ def serve_batches(requests: queue.Queue, limit: int, *, key: Callable[[Any], Has
     """The loop of a batching thread, until a None is queued: wait for a request (a tuple whose
     last element is its Future), take everything queued behind it up to ``limit`` (counted by
     ``size``), and answer each group of the same ``key`` with one ``answer(group)`` call, a
-    result per request; a failure goes to every request of the group."""
-    while True:
+    result per request; a failure goes to every request of the group. At the stop, requests
+    still queued are failed (BusyError), never left waiting."""
+    stopping = False
+    while not stopping:
         first = requests.get()
         if first is None:
-            return
+            break
         batch, taken = [first], size(first)
         while taken < limit:
             try:
                 item = requests.get_nowait()
             except queue.Empty:
                 break
-            if item is None:
-                requests.put(None)  # stop after this batch
+            if item is None:  # stop after this batch (never put back: the queue may be full)
+                stopping = True
                 break
             batch.append(item)
             taken += size(item)
-        groups: dict[Hashable, list[Any]] = {}
-        for item in batch:
-            groups.setdefault(key(item), []).append(item)
-        for group in groups.values():
-            try:
-                for item, result in zip(group, answer(group)):
-                    item[-1].set_result(result)
-            except BaseException as e:  # noqa: BLE001 (hand every waiter the failure)
-                for item in group:
-                    if not item[-1].done():
-                        item[-1].set_exception(e)
+        _answer(batch, key, answer)
+    _turn_away(requests)
+
+
+def _answer(batch: list[Any], key: Callable[[Any], Hashable],
+            answer: Callable[[list[Any]], Sequence[Any]]) -> None:
+    groups: dict[Hashable, list[Any]] = {}
+    for item in batch:
+        groups.setdefault(key(item), []).append(item)
+    for group in groups.values():
+        try:
+            for item, result in zip(group, answer(group)):
+                item[-1].set_result(result)
+        except BaseException as e:  # noqa: BLE001 (hand every waiter the failure)
+            for item in group:
+                if not item[-1].done():
+                    item[-1].set_exception(e)
+
+
+def _turn_away(requests: queue.Queue) -> None:
+    """Fail every request still queued: the batching thread is stopping."""
+    while True:
+        try:
+            item = requests.get_nowait()
+        except queue.Empty:
+            return
+        if item is not None and not item[-1].done():
+            item[-1].set_exception(BusyError("the server is stopping; try again in a moment"))
+
+
+def stop(requests: queue.Queue, thread: threading.Thread) -> None:
+    """Ask a batching thread to stop (without blocking on a full queue) and wait for it."""
+    try:
+        requests.put(None, timeout=5)
+    except queue.Full:  # the thread is stuck in a model call: it sees the marker later
+        pass
+    thread.join(timeout=5)

@@ -22,7 +22,7 @@ import numpy as np
 from lookalike.api import Index
 from lookalike.embed.local import pool_views
 from lookalike.errors import BusyError
-from lookalike.server.batcher import serve_batches
+from lookalike.server.batcher import serve_batches, stop
 
 MAX_BATCH = 16  # photos per model call
 MAX_QUEUED = 64  # photos waiting for the model; more are refused
@@ -58,8 +58,7 @@ class PhotoBatcher:
         return fut.result()
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=5)
+        stop(self._queue, self._thread)
 
     def _run(self) -> None:
         # one model call per index (a rebuilt index: another model), up to max_batch photos
