@@ -44,10 +44,10 @@ from lookalike.ingest.catalog import label_codes
 from lookalike.ingest.images import load_model_views
 from lookalike.quality.inputs import read_label_mapping
 from lookalike.quality.metrics import evaluate_catalog, evaluate_queries
+from lookalike.quality.splits import assign_splits, group_splits
 from lookalike.search.classifier import coded
 from lookalike.search.exact import rank
 from lookalike.search.rerank import Rerank, reranked
-from lookalike.training.splits import assign_splits, group_splits
 
 DATASETS = Path(os.environ.get("LOOKALIKE_DATASETS", Path(__file__).resolve().parents[2]
                                / "shared" / "datasets"))

@@ -202,7 +202,7 @@ def test_default_relevances_leave_out_what_is_not_seen() -> None:
 
 @pytest.mark.model
 def test_query_photos_split_by_who_took_them(two_indexes: dict[str, Path], tmp_path: Path) -> None:
-    from lookalike.training.splits import group_splits
+    from lookalike.quality.splits import group_splits
 
     senders = [f"s{i}" for i in range(40) for _ in range(3)]
     side = group_splits(senders, test=0.5)

@@ -301,7 +301,7 @@ def test_training_takes_its_roles_from_the_index(shop: dict[str, Path], tmp_path
 
 @pytest.mark.model
 def test_split_by_photo_trains_every_product(shop: dict[str, Path], tmp_path: Path) -> None:
-    from lookalike.training.splits import photo_splits
+    from lookalike.quality.splits import photo_splits
 
     ids = [f"p{i}-{v}" for i in range(200) for v in range(3)]
     products = [i.split("-")[0] for i in ids]

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from lookalike import LookalikeError
-from lookalike.training.splits import assign_splits
+from lookalike.quality.splits import assign_splits
 from lookalike.training.triplets import COLUMNS, sample_triplets, single_photo, write_triplets
 
 

@@ -148,7 +148,7 @@ def triplets(index: str, n: int, out: str, category: str | None, color: str | No
              p_same_product: float, p_in_class: float, split: str | None,
              test_fraction: float, val_fraction: float, split_seed: int, seed: int) -> None:
     """Sample (query, positive, negative) triplets from INDEX's metadata into a Parquet file."""
-    from lookalike.training.splits import assign_splits
+    from lookalike.quality.splits import assign_splits
     from lookalike.training.triplets import (
         NEGATIVE_TYPES,
         POSITIVE_TYPES,

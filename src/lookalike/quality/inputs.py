@@ -19,7 +19,7 @@ from lookalike.ingest.catalog import (
     Catalog,
     read_catalog,
 )
-from lookalike.training.splits import group_splits
+from lookalike.quality.splits import group_splits
 
 TRIPLET_COLUMNS = ("query_id", "positive_id", "negative_id")
 
@@ -112,7 +112,7 @@ def read_query_set(path: str | os.PathLike, *, images: str | os.PathLike | None 
 
     With ``group_column`` (e.g. ``sender_id``: who took the photo) and ``split`` (``train`` or
     ``test``), only the photos of that split of groups: a group lands in test with probability
-    ``test_fraction`` by a seeded hash of its value (:func:`lookalike.training.splits.group_splits`,
+    ``test_fraction`` by a seeded hash of its value (:func:`lookalike.quality.splits.group_splits`,
     as ``lookalike train --queries`` splits them), so that no person's photos are both trained
     on and measured."""
     if split is not None and group_column is None:

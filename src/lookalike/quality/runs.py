@@ -35,10 +35,10 @@ from lookalike.quality.metrics import (
     evaluate_queries,
     triplet_accuracy,
 )
+from lookalike.quality.splits import assign_splits
 from lookalike.search.classifier import coded
 from lookalike.search.exact import rank
 from lookalike.search.rerank import Ranker, Rerank, reranked
-from lookalike.training.splits import assign_splits
 
 # --------------------------------------------------------------------------- inputs
 
@@ -148,7 +148,7 @@ def evaluate_indexes(
 
     With ``split`` ("test", say), only the items of that split of products take part, as
     queries and as the gallery (``split_options``: ``test``, ``val``, ``seed`` of
-    :func:`lookalike.training.splits.assign_splits`). Every ranking is re-ranked as ``rerank`` says
+    :func:`lookalike.quality.splits.assign_splits`). Every ranking is re-ranked as ``rerank`` says
     (default: as each index's searches are, :attr:`Index.rerank`)."""
     if not paths:
         raise LookalikeError("give at least one index folder")

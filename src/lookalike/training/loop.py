@@ -25,6 +25,7 @@ import torch
 from lookalike.api import Index
 from lookalike.errors import LookalikeError
 from lookalike.ingest.catalog import ITEM_ID
+from lookalike.quality.splits import assign_splits, photo_splits
 from lookalike.training.classifier_fit import fit_classifier, train_classifier_only
 from lookalike.training.config import (
     MAX_TRIPLETS,
@@ -51,7 +52,6 @@ from lookalike.training.outside import (
     outside_triplets,
     read_outside,
 )
-from lookalike.training.splits import assign_splits, photo_splits
 from lookalike.training.triplets import TripletSet, sample_triplets, single_photo
 from lookalike.training.validation import Val, baseline, metric_keys, score, validate, verdict
 from lookalike.training.views import Cache, build_cache, cache_camera

@@ -37,7 +37,7 @@ class Outside:
 
 def read_outside(ix: Index, cfg: TrainConfig, log: Callable[[str], None]) -> Outside:
     from lookalike.quality.inputs import read_label_mapping, read_query_set
-    from lookalike.training.splits import group_splits
+    from lookalike.quality.splits import group_splits
 
     if cfg.mapping is None:
         raise LookalikeError("training on outside photos (queries=) needs their label mapping= "
