@@ -247,10 +247,7 @@ def label_codes(items: pd.DataFrame, attributes: Sequence[str]) -> np.ndarray:
 def _distinct(column: pd.Series) -> int:
     """How many distinct values ``column`` has; a list or an object (only a journal written
     before values were checked can hold one: lookalike.ingest.checks) counts by its text."""
-    try:
-        return int(column.nunique())
-    except TypeError:
-        return int(column.dropna().astype(str).nunique())
+    return int(_hashable(column).nunique())
 
 
 def telling_attributes(items: pd.DataFrame, attributes: Sequence[str], n: int = 5) -> list[str]:

@@ -67,7 +67,7 @@ class SimilarBatcher:
                           group[0][4]))
 
 
-def serve_batches(requests: queue.Queue, limit: int, *, key: Callable[[Any], Hashable],
+def serve_batches(waiting: queue.Queue, limit: int, *, key: Callable[[Any], Hashable],
                   answer: Callable[[list[Any]], Sequence[Any]],
                   size: Callable[[Any], int] = lambda request: 1) -> None:
     """The loop of a batching thread, until a None is queued: wait for a request (a tuple whose
@@ -77,13 +77,13 @@ def serve_batches(requests: queue.Queue, limit: int, *, key: Callable[[Any], Has
     still queued are failed (BusyError), never left waiting."""
     stopping = False
     while not stopping:
-        first = requests.get()
+        first = waiting.get()
         if first is None:
             break
         batch, taken = [first], size(first)
         while taken < limit:
             try:
-                item = requests.get_nowait()
+                item = waiting.get_nowait()
             except queue.Empty:
                 break
             if item is None:  # stop after this batch (never put back: the queue may be full)
@@ -92,7 +92,7 @@ def serve_batches(requests: queue.Queue, limit: int, *, key: Callable[[Any], Has
             batch.append(item)
             taken += size(item)
         _answer(batch, key, answer)
-    _turn_away(requests)
+    _turn_away(waiting)
 
 
 def _answer(batch: list[Any], key: Callable[[Any], Hashable],
@@ -110,21 +110,21 @@ def _answer(batch: list[Any], key: Callable[[Any], Hashable],
                     item[-1].set_exception(e)
 
 
-def _turn_away(requests: queue.Queue) -> None:
+def _turn_away(waiting: queue.Queue) -> None:
     """Fail every request still queued: the batching thread is stopping."""
     while True:
         try:
-            item = requests.get_nowait()
+            item = waiting.get_nowait()
         except queue.Empty:
             return
         if item is not None and not item[-1].done():
             item[-1].set_exception(BusyError("the server is stopping; try again in a moment"))
 
 
-def stop(requests: queue.Queue, thread: threading.Thread) -> None:
+def stop(waiting: queue.Queue, thread: threading.Thread) -> None:
     """Ask a batching thread to stop (without blocking on a full queue) and wait for it."""
     try:
-        requests.put(None, timeout=5)
+        waiting.put(None, timeout=5)
     except queue.Full:  # the thread is stuck in a model call: it sees the marker later
         pass
     thread.join(timeout=5)

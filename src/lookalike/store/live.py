@@ -71,8 +71,9 @@ class LiveFolder:
         return Snapshot(seg, seg.view)
 
     def holds(self, item_id: object) -> bool:
-        try:
-            self.snapshot().slot(item_id)
+        seg = self.seg
+        try:  # (not Snapshot.slot: a miss needs no message, and an add asks once per item)
+            seg.slot(item_id, seg.view)
         except UnknownItemError:
             return False
         return True

@@ -148,10 +148,10 @@ def _checkpoint(out: Path, index: str | os.PathLike | None, config: TrainConfig 
     path = out / CHECKPOINT
     if not path.is_file():
         raise LookalikeError(f"nothing to resume: no checkpoint at {path}")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if config is not None:
+    if config is not None:  # (refused before the checkpoint is loaded)
         raise LookalikeError("a resumed training keeps the configuration it was started with "
                              f"(in {path}); give no configuration")
+    state = torch.load(path, map_location="cpu", weights_only=False)
     if index is not None and Path(index).resolve() != Path(state["index"]).resolve():
         raise LookalikeError(f"the training in {out} is on index {state['index']}, not {index}")
     if TrainConfig(**state["config"]).classifier_only:
