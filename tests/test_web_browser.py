@@ -55,11 +55,23 @@ BROKEN = ("sel => [...document.querySelectorAll(sel)]"
           ".filter(i => i.complete && i.naturalWidth === 0).length")
 
 
-def _first_result_in_view(page: object, height: int) -> bool:
+# where each part of the page sits (viewport px), for a failure message that shows the cause
+LAYOUT = """() => Object.fromEntries(["header", "#status", "#query", "#item", "#results-title",
+  "#results .card"].map(sel => { const e = document.querySelector(sel);
+    if (!e) return [sel, null]; const r = e.getBoundingClientRect();
+    return [sel, `top ${Math.round(r.top)} height ${Math.round(r.height)}`
+      + (e.hidden ? " hidden" : "")]; }).concat([["scrollY", window.scrollY],
+    ["innerHeight", window.innerHeight], ["#query text", document.querySelector("#query")
+      .innerText.slice(0, 80)]]))"""
+
+
+def _first_result_in_view(page: object, height: int, what: str) -> None:
     """Most of the first result card (its top 120 px: the photo) shows without scrolling."""
     page.evaluate("window.scrollTo(0, 0)")
     box = page.locator("#results .card").first.bounding_box()
-    return box is not None and box["y"] + 120 <= height
+    if box is None or box["y"] + 120 > height:
+        page.screenshot(path=str(ARTIFACTS / f"web-failed-{height}.png"))
+        raise AssertionError(f"{what} need scrolling: {page.evaluate(LAYOUT)}")
 
 
 @pytest.mark.parametrize("width, height", [(1280, 900), (390, 844)])
@@ -88,9 +100,12 @@ def test_photo_search_then_item_page(server: str, width: int, height: int) -> No
                 page.click("#filters-toggle")
                 assert page.locator("#filters select").first.is_visible()
                 page.click("#filters-toggle")
+            searches: list[str] = []
+            page.on("request", lambda r: r.method == "POST" and searches.append(r.url))
             page.set_input_files("#photo", str(photo))
             page.wait_for_selector("#results .card")
-            assert _first_result_in_view(page, height), "the first result needs scrolling"
+            assert len(searches) == 1, searches  # one photo, one search (it once ran twice)
+            _first_result_in_view(page, height, "the first results")
             page.evaluate("window.scrollTo(0, document.body.scrollHeight)")  # lazy images
             page.wait_for_function(LOADED, arg=["#results .card img", 10], timeout=30_000)
             assert page.locator("#results .card").count() >= 10
@@ -112,7 +127,7 @@ def test_photo_search_then_item_page(server: str, width: int, height: int) -> No
             page.evaluate("window.scrollTo(0, 0)")
             name = page.locator("#item h2.name").inner_text()
             assert name and name != item_id  # the product's name leads, not its raw columns
-            assert _first_result_in_view(page, height), "the similar items need scrolling"
+            _first_result_in_view(page, height, "the similar items")
             page.click("#item summary")  # every column, behind one click
             assert item_id in page.locator("#item dl").inner_text()
             assert not page.locator("#query").is_visible()  # the photo search made way

@@ -63,7 +63,6 @@ async function failed(resp) {
 }
 
 async function searchPhoto(file) {
-  location.hash = "#/";
   $("item").hidden = true;
   const q = $("query");
   q.hidden = false;
@@ -155,6 +154,11 @@ $("filters-toggle").addEventListener("click", () => {
   const open = document.querySelector("header").classList.toggle("open");
   $("filters-toggle").setAttribute("aria-expanded", String(open));
 });
-$("photo").addEventListener("change", () => { if ($("photo").files[0]) searchPhoto($("photo").files[0]); });
+$("photo").addEventListener("change", () => {
+  if (!$("photo").files[0]) return;
+  // once: from an item page the hash change routes to the search, else search here
+  if (location.hash === "#/") searchPhoto($("photo").files[0]);
+  else location.hash = "#/";
+});
 window.addEventListener("hashchange", route);
 loadFilters().then(route);
