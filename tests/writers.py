@@ -3,7 +3,7 @@
 folder. Afterwards the server is killed and the folder opened again: every acknowledged change
 must be there, in the order it was acknowledged, and nothing else.
 
-Used once by tests/test_writers.py and repeated by ``bench/updates.py --writers-rounds 20``.
+Used once by tests/store/test_writers.py and repeated by ``bench/updates.py --writers-rounds 20``.
 Only the command line, HTTP and the folder's files are used, so the same scenario runs
 against any version of lookalike.
 """

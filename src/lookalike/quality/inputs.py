@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lookalike.errors import LookalikeError
+from lookalike.errors import LookalikeError, require_column
 from lookalike.ingest.catalog import (
     PARQUET_SUFFIXES,
     Catalog,
@@ -150,10 +150,8 @@ def read_triplets(path: str | os.PathLike, item_ids: pd.Series) -> pd.DataFrame:
         df = pd.read_csv(path, dtype="string", keep_default_na=False)
     else:
         raise LookalikeError(f"triplet file {path.name}: use .parquet or .csv")
-    missing = [c for c in TRIPLET_COLUMNS if c not in df.columns]
-    if missing:
-        raise LookalikeError(f"triplet file {path.name}: missing column(s) {missing}; "
-                             f"columns found: {', '.join(map(str, df.columns))}")
+    for col in TRIPLET_COLUMNS:
+        require_column(df.columns, col, f"triplet file {path.name}")
     lookup = pd.Index(item_ids.astype(str))
     out = pd.DataFrame(index=df.index)
     for col in TRIPLET_COLUMNS:

@@ -24,9 +24,9 @@ from lookalike import Index, LookalikeError, build_index, read_catalog
 from lookalike.ingest.catalog import CatalogError
 from lookalike.ingest.checks import checked_value, id_problem
 
-from .conftest import make_tiny_catalog, serve
+from ..conftest import make_tiny_catalog, serve
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = int(os.environ.get("LOOKALIKE_FUZZ_EXAMPLES", "30"))
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import MODELS
-from .writers import run_round
+from ..conftest import MODELS
+from ..writers import run_round
 
 pytestmark = pytest.mark.model  # every test here runs a pretrained CNN
 

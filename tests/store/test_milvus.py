@@ -18,7 +18,7 @@ from lookalike.server.live import LiveIndex
 from lookalike.store.folder import read_manifest
 from lookalike.store.milvus import client, close_clients
 
-from .conftest import MYNTRA, build_tiny, garment
+from ..conftest import MYNTRA, build_tiny, garment
 
 pytest.importorskip("pymilvus")
 pytest.importorskip("milvus_lite")

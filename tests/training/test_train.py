@@ -21,7 +21,7 @@ from lookalike.training.loop import train
 from lookalike.training.network import DeepRanking
 from lookalike.training.views import cache_views, front_runner
 
-from .conftest import garment
+from ..conftest import garment
 
 COLOURS = {"red": (200, 30, 30), "blue": (30, 40, 200), "green": (30, 160, 40)}
 SHAPES = ("shirt", "shoe", "bag")

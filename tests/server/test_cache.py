@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from lookalike import Index, build_index, read_catalog
 from lookalike.server import create_app
 
-from .conftest import garment, make_tiny_catalog
+from ..conftest import garment, make_tiny_catalog
 
 KEY = {"X-API-Key": "k"}
 SHAPES = ("shirt", "shoe", "bag")

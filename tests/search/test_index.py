@@ -24,7 +24,7 @@ from lookalike.search.vector_index import (
 )
 from lookalike.store import journal
 
-from .conftest import build_tiny
+from ..conftest import build_tiny
 
 
 def clustered(n: int, d: int, seed: int = 0) -> np.ndarray:

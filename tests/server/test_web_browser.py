@@ -15,7 +15,7 @@ import uvicorn
 from lookalike import build_index, read_catalog
 from lookalike.server import create_app
 
-from .conftest import ARTIFACTS, BROWSER_ARGS, CHROMIUM, MYNTRA, STREET, needs_browser
+from ..conftest import ARTIFACTS, BROWSER_ARGS, CHROMIUM, MYNTRA, STREET, needs_browser
 
 pytestmark = [
     pytest.mark.slow, *needs_browser,

@@ -31,7 +31,7 @@ from lookalike.embedders import (
 from lookalike.embedders.fold import fold_normalisation
 from lookalike.training.network import DeepRanking
 
-from .conftest import MYNTRA
+from ..conftest import MYNTRA
 
 MODEL = "efficientnet-lite0"  # built for int8 (ReLU6, no squeeze-excite): quantizes in seconds
 

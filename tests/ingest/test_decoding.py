@@ -20,7 +20,7 @@ from lookalike.ingest import images as images_module
 from lookalike.ingest.decoding import choose_decoder, compare_decoders
 from lookalike.ingest.images import load_model_input
 
-from .conftest import MYNTRA
+from ..conftest import MYNTRA
 
 
 def _jpeg(size: tuple[int, int], **save: object) -> bytes:

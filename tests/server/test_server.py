@@ -10,7 +10,7 @@ from PIL import Image
 from lookalike.ingest.preprocess import DEFAULT_PREPROCESS
 from lookalike.server import create_app
 
-from .conftest import MODELS, garment, png_bomb, serve
+from ..conftest import MODELS, garment, png_bomb, serve
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from lookalike import Index, LookalikeError, build_index, read_catalog
 from lookalike.ingest.catalog import CatalogError
 from lookalike.server import create_app
 
-from .conftest import garment
+from ..conftest import garment
 
 KEY = {"X-API-Key": "k"}
 
@@ -53,7 +53,7 @@ def post(client: TestClient, item_id: str, metadata: str = "{}") -> object:
     ({"year": "2012"}, "year"),  # text in a numeric column
     ({"year": True}, "year"),
     ({"gender": "x" * 5000}, "gender"),  # too long
-    ({"year": 2**70}, "year"),  # found by tests/test_fuzz.py: broke compaction
+    ({"year": 2**70}, "year"),  # found by tests/server/test_fuzz.py: broke compaction
     ({"year": 1e300}, "year"),
 ])
 def test_metadata_of_the_wrong_type_is_refused_and_nothing_breaks(shop: Path, metadata: dict,

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from lookalike import Index
 from lookalike.server import create_app
 
-from .conftest import MODELS, garment
+from ..conftest import MODELS, garment
 
 pytestmark = pytest.mark.model  # every test here runs a pretrained CNN
 

@@ -7,7 +7,7 @@ from PIL import Image
 from lookalike import ImageError
 from lookalike.ingest.images import load_image, load_model_input
 
-from .conftest import garment, png_bomb
+from ..conftest import garment, png_bomb
 
 
 def test_odd_formats_become_rgb(tiny_catalog: Path) -> None:

@@ -19,7 +19,7 @@ from lookalike.ingest.faces import detect_faces
 from lookalike.ingest.images import load_model_input
 from lookalike.ingest.preprocess import STEPS, Preprocess
 
-from .conftest import MYNTRA, STREET, build_tiny, needs_data
+from ..conftest import MYNTRA, STREET, build_tiny, needs_data
 
 ALL = Preprocess(STEPS)
 BOX = (60, 90, 170, 230)  # x0, y0, x1, y1 of the object in the synthetic photos

@@ -14,7 +14,7 @@ from lookalike.quality.inputs import read_label_mapping, read_query_set, read_tr
 from lookalike.quality.report import write_report
 from lookalike.quality.runs import default_relevances, evaluate_indexes
 
-from .conftest import MODELS
+from ..conftest import MODELS
 
 
 def test_mapping_formats_agree(tmp_path: Path) -> None:
@@ -57,7 +57,8 @@ def test_query_set_and_triplet_errors(two_indexes: dict[str, Path], tmp_path: Pa
                                              r"index: 'zz' \(row 1\)"):
         read_triplets(tmp_path / "t.csv", ids)
     (tmp_path / "t2.csv").write_text("query,positive_id,negative_id\na,b,c\n")
-    with pytest.raises(LookalikeError, match=r"missing column\(s\) \['query_id'\]"):
+    with pytest.raises(LookalikeError, match=r"column 'query_id' \(triplet file t2.csv\) not found; "
+                                             r"the columns are: query, positive_id"):
         read_triplets(tmp_path / "t2.csv", ids)
 
 

@@ -8,7 +8,7 @@ from lookalike.quality.inputs import read_label_mapping, read_query_set
 from lookalike.quality.report import write_report
 from lookalike.quality.runs import evaluate_indexes
 
-from .conftest import BROWSER_ARGS, CHROMIUM, MODELS, needs_browser
+from ..conftest import BROWSER_ARGS, CHROMIUM, MODELS, needs_browser
 
 pytestmark = needs_browser
 

@@ -13,7 +13,7 @@ from lookalike import Index
 from lookalike.search.neighbors import neighbor_agreement
 from lookalike.store.milvus import close_clients
 
-from .conftest import MYNTRA, build_tiny
+from ..conftest import MYNTRA, build_tiny
 
 ray = pytest.importorskip("ray")
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]  # a stuck Ray worker fails the test

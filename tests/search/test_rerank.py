@@ -22,7 +22,7 @@ from lookalike.search.exact import rank
 from lookalike.search.rerank import Rerank, expand_queries, reranked, vote
 from lookalike.server.app import create_app
 
-from .conftest import build_tiny
+from ..conftest import build_tiny
 
 
 def test_parse_and_describe() -> None:

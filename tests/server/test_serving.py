@@ -23,8 +23,8 @@ from lookalike.server import create_app
 from lookalike.server.kept import plain_k
 from lookalike.server.photos import PhotoBatcher
 
-from .conftest import garment
-from .writers import KEY, _start_server
+from ..conftest import garment
+from ..writers import KEY, _start_server
 
 
 def _jpeg(i: int) -> bytes:

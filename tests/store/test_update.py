@@ -28,7 +28,7 @@ def remove_items(path, ids):
 def read_delta(ix, path):
     return ix.read_delta(path)
 
-from .conftest import MYNTRA, garment, needs_data
+from ..conftest import MYNTRA, garment, needs_data
 
 OPTS = {"id_column": "sku", "image_column": "file", "product_column": "product"}
 
