@@ -167,3 +167,26 @@ def test_milvus_agrees_with_local_exact_on_myntra_slice(myntra_slice: dict[str, 
           f" (filtered by gender and articleType: {np.mean(filtered):.4f}); "
           f"recall@10 at build {m.manifest['index']['recall@10']}")
     assert agreement >= 0.99 and np.mean(filtered) >= 0.99
+
+
+def test_a_collection_is_searched_only_once_its_index_covers_every_row(
+        tiny_catalog: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bug: a new collection was loaded (searchable) before its index was built, so the
+    build could tune the search breadth on Milvus's brute-force scan of unindexed rows (recall
+    1.0 at nprobe 1) and, once the IVF index was in place, the same searches found nothing
+    (seen under load as an empty similar list)."""
+    db = tmp_path / "m.db"
+    c = client(str(db))
+    seen: list[dict | None] = []
+    load = c.load_collection
+
+    def checked_load(name: str, *args: object, **kwargs: object) -> object:
+        seen.append(c.describe_index(name, "vector") if c.list_indexes(name) else None)
+        return load(name, *args, **kwargs)
+
+    monkeypatch.setattr(c, "load_collection", checked_load)
+    res = build_tiny(tiny_catalog, tmp_path / "mv", "--backend", "milvus", "--milvus-uri",
+                     str(db), "--index", "ivf")
+    assert res.exit_code == 0, res.output
+    assert seen and all(d is not None and d["total_rows"] == d["indexed_rows"] == 24
+                        and d["pending_index_rows"] == 0 for d in seen), seen
