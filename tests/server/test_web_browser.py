@@ -68,7 +68,12 @@ LAYOUT = """() => Object.fromEntries(["header", "#status", "#query", "#item", "#
 def _first_result_in_view(page: object, height: int, what: str) -> None:
     """Most of the first result card (its top 120 px: the photo) shows without scrolling."""
     page.evaluate("window.scrollTo(0, 0)")
-    box = page.locator("#results .card").first.bounding_box()
+    box = None
+    for _ in range(3):  # None: the card was replaced while measured; measure the new one
+        box = page.locator("#results .card").first.bounding_box()
+        if box is not None:
+            break
+        time.sleep(0.2)
     if box is None or box["y"] + 120 > height:
         page.screenshot(path=str(ARTIFACTS / f"web-failed-{height}.png"))
         raise AssertionError(f"{what} need scrolling: {page.evaluate(LAYOUT)}")
