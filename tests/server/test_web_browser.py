@@ -84,7 +84,7 @@ def test_photo_search_then_item_page(server: str, width: int, height: int) -> No
     from playwright.sync_api import sync_playwright
 
     photos = pd.read_csv(STREET / "photos.csv")
-    photo = STREET / photos[photos.label == "T-Shirt"].image_path.iloc[0]
+    photo, other = (STREET / p for p in photos[photos.label == "T-Shirt"].image_path.iloc[:2])
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     tag = f"{width}x{height}"
     with sync_playwright() as p:
@@ -137,6 +137,16 @@ def test_photo_search_then_item_page(server: str, width: int, height: int) -> No
             assert item_id in page.locator("#item dl").inner_text()
             assert not page.locator("#query").is_visible()  # the photo search made way
             page.screenshot(path=str(ARTIFACTS / f"web-item-{tag}.png"), full_page=True)
+
+            # another photo from the item page: back to a photo search, again one request
+            page.set_input_files("#photo", str(other))
+            page.wait_for_function(
+                "document.getElementById('results-title').textContent === 'Similar products'")
+            page.wait_for_selector("#results .card")
+            assert page.locator("#query").is_visible() and not page.locator("#item").is_visible()
+            assert other.name in page.locator("#query").inner_text()
+            assert page.url.endswith("#/")  # the address no longer names the item
+            assert len(searches) == 2, searches
             assert not errors, errors
         finally:
             browser.close()
