@@ -156,8 +156,8 @@ $("filters-toggle").addEventListener("click", () => {
 });
 $("photo").addEventListener("change", () => {
   if (!$("photo").files[0]) return;
-  // once: from an item page the hash change routes to the search, else search here
-  if (location.hash === "#/") searchPhoto($("photo").files[0]);
+  // route() shows the photo search: at once on #/, else through the hash change (once)
+  if (location.hash === "#/") route();
   else location.hash = "#/";
 });
 window.addEventListener("hashchange", route);
